@@ -1,0 +1,42 @@
+# rmalloc + KAL: top-level build.  `make` builds the release library,
+# `make test` runs every test, `make bench` the allocator comparison,
+# `make demo` the main workload under glibc, rmalloc and rmalloc+KAL.
+# Fragments next to what they build add their own targets.
+
+CARGO   ?= cargo
+TARGET  := $(CURDIR)/target
+LIB     := $(TARGET)/release/librmalloc.so
+NEED_APT := $(CURDIR)/scripts/need-apt
+PREFIX  ?= /usr/local
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all lib test test-unit test-lint install demo bench clean
+all: lib
+
+lib:
+	$(CARGO) build --release -p rmalloc
+
+# Unit tests (including the proptest model fuzzing) of the Rust crates.
+test-unit:
+	$(CARGO) test --release -p rmalloc-sys -p rmalloc
+
+test-lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+
+include tests/tests.mk
+include benches/bench.mk
+include kernel-patch/kernel.mk
+
+# Every test there is.  Kernel tests last: they are the slowest on a cold cache.
+test: test-lint test-unit test-integration kernel-test
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librmalloc.so
+	install -m 0644 rmalloc/include/rmalloc.h $(DESTDIR)$(PREFIX)/include/rmalloc.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|0.1.0|g' rmalloc/rmalloc.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/rmalloc.pc
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,2 @@
+# Benchmarks and the demo.
+.PHONY: bench demo

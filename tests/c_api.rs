@@ -1,0 +1,1 @@
+//! C API tests (filled in by the C test work).
