@@ -1,1 +1,463 @@
-//! C API tests (filled in by the C test work).
+//! C API tests: the C programs in `tests/c/` run against librmalloc.so.
+//!
+//! Every program is compiled with the system C compiler (`$CC`, default `cc`)
+//! into this test's temp dir and run as a child process with
+//! `LD_PRELOAD=librmalloc.so` (see `support.rs`).  Each case is one process,
+//! so one misbehaving case cannot hide another.  Normal runs must leave an
+//! rmalloc exit-stats line (so a silent fallback to glibc fails), and the C
+//! side checks that `malloc` resolves into librmalloc and that
+//! `rmalloc_check_heap()` returns 0 at the end.
+//!
+//! `RMALLOC_TEST_AGAINST_GLIBC=1 cargo test -p rmalloc-integration --test c_api`
+//! runs the same expectations on plain glibc (the linking tests are skipped):
+//! every expectation here is glibc 2.36's own behaviour.
+
+use rmalloc_integration as support;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+use support::{against_glibc, Output, TempDir};
+
+/// Deadlock guard for the heavy programs (fork, threads, signals).
+const HEAVY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn c_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("c")
+}
+
+fn build_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api")
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
+}
+
+const CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O1",
+    "-g",
+    // Keep the compiler from folding or eliding malloc/free calls.
+    "-fno-builtin",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    // mallinfo/valloc/pvalloc are deprecated; misuse.c frees twice on purpose.
+    "-Wno-deprecated-declarations",
+    "-Wno-use-after-free",
+    "-pthread",
+];
+
+/// Compile `tests/c/<name>.c` (once per test run) and return the binary.
+fn c_program(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let map = built.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(name) {
+        return p.clone();
+    }
+    let dir = build_dir();
+    std::fs::create_dir_all(&dir).expect("create build dir");
+    let src = c_dir().join(format!("{name}.c"));
+    let exe = dir.join(name);
+    let mut cmd = Command::new(cc());
+    cmd.args(CFLAGS)
+        .arg("-I")
+        .arg(c_dir())
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg("-ldl");
+    compile(&mut cmd, &src);
+    map.insert(name.to_string(), exe.clone());
+    exe
+}
+
+fn compile(cmd: &mut Command, src: &Path) {
+    let out = support::run(cmd, Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "compiling {} failed\n{}",
+        src.display(),
+        out.describe()
+    );
+}
+
+/// A command for one of the C programs, set up for the allocator under test:
+/// preloaded, asked to prove it is rmalloc, exit stats into `stats`.
+fn c_command(program: &Path, args: &[&str], stats: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for var in [
+        "GLIBC_TUNABLES",
+        "MALLOC_CHECK_",
+        "MALLOC_PERTURB_",
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "LD_PRELOAD",
+    ] {
+        cmd.env_remove(var);
+    }
+    if !against_glibc() {
+        cmd.env("RMALLOC_TEST_REQUIRE_RMALLOC", "1");
+    }
+    support::set_exit_stats(&mut cmd, stats);
+    support::preload(&mut cmd);
+    cmd
+}
+
+/// The stdout marker of t_start(): which allocator the program found.
+#[track_caller]
+fn assert_allocator(out: &Output) {
+    let want = if against_glibc() {
+        "allocator: glibc"
+    } else {
+        "allocator: rmalloc"
+    };
+    assert!(
+        out.stdout.contains(want),
+        "expected {want:?} on stdout\n{}",
+        out.describe()
+    );
+}
+
+/// Run a C program to a normal, successful end and prove rmalloc served it.
+#[track_caller]
+fn run_ok(name: &str, args: &[&str], timeout: Duration) -> Output {
+    let program = c_program(name);
+    let tmp = TempDir::new(name);
+    let stats = tmp.path().join("stats");
+    let out = support::run(&mut c_command(&program, args, &stats), timeout);
+    out.assert_success();
+    assert_allocator(&out);
+    assert!(
+        out.stdout.lines().any(|l| l == "PASS"),
+        "no PASS line\n{}",
+        out.describe()
+    );
+    support::assert_rmalloc_was_used(&stats);
+    out
+}
+
+fn api_case(case: &str) -> Output {
+    let out = run_ok("api", &[case], support::DEFAULT_TIMEOUT);
+    assert!(
+        out.stdout.contains(&format!("case {case}: ok")),
+        "case {case} did not run\n{}",
+        out.describe()
+    );
+    out
+}
+
+macro_rules! api_tests {
+    ($($test:ident => $case:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                api_case($case);
+            }
+        )*
+        /// Every case name of api.c, for the linked run.
+        const API_CASES: &[&str] = &[$($case),*];
+    };
+}
+
+api_tests! {
+    api_malloc_zero => "malloc_zero",
+    api_malloc_huge_enomem => "malloc_huge",
+    api_calloc_overflow_enomem => "calloc_overflow",
+    api_calloc_zeroed => "calloc_zeroed",
+    api_realloc_null_is_malloc => "realloc_null",
+    api_realloc_zero_frees => "realloc_zero",
+    api_realloc_preserves_contents => "realloc_contents",
+    api_reallocarray_overflow => "reallocarray",
+    api_posix_memalign => "posix_memalign",
+    api_memalign => "memalign",
+    api_aligned_alloc => "aligned_alloc",
+    api_valloc => "valloc",
+    api_pvalloc => "pvalloc",
+    api_malloc_usable_size => "usable_size",
+    api_free_null_and_errno => "free_null_errno",
+    api_cfree => "cfree",
+    api_mallopt => "mallopt",
+    api_mallinfo => "mallinfo",
+    api_malloc_trim => "malloc_trim",
+    api_malloc_info => "malloc_info",
+    api_libc_aliases => "aliases",
+}
+
+#[test]
+fn api_malloc_stats_to_stderr() {
+    let out = api_case("malloc_stats");
+    for want in [
+        "Arena 0:",
+        "system bytes     =",
+        "in use bytes     =",
+        "Total (incl. mmap):",
+        "max mmap regions =",
+        "max mmap bytes   =",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "malloc_stats: {want:?} missing on stderr\n{}",
+            out.describe()
+        );
+    }
+    assert!(
+        !out.stdout.contains("Arena 0:"),
+        "malloc_stats wrote to stdout\n{}",
+        out.describe()
+    );
+}
+
+// ---------------------------------------------------------------- misuse
+
+fn misuse(case: &str, message: &str) {
+    let program = c_program("misuse");
+    let tmp = TempDir::new("misuse");
+    let stats = tmp.path().join("stats");
+    let out = support::run(
+        &mut c_command(&program, &[case], &stats),
+        support::DEFAULT_TIMEOUT,
+    );
+    // The allocator marker is printed before the misuse (stdout unbuffered).
+    assert_allocator(&out);
+    out.assert_aborted_with(message);
+}
+
+#[test]
+fn misuse_double_free_tcache() {
+    misuse(
+        "double_free_tcache",
+        "free(): double free detected in tcache 2",
+    );
+}
+
+#[test]
+fn misuse_double_free_fastbin() {
+    misuse("double_free_fasttop", "double free or corruption (fasttop)");
+}
+
+#[test]
+fn misuse_double_free_smallbin() {
+    misuse("double_free_smallbin", "double free or corruption (!prev)");
+}
+
+#[test]
+fn misuse_free_invalid_pointer() {
+    misuse("invalid_pointer", "free(): invalid pointer");
+}
+
+#[test]
+fn misuse_free_invalid_size() {
+    misuse("invalid_size", "free(): invalid size");
+}
+
+#[test]
+fn misuse_free_wrapping_size() {
+    misuse("invalid_size_huge", "free(): invalid pointer");
+}
+
+#[test]
+fn misuse_realloc_invalid_pointer() {
+    misuse("realloc_invalid_pointer", "realloc(): invalid pointer");
+}
+
+// ----------------------------------------------- threads, fork, signals
+
+#[test]
+fn fork_in_multithreaded_program() {
+    let out = run_ok("fork_threads", &["100"], HEAVY_TIMEOUT);
+    assert!(out.stdout.contains("forks: 100"), "{}", out.describe());
+}
+
+#[test]
+fn thread_churn_5000_threads() {
+    let out = run_ok("thread_churn", &["5000", "50"], HEAVY_TIMEOUT);
+    assert!(
+        out.stdout.contains("threads: 5000 (500 detached)"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn signal_storm_while_allocating() {
+    run_ok("signals", &["200000", "2000"], HEAVY_TIMEOUT);
+}
+
+#[test]
+fn enomem_under_rlimit_as() {
+    let out = run_ok("enomem", &["256"], support::DEFAULT_TIMEOUT);
+    assert!(out.stdout.contains("before ENOMEM"), "{}", out.describe());
+}
+
+// ------------------------------------------------------------- linking
+
+/// A directory holding the library under the name `-lrmalloc` looks for.
+fn lib_dir(tmp: &TempDir) -> PathBuf {
+    let lib = support::lib_path();
+    if lib.file_name().is_some_and(|n| n == "librmalloc.so") {
+        return lib.parent().unwrap().to_path_buf();
+    }
+    let dir = tmp.path().join("libdir");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&lib, dir.join("librmalloc.so")).unwrap();
+    dir
+}
+
+/// Run a program linked with -lrmalloc (no LD_PRELOAD) and check that
+/// rmalloc served it.
+fn run_linked_app(exe: &Path, tmp: &TempDir) {
+    let stats = tmp.path().join("stats");
+    let mut cmd = Command::new(exe);
+    cmd.env_remove("LD_PRELOAD");
+    support::set_exit_stats(&mut cmd, &stats);
+    let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+    out.assert_success();
+    for want in ["version: rmalloc", "sum: 499500", "check_heap: 0"] {
+        assert!(out.stdout.contains(want), "{want:?}\n{}", out.describe());
+    }
+    support::assert_rmalloc_was_used(&stats);
+}
+
+fn skip_against_glibc(what: &str) -> bool {
+    if against_glibc() {
+        eprintln!("{what}: skipped against glibc (it tests linking rmalloc)");
+    }
+    against_glibc()
+}
+
+#[test]
+fn link_with_lrmalloc() {
+    if skip_against_glibc("link_with_lrmalloc") {
+        return;
+    }
+    let tmp = TempDir::new("link");
+    let dir = lib_dir(&tmp);
+    let exe = tmp.path().join("app");
+    let src = c_dir().join("link_app.c");
+    let mut cmd = Command::new(cc());
+    cmd.arg("-I")
+        .arg(support::workspace_root().join("rmalloc/include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg(format!("-L{}", dir.display()))
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-lrmalloc")
+        .arg("-ldl");
+    compile(&mut cmd, &src);
+    run_linked_app(&exe, &tmp);
+}
+
+#[test]
+fn link_with_pkg_config_after_make_install() {
+    if skip_against_glibc("link_with_pkg_config_after_make_install") {
+        return;
+    }
+    let tmp = TempDir::new("install");
+    let prefix = tmp.path().join("prefix");
+    // `-o lib`: use the library that is already built (the test must not run
+    // cargo inside cargo); LIB= installs the one under test.
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(support::workspace_root())
+        .arg("-o")
+        .arg("lib")
+        .arg("install")
+        .arg(format!("PREFIX={}", prefix.display()))
+        .arg(format!("LIB={}", support::lib_path().display()))
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL");
+    let out = support::run(&mut make, Duration::from_secs(120));
+    out.assert_success();
+    for f in [
+        "lib/librmalloc.so",
+        "include/rmalloc.h",
+        "lib/pkgconfig/rmalloc.pc",
+    ] {
+        assert!(prefix.join(f).is_file(), "make install did not install {f}");
+    }
+
+    let mut pc = Command::new("pkg-config");
+    pc.args(["--cflags", "--libs", "rmalloc"])
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"));
+    let out = support::run(&mut pc, support::DEFAULT_TIMEOUT);
+    out.assert_success();
+    let flags: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
+    assert!(
+        flags.iter().any(|f| f == "-lrmalloc"),
+        "pkg-config flags: {flags:?}"
+    );
+
+    let exe = tmp.path().join("app");
+    let src = c_dir().join("link_app.c");
+    let mut cmd = Command::new(cc());
+    cmd.arg("-o").arg(&exe).arg(&src).args(&flags).arg("-ldl");
+    compile(&mut cmd, &src);
+    run_linked_app(&exe, &tmp);
+}
+
+#[test]
+fn api_cases_when_linked_with_lrmalloc() {
+    if skip_against_glibc("api_cases_when_linked_with_lrmalloc") {
+        return;
+    }
+    // The API program linked against the library instead of preloaded.
+    let tmp = TempDir::new("api-linked");
+    let dir = lib_dir(&tmp);
+    let exe = tmp.path().join("api");
+    let src = c_dir().join("api.c");
+    let mut cmd = Command::new(cc());
+    cmd.args(CFLAGS)
+        .arg("-I")
+        .arg(c_dir())
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg(format!("-L{}", dir.display()))
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-Wl,--no-as-needed")
+        .arg("-lrmalloc")
+        .arg("-ldl");
+    compile(&mut cmd, &src);
+    let mut failed = Vec::new();
+    for case in API_CASES {
+        let stats = tmp.path().join(format!("stats-{case}"));
+        let mut cmd = Command::new(&exe);
+        cmd.arg(case)
+            .env_remove("LD_PRELOAD")
+            .env("RMALLOC_TEST_REQUIRE_RMALLOC", "1");
+        support::set_exit_stats(&mut cmd, &stats);
+        let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+        if !out.success() || !stats.is_file() {
+            failed.push(format!("--- case {case} ---\n{}", out.describe()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed when linked:\n{}",
+        failed.len(),
+        API_CASES.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn exit_stats_line_parses() {
+    let s =
+        support::parse_exit_stats("rmalloc: pid=12 arenas=3 system_bytes=135168 in_use_bytes=42")
+            .expect("parses");
+    assert_eq!(
+        (s.pid, s.arenas, s.system_bytes, s.in_use_bytes),
+        (12, 3, 135168, 42)
+    );
+    assert!(support::parse_exit_stats("rmalloc: pid=12").is_none());
+    assert!(support::parse_exit_stats("something else").is_none());
+}
