@@ -16,6 +16,7 @@ static size_t glibc_usable(size_t n) {
 }
 
 static void case_malloc_zero(void) {
+  FROM_RMALLOC("malloc", "free", "malloc_usable_size");
   void *p = malloc(hide_size(0));
   void *q = malloc(hide_size(0));
   REQUIRE(p != NULL);
@@ -39,6 +40,7 @@ static void case_malloc_zero(void) {
 }
 
 static void case_malloc_huge(void) {
+  FROM_RMALLOC("malloc");
   static const size_t sizes[] = {SIZE_MAX,      SIZE_MAX - 1,     SIZE_MAX - 15,
                                  SIZE_MAX - 32, SIZE_MAX - 4096,  SIZE_MAX / 2 + 1,
                                  PTRDIFF_MAX,   (size_t)1 << 62, (size_t)1 << 50};
@@ -56,6 +58,7 @@ static void case_malloc_huge(void) {
 }
 
 static void case_calloc_overflow(void) {
+  FROM_RMALLOC("calloc");
   static const size_t pairs[][2] = {{SIZE_MAX / 2 + 1, 2},
                                     {2, SIZE_MAX / 2 + 1},
                                     {(size_t)1 << 32, (size_t)1 << 32},
@@ -83,6 +86,7 @@ static void case_calloc_overflow(void) {
 }
 
 static void case_calloc_zeroed(void) {
+  FROM_RMALLOC("calloc");
   static const size_t sizes[] = {1,     8,      24,     25,      100,     500,
                                  1000,  1032,   1040,   4000,    20000,   100000,
                                  200000, 1 << 20, 5 << 20, 12 << 20};
@@ -129,6 +133,7 @@ static void case_calloc_zeroed(void) {
 }
 
 static void case_realloc_null(void) {
+  FROM_RMALLOC("realloc");
   char *p = realloc(NULL, hide_size(100));
   REQUIRE(p != NULL);
   CHECK(malloc_usable_size(p) >= 100);
@@ -145,6 +150,7 @@ static void case_realloc_null(void) {
 }
 
 static void case_realloc_zero(void) {
+  FROM_RMALLOC("realloc", "mallinfo2");
   /* glibc 2.36: realloc(p, 0) frees p and returns NULL. */
   void *p = malloc(hide_size(100));
   REQUIRE(p);
@@ -173,6 +179,7 @@ static void case_realloc_zero(void) {
 }
 
 static void case_realloc_contents(void) {
+  FROM_RMALLOC("realloc");
   /* Grow one block step by step across every size class and into mmap. */
   size_t n = 1;
   unsigned char *p = malloc(hide_size(n));
@@ -241,6 +248,7 @@ static void case_realloc_contents(void) {
 }
 
 static void case_reallocarray(void) {
+  FROM_RMALLOC("reallocarray");
   errno = 0;
   void *p = reallocarray(NULL, hide_size(SIZE_MAX / 2 + 1), hide_size(2));
   CHECK(p == NULL);
@@ -261,6 +269,7 @@ static void case_reallocarray(void) {
 }
 
 static void case_posix_memalign(void) {
+  FROM_RMALLOC("posix_memalign");
   for (size_t a = sizeof(void *); a <= ((size_t)1 << 22); a <<= 1) {
     size_t sizes[] = {0, 1, a - 1, a, a + 1, 3 * a + 5, 100000};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
@@ -296,6 +305,7 @@ static void case_posix_memalign(void) {
 }
 
 static void case_memalign(void) {
+  FROM_RMALLOC("memalign");
   for (size_t a = 1; a <= ((size_t)1 << 22); a <<= 1) {
     void *p = memalign(hide_size(a), hide_size(a * 3 + 7));
     REQUIRE(p);
@@ -330,6 +340,7 @@ static void case_memalign(void) {
 }
 
 static void case_aligned_alloc(void) {
+  FROM_RMALLOC("aligned_alloc");
   /* In glibc 2.36 aligned_alloc is memalign: no size-multiple requirement,
    * non-power-of-two alignments rounded up. */
   for (size_t a = 1; a <= ((size_t)1 << 20); a <<= 1) {
@@ -358,6 +369,7 @@ static void case_aligned_alloc(void) {
 }
 
 static void case_valloc(void) {
+  FROM_RMALLOC("valloc");
   size_t sizes[] = {0, 1, 100, PAGE - 1, PAGE, PAGE + 1, 10 * PAGE, 1 << 20};
   for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
     void *p = valloc(hide_size(sizes[k]));
@@ -373,6 +385,7 @@ static void case_valloc(void) {
 }
 
 static void case_pvalloc(void) {
+  FROM_RMALLOC("pvalloc");
   size_t pg = PAGE;
   size_t sizes[] = {0, 1, 100, pg - 1, pg, pg + 1, 10 * pg + 3, 1 << 20};
   /* Note: glibc 2.36 rounds with the mask -(pagesize - 1), so pvalloc(0)
@@ -400,6 +413,7 @@ static void case_pvalloc(void) {
 }
 
 static void case_usable_size(void) {
+  FROM_RMALLOC("malloc_usable_size");
   CHECK(malloc_usable_size(NULL) == 0);
   for (size_t n = 0; n < 70000; n += (n < 2100 ? 1 : 997)) {
     void *p = malloc(hide_size(n));
@@ -424,6 +438,7 @@ static void case_usable_size(void) {
 }
 
 static void case_free_null_errno(void) {
+  FROM_RMALLOC("free");
   free(NULL);
   errno = EBADF;
   free(NULL);
@@ -463,6 +478,7 @@ static void case_cfree(void) {
 }
 
 static void case_mallopt(void) {
+  FROM_RMALLOC("mallopt");
   CHECK(mallopt(M_MXFAST, 64) == 1);
   CHECK(mallopt(M_MXFAST, 0) == 1);
   CHECK(mallopt(M_MXFAST, 160) == 1);
@@ -511,6 +527,7 @@ static void case_mallopt(void) {
 }
 
 static void case_mallinfo(void) {
+  FROM_RMALLOC("mallinfo", "mallinfo2");
   struct mallinfo2 a = mallinfo2();
   CHECK(a.arena == a.uordblks + a.fordblks);
   CHECK(a.keepcost <= a.fordblks);
@@ -552,6 +569,7 @@ static void case_mallinfo(void) {
 }
 
 static void case_malloc_trim(void) {
+  FROM_RMALLOC("malloc_trim", "mallinfo2");
   enum { N = 1000 };
   static void *v[N];
   struct mallinfo2 a = mallinfo2();
@@ -583,6 +601,7 @@ static void case_malloc_trim(void) {
 }
 
 static void case_malloc_stats(void) {
+  FROM_RMALLOC("malloc_stats");
   void *p = malloc(hide_size(12345));
   REQUIRE(p);
   malloc_stats(); /* the harness checks stderr */
@@ -590,6 +609,7 @@ static void case_malloc_stats(void) {
 }
 
 static void case_malloc_info(void) {
+  FROM_RMALLOC("malloc_info");
   void *v[50];
   for (int i = 0; i < 50; i++)
     REQUIRE((v[i] = malloc(hide_size((size_t)i * 100 + 1))) != NULL);

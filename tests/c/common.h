@@ -86,6 +86,18 @@ static inline const char *t_owner(void *f) {
 
 static inline int t_is_rmalloc(void *f) { return strstr(t_owner(f), "rmalloc") != NULL; }
 
+/* In rmalloc mode, check that each named function resolves into rmalloc. */
+#define FROM_RMALLOC(...) t_check_owned((const char *[]){__VA_ARGS__, NULL})
+__attribute__((unused)) static void t_check_owned(const char **names) {
+  if (!t_require_rmalloc)
+    return;
+  for (; *names; names++) {
+    void *f = dlsym(RTLD_DEFAULT, *names);
+    CHECKF(f && t_is_rmalloc(f), "%s is served by %s, not rmalloc", *names,
+           f ? t_owner(f) : "nobody");
+  }
+}
+
 static void t_start(void) {
   setvbuf(stdout, NULL, _IONBF, 0); /* survive abort() and ENOMEM */
   const char *req = getenv("RMALLOC_TEST_REQUIRE_RMALLOC");
@@ -99,6 +111,8 @@ static void t_start(void) {
     REQUIRE(version != NULL);
     REQUIRE(t_is_rmalloc(m));
     REQUIRE(t_is_rmalloc(dlsym(RTLD_DEFAULT, "free")));
+    REQUIRE(t_is_rmalloc(dlsym(RTLD_DEFAULT, "calloc")));
+    REQUIRE(t_is_rmalloc(dlsym(RTLD_DEFAULT, "realloc")));
   }
 }
 
