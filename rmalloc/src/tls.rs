@@ -1,28 +1,81 @@
-//! Initial-exec TLS slot reached with one `%fs`-relative load.
+//! Per-thread allocator state in initial-exec TLS.
+//!
+//! Two machine words per thread (the tcache and the thread's arena), defined in a `.tbss` section by `global_asm!` and read
+//! with one `%fs`-relative load each, as glibc reaches its own tcache.  Stable
+//! Rust's `thread_local!` would go through `__tls_get_addr` on every access
+//! in a shared library, and it may allocate for destructors; this has neither
+//! cost.  Initial-exec TLS sets `DF_STATIC_TLS`: the library must be loaded at
+//! start-up (`LD_PRELOAD` or linking), or `dlopen`ed while static TLS surplus
+//! remains, which glibc reserves for exactly this.
+
 core::arch::global_asm!(
-    ".section .tbss,\"awT\",@nobits",
+    ".pushsection .tbss,\"awT\",@nobits",
     ".p2align 3",
-    ".globl rm_tls_thread",
-    ".hidden rm_tls_thread",
-    ".type rm_tls_thread, @object",
-    ".size rm_tls_thread, 8",
-    "rm_tls_thread:",
-    ".zero 8",
-    ".text",
+    ".globl rm_tls_block",
+    ".hidden rm_tls_block",
+    ".type rm_tls_block, @object",
+    ".size rm_tls_block, 16",
+    "rm_tls_block:",
+    ".zero 16",
+    ".popsection",
 );
 
+/// Slot offsets inside the block.
+pub(crate) const TCACHE: usize = 0;
+pub(crate) const ARENA: usize = 8;
+
 #[inline(always)]
-pub fn get() -> *mut u8 {
-    let v: *mut u8;
+pub(crate) fn get<const SLOT: usize>() -> usize {
+    let v: usize;
+    // SAFETY: `rm_tls_block` is a 16-byte TLS object of this module; its
+    // GOTTPOFF entry holds the thread-pointer-relative offset, and `SLOT` is
+    // one of the in-bounds offsets above.  The load has no side effects.
     unsafe {
         core::arch::asm!(
-            "mov {t}, qword ptr [rip + rm_tls_thread@GOTTPOFF]",
-            "mov {v}, qword ptr fs:[{t}]",
-            t = out(reg) _, v = out(reg) v,
-            options(nostack, readonly, preserves_flags, pure)
+            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
+            "mov {v}, qword ptr fs:[{t} + {s}]",
+            t = out(reg) _,
+            v = lateout(reg) v,
+            s = const SLOT,
+            options(nostack, readonly, preserves_flags)
         );
     }
     v
 }
+
+#[inline(always)]
+pub(crate) fn set<const SLOT: usize>(val: usize) {
+    // SAFETY: as in `get`; the store goes to this thread's own block.
+    unsafe {
+        core::arch::asm!(
+            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
+            "mov qword ptr fs:[{t} + {s}], {v}",
+            t = out(reg) _,
+            v = in(reg) val,
+            s = const SLOT,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
 #[cfg(test)]
-mod t { #[test] fn z(){ assert!(super::get().is_null()); } }
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_per_thread() {
+        let saved = get::<ARENA>();
+        set::<ARENA>(0x1234);
+        assert_eq!(get::<ARENA>(), 0x1234);
+        let other = std::thread::spawn(|| {
+            let before = get::<ARENA>();
+            set::<ARENA>(0x99);
+            (before, get::<ARENA>())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other, (0, 0x99));
+        assert_eq!(get::<ARENA>(), 0x1234);
+        set::<ARENA>(saved);
+    }
+}

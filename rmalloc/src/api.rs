@@ -1,0 +1,369 @@
+//! The allocator's public operations with glibc 2.36 semantics: the fast
+//! paths through the thread cache, and the slow paths through arenas.
+//!
+//! These are plain Rust functions; `exports.rs` gives them their C names.
+//! Keeping them separate lets the crate's own tests drive the allocator
+//! in-process without replacing the test binary's `malloc`.
+
+use crate::arena::{self, arena_for_chunk, arena_get, arena_get_retry};
+use crate::chunk::{self, checked_request2size, chunk2mem, mem2chunk, ALIGN, IS_MMAPPED, MINSIZE, SIZE_BITS, SIZE_SZ};
+use crate::error::malloc_printerr;
+use crate::free::{check_pointer, int_free};
+use crate::init;
+use crate::malloc::int_malloc;
+use crate::mmap_chunk;
+use crate::options::{self, PARAMS};
+use crate::os;
+use crate::realloc::{int_memalign, int_realloc};
+use crate::tcache::{self, csize2tidx, Entry, Tcache};
+use crate::thread::{self, TCACHE_DISABLED};
+use crate::tls;
+
+#[inline(always)]
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+#[inline(always)]
+fn errno() -> i32 {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() }
+}
+
+#[cold]
+fn enomem() -> *mut u8 {
+    set_errno(libc::ENOMEM);
+    core::ptr::null_mut()
+}
+
+/// `malloc`.
+///
+/// # Safety
+/// Always safe to call; unsafe because it hands out raw memory.
+#[inline(always)]
+pub unsafe fn malloc(bytes: usize) -> *mut u8 {
+    let Some(nb) = checked_request2size(bytes) else {
+        return enomem();
+    };
+    let t = tls::get::<{ tls::TCACHE }>();
+    let idx = csize2tidx(nb);
+    if t > TCACHE_DISABLED && idx < PARAMS.tcache_bins() {
+        let tc = t as *mut Tcache;
+        if (*tc).counts[idx] != 0 {
+            return tcache::get(tc, idx);
+        }
+    }
+    malloc_slow(bytes, nb)
+}
+
+#[inline(never)]
+unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
+    init::ensure();
+    let tc = thread::tcache_or_init();
+    let mut av = arena_get(bytes);
+    let mut p = int_malloc(av, bytes, nb, tc);
+    if p.is_null() {
+        av = arena_get_retry(av, bytes);
+        p = int_malloc(av, bytes, nb, tc);
+    }
+    (*av).mutex.unlock();
+    if p.is_null() {
+        return enomem();
+    }
+    p
+}
+
+/// `free`.  Preserves `errno`.
+///
+/// # Safety
+/// `mem` must be null or a live pointer from this allocator.
+#[inline(always)]
+pub unsafe fn free(mem: *mut u8) {
+    if mem.is_null() {
+        return;
+    }
+    let p = mem2chunk(mem);
+    let raw = chunk::size_nomask(p);
+    let t = tls::get::<{ tls::TCACHE }>();
+    if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
+        let size = raw & !SIZE_BITS;
+        let idx = csize2tidx(size);
+        if idx < PARAMS.tcache_bins() {
+            check_pointer(p, size);
+            let tc = t as *mut Tcache;
+            let e = mem as *mut Entry;
+            if (*e).key == tcache::key() {
+                tcache::check_double_free(tc, e, idx);
+            }
+            if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+                tcache::put(tc, p, idx);
+                return;
+            }
+        }
+    }
+    free_slow(p, raw);
+}
+
+#[inline(never)]
+unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
+    let saved = errno();
+    init::ensure();
+    if raw & IS_MMAPPED != 0 {
+        PARAMS.note_mmapped_free(raw);
+        mmap_chunk::unmap_chunk(p);
+    } else {
+        let size = raw & !SIZE_BITS;
+        check_pointer(p, size);
+        let tc = thread::tcache_or_init();
+        let idx = csize2tidx(size);
+        if !tc.is_null() && idx < PARAMS.tcache_bins() && ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+            let e = chunk2mem(p) as *mut Entry;
+            if (*e).key == tcache::key() {
+                tcache::check_double_free(tc, e, idx);
+            }
+            tcache::put(tc, p, idx);
+        } else {
+            int_free(arena_for_chunk(p), p);
+        }
+    }
+    set_errno(saved);
+}
+
+/// `calloc`.
+///
+/// # Safety
+/// Always safe to call.
+pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
+    let Some(bytes) = n.checked_mul(size) else {
+        return enomem();
+    };
+    let mem = malloc(bytes);
+    if mem.is_null() {
+        return mem;
+    }
+    let p = mem2chunk(mem);
+    // Fresh mappings are already zero.
+    if !chunk::is_mmapped(p) || PARAMS.perturb_enabled() {
+        core::ptr::write_bytes(mem, 0, chunk::usable_size(p));
+    }
+    mem
+}
+
+/// `realloc`.
+///
+/// # Safety
+/// `old` must be null or a live pointer from this allocator.
+pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
+    if bytes == 0 && !old.is_null() {
+        free(old);
+        return core::ptr::null_mut();
+    }
+    if old.is_null() {
+        return malloc(bytes);
+    }
+    let oldp = mem2chunk(old);
+    let oldsize = chunk::size(oldp);
+    if (oldp as usize) > oldsize.wrapping_neg() || chunk::misaligned_chunk(oldp) {
+        malloc_printerr("realloc(): invalid pointer");
+    }
+    let Some(nb) = checked_request2size(bytes) else {
+        return enomem();
+    };
+    init::ensure();
+    if chunk::is_mmapped(oldp) {
+        let np = mmap_chunk::remap_chunk(oldp, nb);
+        if !np.is_null() {
+            return chunk2mem(np);
+        }
+        if oldsize - SIZE_SZ >= nb {
+            return old;
+        }
+        let newmem = malloc(bytes);
+        if newmem.is_null() {
+            return newmem;
+        }
+        core::ptr::copy_nonoverlapping(old, newmem, oldsize - chunk::HDR);
+        mmap_chunk::unmap_chunk(oldp);
+        return newmem;
+    }
+    let av = arena_for_chunk(oldp);
+    (*av).mutex.lock();
+    let newp = int_realloc(av, oldp, oldsize, nb);
+    (*av).mutex.unlock();
+    if !newp.is_null() {
+        return newp;
+    }
+    // The arena is exhausted: try elsewhere and move.
+    let newmem = malloc(bytes);
+    if !newmem.is_null() {
+        core::ptr::copy_nonoverlapping(old, newmem, oldsize - SIZE_SZ);
+        int_free(av, oldp);
+    }
+    newmem
+}
+
+/// `reallocarray`.
+///
+/// # Safety
+/// As `realloc`.
+pub unsafe fn reallocarray(old: *mut u8, n: usize, size: usize) -> *mut u8 {
+    match n.checked_mul(size) {
+        Some(b) => realloc(old, b),
+        None => enomem(),
+    }
+}
+
+/// `memalign` (also `aligned_alloc`, as in glibc 2.36).
+///
+/// # Safety
+/// Always safe to call.
+pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
+    if alignment <= ALIGN {
+        return malloc(bytes);
+    }
+    let mut alignment = core::cmp::max(alignment, MINSIZE);
+    if alignment > usize::MAX / 2 + 1 {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    if !alignment.is_power_of_two() {
+        alignment = alignment.next_power_of_two();
+    }
+    let Some(nb) = checked_request2size(bytes) else {
+        return enomem();
+    };
+    if nb > usize::MAX - alignment - MINSIZE {
+        return enomem();
+    }
+    init::ensure();
+    let mut av = arena_get(bytes + alignment + MINSIZE);
+    let mut p = int_memalign(av, alignment, nb);
+    if p.is_null() {
+        av = arena_get_retry(av, bytes);
+        p = int_memalign(av, alignment, nb);
+    }
+    (*av).mutex.unlock();
+    if p.is_null() {
+        return enomem();
+    }
+    p
+}
+
+/// `posix_memalign`: returns 0, `EINVAL` or `ENOMEM`.
+///
+/// # Safety
+/// `out` must be valid for writing a pointer.
+pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) -> i32 {
+    let w = core::mem::size_of::<usize>();
+    if alignment % w != 0 || !(alignment / w).is_power_of_two() {
+        return libc::EINVAL;
+    }
+    let m = memalign(alignment, bytes);
+    if m.is_null() {
+        return libc::ENOMEM;
+    }
+    *out = m;
+    0
+}
+
+/// `valloc`.
+///
+/// # Safety
+/// Always safe to call.
+pub unsafe fn valloc(bytes: usize) -> *mut u8 {
+    memalign(os::pagesize(), bytes)
+}
+
+/// `pvalloc`, including glibc 2.36's rounding (`& -(pagesize - 1)`).
+///
+/// # Safety
+/// Always safe to call.
+pub unsafe fn pvalloc(bytes: usize) -> *mut u8 {
+    let ps = os::pagesize();
+    let Some(r) = bytes.checked_add(ps - 1) else {
+        return enomem();
+    };
+    memalign(ps, r & (ps - 1).wrapping_neg())
+}
+
+/// `malloc_usable_size`.
+///
+/// # Safety
+/// `mem` must be null or a live pointer from this allocator.
+pub unsafe fn usable_size(mem: *mut u8) -> usize {
+    if mem.is_null() {
+        return 0;
+    }
+    let p = mem2chunk(mem);
+    if chunk::is_mmapped(p) {
+        chunk::size(p) - chunk::HDR
+    } else if chunk::inuse(p) {
+        chunk::size(p) - SIZE_SZ
+    } else {
+        0
+    }
+}
+
+/// `mallopt`: consolidates the main arena first, as glibc does before any
+/// change of the fastbin limit.
+pub fn mallopt(param: i32, value: i32) -> i32 {
+    init::ensure();
+    let m = arena::main_arena();
+    // SAFETY: the main arena is initialised; we hold its lock while
+    // consolidating and changing parameters.
+    unsafe {
+        (*m).mutex.lock();
+        crate::free::malloc_consolidate(m);
+        let r = options::mallopt(param, value);
+        (*m).mutex.unlock();
+        r
+    }
+}
+
+/// `malloc_trim`: consolidate, release whole free pages inside free chunks,
+/// and shrink the main heap's top.  Returns 1 if memory was released.
+pub fn malloc_trim(pad: usize) -> i32 {
+    init::ensure();
+    let mut result = 0;
+    arena::for_each_arena(|a| {
+        // SAFETY: arenas are valid forever; we hold the lock while trimming.
+        unsafe {
+            (*a).mutex.lock();
+            result |= trim_arena(a, pad);
+            (*a).mutex.unlock();
+        }
+    });
+    result
+}
+
+unsafe fn trim_arena(av: *mut arena::Arena, pad: usize) -> i32 {
+    crate::free::malloc_consolidate(av);
+    let ps = os::pagesize();
+    let psindex = crate::bins::bin_index(ps);
+    let mut result = 0;
+    for i in 1..crate::bins::NBINS {
+        if i != 1 && i < psindex {
+            continue;
+        }
+        let bin = (*av).bin_at(i);
+        let mut p = (*bin).bk;
+        while p != bin {
+            let size = chunk::size(p);
+            let hdr = core::mem::size_of::<chunk::Chunk>();
+            if size > ps - 1 + hdr {
+                let paligned = os::align_up(p as usize + hdr, ps);
+                let left = size - (paligned - p as usize);
+                if left > ps - 1 {
+                    let _ = rmalloc_sys::madvise(paligned as *mut u8, left & !(ps - 1), rmalloc_sys::MADV_DONTNEED);
+                    result = 1;
+                }
+            }
+            p = (*p).bk;
+        }
+    }
+    if (*av).is_main() && crate::top::systrim(av, pad) {
+        result = 1;
+    }
+    result
+}

@@ -1,0 +1,135 @@
+//! Heap consistency checking: the invariants of `chunk.rs`, `bins.rs` and
+//! `tcache.rs`, verified over every arena.  Used by tests after every step
+//! and exported as `rmalloc_check_heap()` for programs and tools.
+//!
+//! A check never aborts and never writes to the heap; it reports the first
+//! problem found.
+
+use core::fmt::Write;
+
+use crate::arena::{self, Arena};
+use crate::bins::{self, NBINS, NFASTBINS};
+use crate::chunk::{self, reveal_ptr, ChunkPtr, MINSIZE};
+use crate::fmt::FixedBuf;
+use crate::walk::{walk_arena, Kind};
+
+pub(crate) type Problem = FixedBuf<160>;
+
+macro_rules! fail {
+    ($($arg:tt)*) => {{
+        let mut b = Problem::new();
+        let _ = write!(b, $($arg)*);
+        return Err(b);
+    }};
+}
+
+/// Check one arena.  Caller holds its lock.
+pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
+    let mut free_in_heap = 0usize;
+    let mut prev_free = false;
+    let mut problem: Option<Problem> = None;
+    let flag = (*av).chunk_flag();
+    let walked = walk_arena(av, &mut |p, size, kind| {
+        if problem.is_some() {
+            return;
+        }
+        let mut b = Problem::new();
+        if !chunk::aligned_ok(p as usize) {
+            let _ = write!(b, "chunk {:p} misaligned", p);
+        } else if kind != Kind::Top && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0 {
+            let _ = write!(b, "heap chunk {:p} marked mmapped", p);
+        } else if kind == Kind::Free {
+            if prev_free {
+                let _ = write!(b, "two adjacent free chunks at {:p}", p);
+            } else if chunk::prev_size(chunk::at_offset(p, size)) != size {
+                let _ = write!(b, "free chunk {:p} foot {} != size {}", p, chunk::prev_size(chunk::at_offset(p, size)), size);
+            }
+            free_in_heap += 1;
+        } else if kind == Kind::InUse && flag != 0 && chunk::is_main_arena(p) {
+            let _ = write!(b, "in-use chunk {:p} lacks NON_MAIN_ARENA", p);
+        }
+        if b.len > 0 {
+            problem = Some(b);
+        }
+        prev_free = kind == Kind::Free;
+    });
+    if let Some(b) = problem {
+        return Err(b);
+    }
+    if let Err(e) = walked {
+        fail!("heap walk broken at {:#x}: {}", e.at, e.why);
+    }
+
+    // Bins: well-linked, holding free chunks of the right sizes.
+    let mut in_bins = 0usize;
+    for i in 1..NBINS {
+        let bin = (*av).bin_at(i);
+        let mut p = (*bin).fd;
+        let mut guard = 0usize;
+        while p != bin {
+            if (*(*p).fd).bk != p || (*(*p).bk).fd != p {
+                fail!("bin {} list broken at {:p}", i, p);
+            }
+            let size = chunk::size(p);
+            if size < MINSIZE || chunk::inuse(p) {
+                fail!("bin {} holds in-use or tiny chunk {:p}", i, p);
+            }
+            if i > 1 && bins::bin_index(size) != i {
+                fail!("chunk {:p} of size {} in wrong bin {}", p, size, i);
+            }
+            if i > 1 && (*av).binmap[bins::idx2block(i)] & bins::idx2bit(i) == 0 {
+                fail!("bin {} non-empty but unmarked in binmap", i);
+            }
+            in_bins += 1;
+            guard += 1;
+            if guard > 1 << 26 {
+                fail!("bin {} list does not terminate", i);
+            }
+            p = (*p).fd;
+        }
+    }
+    // Fastbins: right sizes, chunks look in use.
+    for i in 0..NFASTBINS {
+        let mut p: ChunkPtr = (*av).fastbins[i];
+        let mut guard = 0usize;
+        while !p.is_null() {
+            if !chunk::aligned_ok(p as usize) || bins::fastbin_index(chunk::size(p)) != i {
+                fail!("fastbin {} holds bad chunk {:p}", i, p);
+            }
+            if !chunk::inuse(p) {
+                fail!("fastbin chunk {:p} marked free", p);
+            }
+            guard += 1;
+            if guard > 1 << 26 {
+                fail!("fastbin {} does not terminate", i);
+            }
+            p = reveal_ptr(core::ptr::addr_of!((*p).fd) as *const u8, (*p).fd as *mut u8) as ChunkPtr;
+        }
+    }
+    if walked.unwrap_or(false) && in_bins != free_in_heap {
+        fail!("{} free chunks in the heap but {} in bins", free_in_heap, in_bins);
+    }
+    let top = (*av).top;
+    if top != (*av).initial_top() && (chunk::size(top) < MINSIZE || !chunk::prev_inuse(top)) {
+        fail!("top chunk {:p} malformed (size {})", top, chunk::size(top));
+    }
+    Ok(())
+}
+
+/// Check every arena, locking each in turn.
+pub(crate) fn check_all() -> Result<(), Problem> {
+    crate::init::ensure();
+    let mut result = Ok(());
+    arena::for_each_arena(|a| {
+        if result.is_err() {
+            return;
+        }
+        // SAFETY: arenas are valid forever; the lock is held for the check.
+        unsafe {
+            (*a).mutex.lock();
+            result = check_arena(a);
+            (*a).mutex.unlock();
+        }
+    });
+    result
+}

@@ -1,0 +1,90 @@
+//! The C ABI: glibc's malloc family under its public names and its
+//! `__libc_*` aliases, plus rmalloc's own extensions.
+//!
+//! Only built into the shared library and rlib users (not into this
+//! crate's unit tests, which must keep the test harness on its own malloc).
+//! Each function is a thin shim over `api.rs` / `stats.rs`.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use crate::api;
+use crate::stats::{self, Mallinfo, Mallinfo2};
+
+type Ptr = *mut c_void;
+
+macro_rules! export {
+    ($($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $body:expr;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                $body
+            }
+        )*
+    };
+}
+
+// SAFETY (for every function below): these are the C entry points; the
+// caller's obligations are those of the C functions they implement, which
+// are exactly the preconditions of the `api` functions they forward to.
+export! {
+    malloc(n: usize) -> Ptr = api::malloc(n).cast();
+    __libc_malloc(n: usize) -> Ptr = api::malloc(n).cast();
+    free(p: Ptr) -> () = api::free(p.cast());
+    __libc_free(p: Ptr) -> () = api::free(p.cast());
+    cfree(p: Ptr) -> () = api::free(p.cast());
+    calloc(n: usize, s: usize) -> Ptr = api::calloc(n, s).cast();
+    __libc_calloc(n: usize, s: usize) -> Ptr = api::calloc(n, s).cast();
+    realloc(p: Ptr, n: usize) -> Ptr = api::realloc(p.cast(), n).cast();
+    __libc_realloc(p: Ptr, n: usize) -> Ptr = api::realloc(p.cast(), n).cast();
+    reallocarray(p: Ptr, n: usize, s: usize) -> Ptr = api::reallocarray(p.cast(), n, s).cast();
+    memalign(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
+    __libc_memalign(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
+    aligned_alloc(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
+    posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = api::posix_memalign(out.cast(), a, n);
+    __posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = api::posix_memalign(out.cast(), a, n);
+    valloc(n: usize) -> Ptr = api::valloc(n).cast();
+    __libc_valloc(n: usize) -> Ptr = api::valloc(n).cast();
+    pvalloc(n: usize) -> Ptr = api::pvalloc(n).cast();
+    __libc_pvalloc(n: usize) -> Ptr = api::pvalloc(n).cast();
+    malloc_usable_size(p: Ptr) -> usize = api::usable_size(p.cast());
+    mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);
+    __libc_mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);
+    malloc_trim(pad: usize) -> c_int = api::malloc_trim(pad);
+    mallinfo() -> Mallinfo = stats::mallinfo();
+    __libc_mallinfo() -> Mallinfo = stats::mallinfo();
+    mallinfo2() -> Mallinfo2 = stats::mallinfo2();
+    malloc_stats() -> () = stats::malloc_stats();
+    malloc_info(options: c_int, fp: *mut libc::FILE) -> c_int = stats::malloc_info(options, fp);
+}
+
+static VERSION: &[u8] = concat!("rmalloc ", env!("CARGO_PKG_VERSION"), "\0").as_bytes();
+
+/// Version string of this library.
+#[no_mangle]
+pub extern "C" fn rmalloc_version() -> *const c_char {
+    VERSION.as_ptr().cast()
+}
+
+/// Check every arena's invariants: 0 if consistent, else -1 with the
+/// first problem reported on stderr.
+#[no_mangle]
+pub extern "C" fn rmalloc_check_heap() -> c_int {
+    match crate::check::check_all() {
+        Ok(()) => 0,
+        Err(p) => {
+            let _ = rmalloc_sys::write_all(2, b"rmalloc_check_heap: ");
+            let _ = rmalloc_sys::write_all(2, p.as_bytes());
+            let _ = rmalloc_sys::write_all(2, b"\n");
+            -1
+        }
+    }
+}
+
+extern "C" fn at_unload() {
+    crate::stats::write_exit_stats();
+}
+
+/// Runs when the library is unloaded at process exit.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = at_unload;

@@ -1,0 +1,227 @@
+//! The arena free path (glibc's `_int_free`): fastbins, coalescing with the
+//! neighbours, the unsorted bin, merging into top, and trimming; plus
+//! `malloc_consolidate` and `unlink_chunk`.
+//!
+//! Every check glibc makes on a freed chunk is made here with glibc's
+//! message, so corruption and double frees abort instead of spreading.
+
+use core::sync::atomic::Ordering;
+
+use crate::arena::Arena;
+use crate::bins::*;
+use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, MINSIZE, PREV_INUSE, SIZE_SZ};
+use crate::error::malloc_printerr;
+use crate::options::PARAMS;
+use crate::top;
+
+#[inline(always)]
+unsafe fn free_perturb(p: *mut u8, n: usize) {
+    if PARAMS.perturb_enabled() {
+        let b = PARAMS.perturb_byte();
+        core::ptr::write_bytes(p, b, n);
+    }
+}
+
+/// Remove free chunk `p` from its (small or large) bin.
+pub(crate) unsafe fn unlink_chunk(_av: *mut Arena, p: ChunkPtr) {
+    if chunk::size(p) != chunk::prev_size(chunk::next_chunk(p)) {
+        malloc_printerr("corrupted size vs. prev_size");
+    }
+    let fd = (*p).fd;
+    let bk = (*p).bk;
+    if (*fd).bk != p || (*bk).fd != p {
+        malloc_printerr("corrupted double-linked list");
+    }
+    (*fd).bk = bk;
+    (*bk).fd = fd;
+    if !in_smallbin_range(chunk::size_nomask(p)) && !(*p).fd_nextsize.is_null() {
+        if (*(*p).fd_nextsize).bk_nextsize != p || (*(*p).bk_nextsize).fd_nextsize != p {
+            malloc_printerr("corrupted double-linked list (not small)");
+        }
+        if (*fd).fd_nextsize.is_null() {
+            if (*p).fd_nextsize == p {
+                (*fd).fd_nextsize = fd;
+                (*fd).bk_nextsize = fd;
+            } else {
+                (*fd).fd_nextsize = (*p).fd_nextsize;
+                (*fd).bk_nextsize = (*p).bk_nextsize;
+                (*(*p).fd_nextsize).bk_nextsize = fd;
+                (*(*p).bk_nextsize).fd_nextsize = fd;
+            }
+        } else {
+            (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
+            (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
+        }
+    }
+}
+
+/// Free heap chunk `p` of arena `av`, taking the arena lock.
+pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
+    let size = chunk::size(p);
+    check_pointer(p, size);
+    (*av).mutex.lock();
+    free_into_arena(av, p, size);
+    (*av).mutex.unlock();
+}
+
+/// Free heap chunk `p` of arena `av`, whose lock the caller holds.
+pub(crate) unsafe fn int_free_locked(av: *mut Arena, p: ChunkPtr) {
+    let size = chunk::size(p);
+    check_pointer(p, size);
+    free_into_arena(av, p, size);
+}
+
+/// glibc's first checks on any pointer given to `free`.
+#[inline(always)]
+pub(crate) unsafe fn check_pointer(p: ChunkPtr, size: usize) {
+    if (p as usize) > size.wrapping_neg() || chunk::misaligned_chunk(p) {
+        malloc_printerr("free(): invalid pointer");
+    }
+    if size < MINSIZE || !chunk::aligned_ok(size) {
+        malloc_printerr("free(): invalid size");
+    }
+}
+
+unsafe fn free_into_arena(av: *mut Arena, p: ChunkPtr, size: usize) {
+    if size <= PARAMS.max_fast() {
+        let next = chunk::at_offset(p, size);
+        if chunk::size_nomask(next) <= 2 * SIZE_SZ || chunk::size(next) >= (*av).system_mem {
+            malloc_printerr("free(): invalid next size (fast)");
+        }
+        free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
+        (*av).have_fastchunks.store(true, Ordering::Relaxed);
+        let idx = fastbin_index(size);
+        let old = (*av).fastbins[idx];
+        if old == p {
+            malloc_printerr("double free or corruption (fasttop)");
+        }
+        if !old.is_null() && fastbin_index(chunk::size(old)) != idx {
+            malloc_printerr("invalid fastbin entry (free)");
+        }
+        (*p).fd = protect_ptr(core::ptr::addr_of!((*p).fd) as *const u8, old as *mut u8) as ChunkPtr;
+        (*av).fastbins[idx] = p;
+        return;
+    }
+    merge_chunk(av, p, size);
+}
+
+/// Coalesce `p` with free neighbours and put the result in the unsorted bin
+/// or top; then consolidate and trim if the freed block is large.
+unsafe fn merge_chunk(av: *mut Arena, mut p: ChunkPtr, mut size: usize) {
+    let next = chunk::at_offset(p, size);
+    if p == (*av).top {
+        malloc_printerr("double free or corruption (top)");
+    }
+    if (*av).contiguous() && (*av).is_main() && (next as usize) >= (*av).top as usize + chunk::size((*av).top) {
+        malloc_printerr("double free or corruption (out)");
+    }
+    if !chunk::prev_inuse(next) {
+        malloc_printerr("double free or corruption (!prev)");
+    }
+    let nextsize = chunk::size(next);
+    if chunk::size_nomask(next) <= 2 * SIZE_SZ || nextsize >= (*av).system_mem {
+        malloc_printerr("free(): invalid next size (normal)");
+    }
+    free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
+
+    if !chunk::prev_inuse(p) {
+        let prevsize = chunk::prev_size(p);
+        size += prevsize;
+        p = chunk::at_offset(p, 0usize.wrapping_sub(prevsize));
+        if chunk::size(p) != prevsize {
+            malloc_printerr("corrupted size vs. prev_size while consolidating");
+        }
+        unlink_chunk(av, p);
+    }
+    if next != (*av).top {
+        if !chunk::inuse_bit_at_offset(next, nextsize) {
+            unlink_chunk(av, next);
+            size += nextsize;
+        } else {
+            chunk::clear_inuse_bit_at_offset(next, 0);
+        }
+        let bck = (*av).unsorted();
+        let fwd = (*bck).fd;
+        if (*fwd).bk != bck {
+            malloc_printerr("free(): corrupted unsorted chunks");
+        }
+        (*p).fd = fwd;
+        (*p).bk = bck;
+        if !in_smallbin_range(size) {
+            (*p).fd_nextsize = core::ptr::null_mut();
+            (*p).bk_nextsize = core::ptr::null_mut();
+        }
+        (*bck).fd = p;
+        (*fwd).bk = p;
+        chunk::set_head(p, size | PREV_INUSE);
+        chunk::set_foot(p, size);
+    } else {
+        size += nextsize;
+        chunk::set_head(p, size | PREV_INUSE);
+        (*av).top = p;
+    }
+
+    if size >= FASTBIN_CONSOLIDATION_THRESHOLD {
+        if (*av).have_fastchunks.load(Ordering::Relaxed) {
+            malloc_consolidate(av);
+        }
+        if !(*av).is_main() || chunk::size((*av).top) >= PARAMS.trim_threshold() {
+            top::systrim(av, PARAMS.top_pad());
+        }
+    }
+}
+
+/// Move every fastbin chunk, coalesced with its neighbours, into the
+/// unsorted bin (or top).  Caller holds the arena lock.
+pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
+    (*av).have_fastchunks.store(false, Ordering::Relaxed);
+    let unsorted = (*av).unsorted();
+    for idx in 0..NFASTBINS {
+        let mut p = core::mem::replace(&mut (*av).fastbins[idx], core::ptr::null_mut());
+        while !p.is_null() {
+            if !chunk::aligned_ok(p as usize) {
+                malloc_printerr("malloc_consolidate(): unaligned fastbin chunk detected");
+            }
+            if fastbin_index(chunk::size(p)) != idx {
+                malloc_printerr("malloc_consolidate(): invalid chunk size");
+            }
+            let nextp = reveal_ptr(core::ptr::addr_of!((*p).fd) as *const u8, (*p).fd as *mut u8) as ChunkPtr;
+            let mut size = chunk::size(p);
+            let next = chunk::at_offset(p, size);
+            let nextsize = chunk::size(next);
+            if !chunk::prev_inuse(p) {
+                let prevsize = chunk::prev_size(p);
+                size += prevsize;
+                p = chunk::at_offset(p, 0usize.wrapping_sub(prevsize));
+                if chunk::size(p) != prevsize {
+                    malloc_printerr("corrupted size vs. prev_size in fastbins");
+                }
+                unlink_chunk(av, p);
+            }
+            if next != (*av).top {
+                if !chunk::inuse_bit_at_offset(next, nextsize) {
+                    size += nextsize;
+                    unlink_chunk(av, next);
+                } else {
+                    chunk::clear_inuse_bit_at_offset(next, 0);
+                }
+                let first = (*unsorted).fd;
+                (*unsorted).fd = p;
+                (*first).bk = p;
+                if !in_smallbin_range(size) {
+                    (*p).fd_nextsize = core::ptr::null_mut();
+                    (*p).bk_nextsize = core::ptr::null_mut();
+                }
+                chunk::set_head(p, size | PREV_INUSE);
+                (*p).bk = unsorted;
+                (*p).fd = first;
+                chunk::set_foot(p, size);
+            } else {
+                size += nextsize;
+                chunk::set_head(p, size | PREV_INUSE);
+                (*av).top = p;
+            }
+            p = nextp;
+        }
+    }
+}

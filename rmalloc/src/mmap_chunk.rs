@@ -1,0 +1,83 @@
+//! Chunks that stand alone in their own `mmap` (requests at or above the
+//! mmap threshold), and the process-wide counters for them.
+//!
+//! Invariants: such a chunk has `IS_MMAPPED` set, `prev_size` is the offset
+//! from the mapping start to the chunk (non-zero only after `memalign`), and
+//! `prev_size + size` is the page-multiple length of the mapping.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::chunk::{self, ChunkPtr, IS_MMAPPED, SIZE_SZ};
+use crate::error::malloc_printerr;
+use crate::os;
+use rmalloc_sys as sys;
+
+pub(crate) static N_MMAPS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static MAX_N_MMAPS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static MAX_MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
+
+fn account(delta_maps: isize, delta_bytes: isize) {
+    let n = (N_MMAPS.fetch_add(delta_maps as usize, Ordering::Relaxed) as isize + delta_maps) as usize;
+    MAX_N_MMAPS.fetch_max(n, Ordering::Relaxed);
+    let b = (MMAPPED_MEM.fetch_add(delta_bytes as usize, Ordering::Relaxed) as isize + delta_bytes) as usize;
+    MAX_MMAPPED_MEM.fetch_max(b, Ordering::Relaxed);
+}
+
+/// Map a chunk of at least `nb` bytes.  Null when the kernel refuses.
+pub(crate) unsafe fn map_chunk(nb: usize) -> ChunkPtr {
+    let page = os::pagesize();
+    let Some(need) = nb.checked_add(SIZE_SZ + page - 1) else {
+        return core::ptr::null_mut();
+    };
+    let size = os::align_down(need, page);
+    let Some(mm) = os::map_rw(size) else {
+        return core::ptr::null_mut();
+    };
+    let p = mm as ChunkPtr;
+    chunk::set_prev_size(p, 0);
+    chunk::set_head(p, size | IS_MMAPPED);
+    account(1, size as isize);
+    p
+}
+
+/// The mapping behind mmapped chunk `p`, validated: (start, length).
+unsafe fn mapping_of(p: ChunkPtr, what: &str) -> (usize, usize) {
+    let page = os::pagesize();
+    let off = chunk::prev_size(p);
+    let size = chunk::size(p);
+    let block = (p as usize).wrapping_sub(off);
+    let total = off.wrapping_add(size);
+    if (block | total) & (page - 1) != 0 || total < size || chunk::misaligned_chunk(p) {
+        malloc_printerr(what);
+    }
+    (block, total)
+}
+
+pub(crate) unsafe fn unmap_chunk(p: ChunkPtr) {
+    let (block, total) = mapping_of(p, "munmap_chunk(): invalid pointer");
+    account(-1, -(total as isize));
+    let _ = sys::munmap(block as *mut u8, total);
+}
+
+/// Resize mmapped chunk `p` to hold `nb` bytes with `mremap`; null if the
+/// kernel cannot.
+pub(crate) unsafe fn remap_chunk(p: ChunkPtr, nb: usize) -> ChunkPtr {
+    let page = os::pagesize();
+    let (block, total) = mapping_of(p, "mremap_chunk(): invalid pointer");
+    let off = chunk::prev_size(p);
+    let Some(need) = nb.checked_add(off + SIZE_SZ + page - 1) else {
+        return core::ptr::null_mut();
+    };
+    let new_size = os::align_down(need, page);
+    if new_size == total {
+        return p;
+    }
+    let Ok(cp) = sys::mremap(block as *mut u8, total, new_size, sys::MREMAP_MAYMOVE) else {
+        return core::ptr::null_mut();
+    };
+    let np = cp.add(off) as ChunkPtr;
+    chunk::set_head(np, (new_size - off) | IS_MMAPPED);
+    account(0, new_size as isize - total as isize);
+    np
+}

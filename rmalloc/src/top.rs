@@ -1,0 +1,198 @@
+//! The top chunk: growing an arena's heap when no bin can serve a request
+//! (glibc's `sysmalloc`) and giving memory back from the top (`systrim`).
+//!
+//! The main arena grows with `brk`; when the break cannot move (a mapping
+//! is in the way, `RLIMIT_DATA`) it continues in `mmap`ed regions and is
+//! marked non-contiguous.  A region that does not continue the current top
+//! (a foreign `sbrk`, or an mmap region) starts a new top, and the old top
+//! is closed with two fenceposts and freed, as glibc does.  The regions'
+//! starts are remembered so that the heap can be walked chunk by chunk.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::arena::{Arena, NONCONTIGUOUS};
+use crate::chunk::{self, ChunkPtr, HDR, MINSIZE, PREV_INUSE};
+use crate::error::malloc_printerr;
+use crate::heap;
+use crate::mmap_chunk;
+use crate::options::PARAMS;
+use crate::os;
+
+/// glibc's `MMAP_AS_MORECORE_SIZE`: smallest mmap region used when `brk` fails.
+const MMAP_AS_MORECORE_SIZE: usize = 1024 * 1024;
+pub(crate) const MAX_REGIONS: usize = 256;
+
+/// Start addresses of the main arena's heap regions, in creation order.
+pub(crate) static REGIONS: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+pub(crate) static NREGIONS: AtomicUsize = AtomicUsize::new(0);
+/// Where the main arena's first `brk` region started (for statistics).
+pub(crate) static SBRK_BASE: AtomicUsize = AtomicUsize::new(0);
+
+fn note_region(start: usize) {
+    let n = NREGIONS.load(Ordering::Relaxed);
+    if n < MAX_REGIONS {
+        REGIONS[n].store(start, Ordering::Relaxed);
+    }
+    NREGIONS.store(n + 1, Ordering::Release);
+}
+
+/// Split `nb` bytes off the top chunk of `av` (which must be large enough).
+#[inline]
+pub(crate) unsafe fn split_top(av: *mut Arena, nb: usize) -> *mut u8 {
+    let victim = (*av).top;
+    let size = chunk::size(victim);
+    let rem = chunk::at_offset(victim, nb);
+    (*av).top = rem;
+    chunk::set_head(victim, nb | PREV_INUSE | (*av).chunk_flag());
+    chunk::set_head(rem, (size - nb) | PREV_INUSE);
+    chunk::chunk2mem(victim)
+}
+
+/// Serve `nb` bytes when the bins and top cannot: mmap a chunk for large
+/// requests, else grow the arena's heap.  Caller holds the arena lock.
+/// Returns null (caller sets `ENOMEM`) when the kernel refuses.
+pub(crate) unsafe fn sysmalloc(nb: usize, av: *mut Arena) -> *mut u8 {
+    let mut tried_mmap = false;
+    if nb >= PARAMS.mmap_threshold() && mmap_chunk::N_MMAPS.load(Ordering::Relaxed) < PARAMS.mmap_max() {
+        tried_mmap = true;
+        let p = mmap_chunk::map_chunk(nb);
+        if !p.is_null() {
+            return chunk::chunk2mem(p);
+        }
+    }
+    let grown = if (*av).is_main() { grow_main(av, nb) } else { grow_heap_arena(av, nb) };
+    if grown {
+        (*av).note_system_mem();
+        if chunk::size((*av).top) >= nb + MINSIZE {
+            return split_top(av, nb);
+        }
+    }
+    if !tried_mmap {
+        // Last resort for any size: a chunk of its own.
+        let p = mmap_chunk::map_chunk(nb);
+        if !p.is_null() {
+            return chunk::chunk2mem(p);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
+    let old_top = (*av).top;
+    let old_size = chunk::size(old_top);
+    let h = heap::heap_for_ptr(old_top as usize);
+    let old_heap_size = (*h).size;
+    let need = (MINSIZE + nb) as isize - old_size as isize;
+    if need > 0 && heap::grow_heap(h, need) {
+        (*av).system_mem += (*h).size - old_heap_size;
+        chunk::set_head(old_top, (h as usize + (*h).size - old_top as usize) | PREV_INUSE);
+        return true;
+    }
+    let nh = heap::new_heap(nb + MINSIZE + core::mem::size_of::<heap::HeapInfo>(), PARAMS.top_pad());
+    if nh.is_null() {
+        return false;
+    }
+    (*nh).ar_ptr = av;
+    (*nh).prev = h;
+    (*av).system_mem += (*nh).size;
+    let top = (nh as *mut u8).add(core::mem::size_of::<heap::HeapInfo>()) as ChunkPtr;
+    (*av).top = top;
+    chunk::set_head(top, ((*nh).size - core::mem::size_of::<heap::HeapInfo>()) | PREV_INUSE);
+    let left = heap::fence_old_top(old_top, old_size, chunk::NON_MAIN_ARENA);
+    if left > 0 {
+        crate::free::int_free_locked(av, old_top);
+    }
+    true
+}
+
+unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
+    let page = os::pagesize();
+    let old_top = (*av).top;
+    let old_size = chunk::size(old_top);
+    let old_end = old_top as usize + old_size;
+    let first = old_size == 0;
+
+    // Try to continue the current brk region.
+    if (*av).contiguous() {
+        let cur = os::current_brk();
+        if !first && cur == old_end {
+            let size = os::align_up(nb + PARAMS.top_pad() + MINSIZE - old_size, page);
+            if os::sbrk_from(cur, size as isize).is_some() {
+                (*av).system_mem += size;
+                chunk::set_head(old_top, (old_size + size) | PREV_INUSE);
+                return true;
+            }
+        } else if !first && cur < old_end {
+            malloc_printerr("break adjusted to free malloc space");
+        } else {
+            // First region, or someone else moved the break: start a new
+            // region at the current break.
+            let start = os::align_up(cur, chunk::ALIGN);
+            let end = os::align_up(start + nb + PARAMS.top_pad() + MINSIZE, page);
+            if os::sbrk_from(cur, (end - cur) as isize).is_some() {
+                if SBRK_BASE.load(Ordering::Relaxed) == 0 {
+                    SBRK_BASE.store(cur, Ordering::Relaxed);
+                }
+                (*av).system_mem += end - cur;
+                new_region(av, start, end, old_top, old_size);
+                return true;
+            }
+        }
+    }
+    // The break cannot move: continue in an mmap region.
+    let len = os::align_up(core::cmp::max(nb + MINSIZE + HDR, MMAP_AS_MORECORE_SIZE), page);
+    let Some(m) = os::map_rw(len) else {
+        return false;
+    };
+    (*av).flags |= NONCONTIGUOUS;
+    (*av).system_mem += len;
+    new_region(av, m as usize, m as usize + len, old_top, old_size);
+    true
+}
+
+/// Make `[start, end)` the new top, closing the old top with fenceposts.
+unsafe fn new_region(av: *mut Arena, start: usize, end: usize, old_top: ChunkPtr, old_size: usize) {
+    note_region(start);
+    let top = start as ChunkPtr;
+    (*av).top = top;
+    chunk::set_head(top, (end - start) | PREV_INUSE);
+    if old_size != 0 {
+        // Two HDR-sized fenceposts end the old region; what is left of the
+        // old top becomes an ordinary free chunk.
+        let sz = (old_size - 2 * HDR) & !chunk::ALIGN_MASK;
+        chunk::set_head(old_top, sz | PREV_INUSE);
+        chunk::set_head(chunk::at_offset(old_top, sz), HDR | PREV_INUSE);
+        chunk::set_head(chunk::at_offset(old_top, sz + HDR), HDR | PREV_INUSE);
+        if sz >= MINSIZE {
+            crate::free::int_free_locked(av, old_top);
+        }
+    }
+}
+
+/// Give back top memory above `pad` to the kernel.  Caller holds the lock.
+pub(crate) unsafe fn systrim(av: *mut Arena, pad: usize) -> bool {
+    if !(*av).is_main() {
+        return heap::heap_trim(heap::heap_for_ptr((*av).top as usize), pad);
+    }
+    let page = os::pagesize();
+    let top = (*av).top;
+    let top_size = chunk::size(top);
+    let top_area = top_size as isize - MINSIZE as isize - 1;
+    if top_area <= pad as isize {
+        return false;
+    }
+    let extra = os::align_down(top_area as usize - pad, page);
+    if extra == 0 {
+        return false;
+    }
+    let cur = os::current_brk();
+    if cur != top as usize + top_size {
+        return false;
+    }
+    if os::sbrk_from(cur, -(extra as isize)).is_none() {
+        return false;
+    }
+    (*av).system_mem -= extra;
+    chunk::set_head(top, (top_size - extra) | PREV_INUSE);
+    true
+}
