@@ -188,6 +188,7 @@ api_tests! {
     api_malloc_trim => "malloc_trim",
     api_malloc_info => "malloc_info",
     api_libc_aliases => "aliases",
+    api_libc_interop => "libc_interop",
 }
 
 #[test]
@@ -288,6 +289,14 @@ fn thread_churn_5000_threads() {
 #[test]
 fn signal_storm_while_allocating() {
     run_ok("signals", &["200000", "2000"], HEAVY_TIMEOUT);
+}
+
+#[test]
+fn lifecycle_preinit_to_exit_with_busy_threads() {
+    // Exiting while threads allocate is racy by nature: repeat it.
+    for _ in 0..20 {
+        run_ok("lifecycle", &[], support::DEFAULT_TIMEOUT);
+    }
 }
 
 #[test]

@@ -2,6 +2,8 @@
  * Usage: api CASE   (or: api all)  -- see the table at the end. */
 #include "common.h"
 
+#include <dirent.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #define PAGE ((size_t)sysconf(_SC_PAGESIZE))
@@ -712,6 +714,99 @@ static void case_aliases(void) {
   }
 }
 
+static void *tls_thread(void *arg) {
+  static __thread char tls_buf[64];
+  snprintf(tls_buf, sizeof tls_buf, "thread %ld", (long)(uintptr_t)arg);
+  char *s = strdup(tls_buf);
+  return s;
+}
+
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+static void case_libc_interop(void) {
+  /* Memory that glibc allocates internally is freed by the program with
+   * free(), and glibc frees memory the program allocated: one heap. */
+  FROM_RMALLOC("malloc", "free");
+  char *s = strdup("hello, allocator");
+  REQUIRE(s);
+  CHECK(strcmp(s, "hello, allocator") == 0);
+  free(s);
+  char *a = NULL;
+  CHECK(asprintf(&a, "%s-%d-%0500d", "x", 42, 7) > 500);
+  REQUIRE(a);
+  CHECK(strncmp(a, "x-42-", 5) == 0);
+  free(a);
+  /* getline grows a buffer we allocated ourselves with realloc. */
+  char *line = malloc(2);
+  size_t cap = 2;
+  REQUIRE(line);
+  FILE *f = tmpfile();
+  REQUIRE(f);
+  for (int i = 0; i < 100; i++)
+    fprintf(f, "line %d %0*d\n", i, i * 37, 0);
+  rewind(f);
+  int lines = 0;
+  while (getline(&line, &cap, f) > 0)
+    lines++;
+  CHECK(lines == 100);
+  free(line);
+  fclose(f);
+  char *rp = realpath("/proc/self/exe", NULL);
+  CHECK(rp != NULL);
+  free(rp);
+  struct dirent **names = NULL;
+  int n = scandir("/proc/self/fd", &names, NULL, alphasort);
+  CHECK(n > 0);
+  for (int i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+  /* Threads get their TLS blocks from the allocator (via the dynamic
+   * loader) and free them on exit; strings cross threads. */
+  for (long i = 0; i < 50; i++) {
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, tls_thread, (void *)(uintptr_t)i) == 0);
+    void *ret = NULL;
+    REQUIRE(pthread_join(t, &ret) == 0);
+    char want[64];
+    snprintf(want, sizeof want, "thread %ld", i);
+    CHECK(ret && strcmp(ret, want) == 0);
+    free(ret);
+  }
+  /* dlopen/dlerror allocate inside the loader and libc. */
+  void *h = dlopen("libm.so.6", RTLD_NOW);
+  CHECK(h != NULL);
+  if (h) {
+    CHECK(dlsym(h, "cos") != NULL);
+    dlclose(h);
+  }
+  CHECK(dlopen("/nonexistent/libnothing.so", RTLD_NOW) == NULL);
+  const char *err = dlerror();
+  CHECK(err != NULL && strstr(err, "libnothing") != NULL);
+  /* qsort of a large array allocates a temporary buffer. */
+  enum { Q = 100000 };
+  int *arr = malloc(Q * sizeof(int));
+  REQUIRE(arr);
+  for (int i = 0; i < Q; i++)
+    arr[i] = (i * 7919) % Q;
+  qsort(arr, Q, sizeof(int), cmp_int);
+  for (int i = 0; i < Q; i++)
+    CHECK(arr[i] == i);
+  free(arr);
+  /* open_memstream buffers belong to the caller. */
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&buf, &len);
+  REQUIRE(m);
+  for (int i = 0; i < 10000; i++)
+    fprintf(m, "%d,", i);
+  fclose(m);
+  CHECK(len > 40000 && buf && strncmp(buf, "0,1,2,", 6) == 0);
+  free(buf);
+}
+
 struct api_case {
   const char *name;
   void (*fn)(void);
@@ -739,6 +834,7 @@ static const struct api_case cases[] = {
     {"malloc_stats", case_malloc_stats},
     {"malloc_info", case_malloc_info},
     {"aliases", case_aliases},
+    {"libc_interop", case_libc_interop},
 };
 
 int main(int argc, char **argv) {

@@ -5,6 +5,7 @@
  * Usage: enomem [HEADROOM_MB] */
 #include "common.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 
@@ -38,6 +39,19 @@ static int exhaust(size_t n, const char *what) {
   }
   printf("%s: %d blocks of %zu bytes before ENOMEM\n", what, got, n);
   return got;
+}
+
+/* A new thread (which may want an arena of its own) can allocate too. */
+static void *thread_alloc(void *arg) {
+  (void)arg;
+  void *a = malloc(hide_size(64));
+  void *b = malloc(hide_size(1 << 20));
+  void *c = calloc(hide_size(10), hide_size(1000));
+  int ok = a && b && c;
+  free(a);
+  free(b);
+  free(c);
+  return ok ? (void *)1 : NULL;
 }
 
 int main(int argc, char **argv) {
@@ -90,6 +104,14 @@ int main(int argc, char **argv) {
       CHECK(((unsigned char *)c)[i] == 0);
   void *d = memalign(hide_size(4096), hide_size(100000));
   CHECK(d != NULL && is_aligned(d, 4096));
+  pthread_t t;
+  void *ret = NULL;
+  int tr = pthread_create(&t, NULL, thread_alloc, NULL);
+  CHECKF(tr == 0, "pthread_create: %d", tr);
+  if (tr == 0) {
+    pthread_join(t, &ret);
+    CHECK(ret == (void *)1);
+  }
   free(a);
   free(b);
   free(c);

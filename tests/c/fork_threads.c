@@ -119,6 +119,19 @@ static int child_main(int k) {
     free(xslot[s]);
     xslot[s] = NULL;
   }
+  /* A grandchild, forked from the child's own second thread's heap state. */
+  if (k % 10 == 0) {
+    pid_t g = fork();
+    if (g < 0)
+      return 16;
+    if (g == 0) {
+      void *p = malloc(12345);
+      _exit(p ? 0 : 1);
+    }
+    int st;
+    if (waitpid(g, &st, 0) != g || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+      return 17;
+  }
   if (t_require_rmalloc) {
     int (*check_heap)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rmalloc_check_heap");
     if (!check_heap || check_heap() != 0)
@@ -141,6 +154,33 @@ static int wait_child(pid_t pid, int *status) {
   return 0;
 }
 
+/* One fork: 0 = child exited 0, 1 = child failed, 2 = child hung. */
+static int fork_once(int k) {
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0)
+    exit(child_main(k)); /* exit(), not _exit(): run the atexit handlers */
+  int status = 0;
+  int r = wait_child(pid, &status);
+  if (r == 0) {
+    fprintf(stderr, "fork %d: child %d still running after 30 s: deadlock\n", k, pid);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return 2;
+  }
+  REQUIRE(r == 1);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "fork %d: child failed: %s %d\n", k, WIFEXITED(status) ? "exit" : "signal",
+            WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    return 1;
+  }
+  return 0;
+}
+
+static void *forking_thread(void *arg) {
+  return (void *)(uintptr_t)fork_once((int)(uintptr_t)arg);
+}
+
 int main(int argc, char **argv) {
   t_start();
   int forks = argc > 1 ? atoi(argv[1]) : 100;
@@ -148,31 +188,23 @@ int main(int argc, char **argv) {
   for (long i = 0; i < WORKERS; i++)
     REQUIRE(pthread_create(&th[i], NULL, worker, (void *)i) == 0);
   int hung = 0, bad = 0;
-  for (int k = 0; k < forks; k++) {
+  for (int k = 0; k < forks && !hung; k++) {
     /* Let the workers get going between forks. */
     long ops = atomic_load(&worker_ops);
     while (atomic_load(&worker_ops) < ops + 200)
       sched_yield();
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0)
-      exit(child_main(k)); /* exit(), not _exit(): run the atexit handlers */
-    int status = 0;
-    int r = wait_child(pid, &status);
-    if (r == 0) {
-      fprintf(stderr, "fork %d: child %d still running after 30 s: deadlock\n", k, pid);
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      hung++;
-      break;
+    int r;
+    if (k % 4 == 3) { /* fork from a thread other than the main one */
+      pthread_t ft;
+      void *ret;
+      REQUIRE(pthread_create(&ft, NULL, forking_thread, (void *)(uintptr_t)k) == 0);
+      REQUIRE(pthread_join(ft, &ret) == 0);
+      r = (int)(uintptr_t)ret;
+    } else {
+      r = fork_once(k);
     }
-    REQUIRE(r == 1);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      fprintf(stderr, "fork %d: child failed: %s %d\n", k,
-              WIFEXITED(status) ? "exit" : "signal",
-              WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-      bad++;
-    }
+    bad += r == 1;
+    hung += r == 2;
   }
   atomic_store(&stop, 1);
   for (int i = 0; i < WORKERS; i++)
