@@ -1,0 +1,176 @@
+//! The allocators under comparison, where their libraries are, and a probe
+//! that proves each one works and is really the `malloc` a process uses.
+
+use crate::exec::{self, Spec};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    pub name: String,
+    /// Library to preload; `None` for glibc's own malloc.
+    pub lib: Option<PathBuf>,
+    /// Debian package that provides it (for the version in the report).
+    pub package: Option<&'static str>,
+    pub version: String,
+    /// `Err(reason)` when it cannot be benchmarked in this run.
+    pub usable: Result<(), String>,
+}
+
+/// (name, Debian package, shared object file name)
+const PRELOADED: [(&str, &str, &str); 3] = [
+    ("jemalloc", "libjemalloc2", "libjemalloc.so.2"),
+    ("mimalloc", "libmimalloc2.0", "libmimalloc.so.2"),
+    (
+        "tcmalloc",
+        "libtcmalloc-minimal4",
+        "libtcmalloc_minimal.so.4",
+    ),
+];
+
+/// glibc, the packaged allocators, and rmalloc from `rmalloc_lib`, filtered by
+/// `only` (names) when given.  Nothing is probed yet.
+pub fn discover(rmalloc_lib: &Path, only: Option<&[String]>) -> Vec<Allocator> {
+    let mut all = vec![Allocator {
+        name: "glibc".into(),
+        lib: None,
+        package: Some("libc6"),
+        version: String::new(),
+        usable: Ok(()),
+    }];
+    for (name, pkg, file) in PRELOADED {
+        let lib = find_in_package(pkg, file);
+        let usable = match &lib {
+            Some(_) => Ok(()),
+            None => Err(format!("{file} not found (package {pkg} not installed?)")),
+        };
+        all.push(Allocator {
+            name: name.into(),
+            lib,
+            package: Some(pkg),
+            version: String::new(),
+            usable,
+        });
+    }
+    let usable = if rmalloc_lib.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} does not exist (run `make lib`)",
+            rmalloc_lib.display()
+        ))
+    };
+    all.push(Allocator {
+        name: "rmalloc".into(),
+        lib: Some(rmalloc_lib.to_path_buf()),
+        package: None,
+        version: git_describe(rmalloc_lib),
+        usable,
+    });
+    for a in &mut all {
+        if let Some(pkg) = a.package {
+            a.version = package_version(pkg);
+        }
+    }
+    all.retain(|a| match only {
+        None => true,
+        Some(names) => a.name == "glibc" || names.contains(&a.name),
+    });
+    all
+}
+
+/// The path of `file` as installed by Debian package `pkg` (`dpkg -L`), or the
+/// usual multiarch location if dpkg does not know it.
+fn find_in_package(pkg: &str, file: &str) -> Option<PathBuf> {
+    if let Ok(out) = Command::new("dpkg").args(["-L", pkg]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.ends_with(&format!("/{file}")) && Path::new(line).exists() {
+                return Some(PathBuf::from(line));
+            }
+        }
+    }
+    let fallback = Path::new("/usr/lib/x86_64-linux-gnu").join(file);
+    fallback.exists().then_some(fallback)
+}
+
+fn package_version(pkg: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", pkg])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The commit the rmalloc library was built from (best effort).
+fn git_describe(lib: &Path) -> String {
+    let dir = lib.parent().unwrap_or(Path::new("."));
+    Command::new("git")
+        .args([
+            "log",
+            "-1",
+            "--format=%h %cd",
+            "--date=format:%Y-%m-%d %H:%M",
+        ])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("git {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Run the probe program under `a`: it must exit 0 and report that `malloc`
+/// resolves into the expected library (libc itself for glibc).
+pub fn probe(a: &mut Allocator, launcher: &Path, probe_bin: &Path, log_dir: &Path) {
+    if a.usable.is_err() {
+        return;
+    }
+    let spec = Spec {
+        program: probe_bin.to_path_buf(),
+        preload: a.lib.clone(),
+        ..Spec::default()
+    };
+    let log = log_dir.join(format!("probe-{}.stderr", a.name));
+    let expect = match &a.lib {
+        Some(lib) => lib
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        None => "libc.so".to_string(),
+    };
+    a.usable = match exec::run(&spec, launcher, Duration::from_secs(20), &log) {
+        Err(e) => Err(format!("probe could not run: {e}")),
+        Ok(o) if !o.status.ok() => Err(format!(
+            "probe failed ({}): {}",
+            o.status.describe(),
+            first_line(&std::fs::read_to_string(&log).unwrap_or_default())
+        )),
+        Ok(o) if !o.stdout_tail.contains(&expect) => Err(format!(
+            "not in use: probe reports {} (expected {expect})",
+            o.stdout_tail.trim()
+        )),
+        Ok(_) => Ok(()),
+    };
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(160).collect()
+}
+
+/// Whether `lib` exports `symbol` in its dynamic symbol table (`nm -D`).
+pub fn exports(lib: &Path, symbol: &str) -> bool {
+    Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(symbol))
+        })
+        .unwrap_or(false)
+}
