@@ -88,6 +88,11 @@ fn compile(cmd: &mut Command, src: &Path) {
 /// A command for one of the C programs, set up for the allocator under test:
 /// preloaded, asked to prove it is rmalloc, exit stats into `stats`.
 fn c_command(program: &Path, args: &[&str], stats: &Path) -> Command {
+    c_command_env(program, args, stats, &[])
+}
+
+/// [`c_command`] with extra environment (allocator settings under test).
+fn c_command_env(program: &Path, args: &[&str], stats: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     for var in [
@@ -105,6 +110,7 @@ fn c_command(program: &Path, args: &[&str], stats: &Path) -> Command {
     if !against_glibc() {
         cmd.env("RMALLOC_TEST_REQUIRE_RMALLOC", "1");
     }
+    cmd.envs(env.iter().copied());
     support::set_exit_stats(&mut cmd, stats);
     support::preload(&mut cmd);
     cmd
@@ -128,10 +134,15 @@ fn assert_allocator(out: &Output) {
 /// Run a C program to a normal, successful end and prove rmalloc served it.
 #[track_caller]
 fn run_ok(name: &str, args: &[&str], timeout: Duration) -> Output {
+    run_ok_env(name, args, &[], timeout)
+}
+
+#[track_caller]
+fn run_ok_env(name: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let program = c_program(name);
     let tmp = TempDir::new(name);
     let stats = tmp.path().join("stats");
-    let out = support::run(&mut c_command(&program, args, &stats), timeout);
+    let out = support::run(&mut c_command_env(&program, args, &stats, env), timeout);
     out.assert_success();
     assert_allocator(&out);
     assert!(
@@ -218,11 +229,15 @@ fn api_malloc_stats_to_stderr() {
 // ---------------------------------------------------------------- misuse
 
 fn misuse(case: &str, message: &str) {
+    misuse_env(case, message, &[]);
+}
+
+fn misuse_env(case: &str, message: &str, env: &[(&str, &str)]) {
     let program = c_program("misuse");
     let tmp = TempDir::new("misuse");
     let stats = tmp.path().join("stats");
     let out = support::run(
-        &mut c_command(&program, &[case], &stats),
+        &mut c_command_env(&program, &[case], &stats, env),
         support::DEFAULT_TIMEOUT,
     );
     // The allocator marker is printed before the misuse (stdout unbuffered).
@@ -266,6 +281,111 @@ fn misuse_free_wrapping_size() {
 #[test]
 fn misuse_realloc_invalid_pointer() {
     misuse("realloc_invalid_pointer", "realloc(): invalid pointer");
+}
+
+#[test]
+fn misuse_double_free_with_tcache_disabled() {
+    // With the per-thread cache turned off the chunk goes to a fastbin, and
+    // the double free is caught there.
+    misuse_env(
+        "double_free_tcache",
+        "double free or corruption (fasttop)",
+        &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")],
+    );
+}
+
+// ------------------------------------------- configuration from the env
+
+/// Run a `config` probe and return the value of its `key=value` line.
+#[track_caller]
+fn probe(args: &[&str], env: &[(&str, &str)], key: &str) -> String {
+    let out = run_ok_env("config", args, env, support::DEFAULT_TIMEOUT);
+    let prefix = format!("{key}=");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key}= line\n{}", out.describe()))
+        .to_string()
+}
+
+#[test]
+fn config_arena_max() {
+    // Eight threads allocating at once: each gets an arena of its own...
+    let heaps: u32 = probe(&["heaps", "8"], &[], "heaps").parse().unwrap();
+    assert!(heaps > 1, "8 concurrent threads share {heaps} arena(s)");
+    // ...unless the arena limit says otherwise.
+    for (var, val, want) in [
+        ("MALLOC_ARENA_MAX", "1", "1"),
+        ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2", "2"),
+    ] {
+        let got = probe(&["heaps", "8"], &[(var, val)], "heaps");
+        assert_eq!(got, want, "heaps with {var}={val}");
+    }
+}
+
+#[test]
+fn config_mmap_threshold_and_max() {
+    for (size, var, val, want) in [
+        ("100000", "", "", "0"),
+        ("100000", "MALLOC_MMAP_THRESHOLD_", "65536", "1"),
+        (
+            "100000",
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=65536",
+            "1",
+        ),
+        ("300000", "", "", "1"),
+        ("300000", "MALLOC_MMAP_THRESHOLD_", "1048576", "0"),
+        ("2000000", "MALLOC_MMAP_MAX_", "0", "0"),
+        ("2000000", "GLIBC_TUNABLES", "glibc.malloc.mmap_max=0", "0"),
+    ] {
+        let env: Vec<(&str, &str)> = if var.is_empty() {
+            vec![]
+        } else {
+            vec![(var, val)]
+        };
+        let got = probe(&["mmapped", size], &env, "mmapped");
+        assert_eq!(got, want, "malloc({size}) mmapped with {var}={val}");
+    }
+}
+
+#[test]
+fn config_perturb() {
+    assert_eq!(probe(&["perturb"], &[], "fresh"), "00");
+    for (var, val) in [
+        ("MALLOC_PERTURB_", "90"),
+        ("GLIBC_TUNABLES", "glibc.malloc.perturb=90"),
+    ] {
+        // Fresh memory is filled with the complement of the perturb byte.
+        assert_eq!(
+            probe(&["perturb"], &[(var, val)], "fresh"),
+            "a5",
+            "{var}={val}"
+        );
+    }
+}
+
+#[test]
+fn config_invalid_values_are_ignored() {
+    run_ok_env(
+        "config",
+        &["smoke"],
+        &[
+            (
+                "GLIBC_TUNABLES",
+                "glibc.malloc.arena_max=abc:glibc.malloc.mmap_threshold=-5:\
+                 glibc.malloc.tcache_count=99999:glibc.malloc.mxfast=100000:\
+                 glibc.malloc.top_pad=zz:glibc.malloc.bogus=1:junk:=:glibc.malloc.",
+            ),
+            ("MALLOC_ARENA_MAX", "xyz"),
+            ("MALLOC_TOP_PAD_", "-1"),
+            ("MALLOC_MMAP_THRESHOLD_", "abc"),
+            ("MALLOC_TRIM_THRESHOLD_", ""),
+            ("MALLOC_PERTURB_", "999999999999999999999"),
+            ("MALLOC_CHECK_", "7"),
+        ],
+        support::DEFAULT_TIMEOUT,
+    );
 }
 
 // ----------------------------------------------- threads, fork, signals
