@@ -86,12 +86,8 @@ fn compile(cmd: &mut Command, src: &Path) {
 }
 
 /// A command for one of the C programs, set up for the allocator under test:
-/// preloaded, asked to prove it is rmalloc, exit stats into `stats`.
-fn c_command(program: &Path, args: &[&str], stats: &Path) -> Command {
-    c_command_env(program, args, stats, &[])
-}
-
-/// [`c_command`] with extra environment (allocator settings under test).
+/// preloaded, asked to prove it is rmalloc, exit stats into `stats`, plus
+/// `env` (allocator settings under test).
 fn c_command_env(program: &Path, args: &[&str], stats: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
