@@ -88,6 +88,12 @@ impl<const N: usize> FixedBuf<N> {
     }
 }
 
+impl<const N: usize> fmt::Debug for FixedBuf<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(core::str::from_utf8(self.as_bytes()).unwrap_or("<invalid utf-8>"))
+    }
+}
+
 impl<const N: usize> fmt::Write for FixedBuf<N> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let n = core::cmp::min(N - self.len, s.len());
