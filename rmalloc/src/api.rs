@@ -6,7 +6,10 @@
 //! in-process without replacing the test binary's `malloc`.
 
 use crate::arena::{self, arena_for_chunk, arena_get, arena_get_retry};
-use crate::chunk::{self, checked_request2size, chunk2mem, mem2chunk, ALIGN, IS_MMAPPED, MINSIZE, SIZE_BITS, SIZE_SZ};
+use crate::chunk::{
+    self, checked_request2size, chunk2mem, mem2chunk, ALIGN, IS_MMAPPED, MINSIZE, SIZE_BITS,
+    SIZE_SZ,
+};
 use crate::error::malloc_printerr;
 use crate::free::{check_pointer, int_free};
 use crate::init;
@@ -117,7 +120,10 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
         check_pointer(p, size);
         let tc = thread::tcache_or_init();
         let idx = csize2tidx(size);
-        if !tc.is_null() && idx < PARAMS.tcache_bins() && ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+        if !tc.is_null()
+            && idx < PARAMS.tcache_bins()
+            && ((*tc).counts[idx] as usize) < PARAMS.tcache_count()
+        {
             let e = chunk2mem(p) as *mut Entry;
             if (*e).key == tcache::key() {
                 tcache::check_double_free(tc, e, idx);
@@ -256,7 +262,7 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
 /// `out` must be valid for writing a pointer.
 pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) -> i32 {
     let w = core::mem::size_of::<usize>();
-    if alignment % w != 0 || !(alignment / w).is_power_of_two() {
+    if !alignment.is_multiple_of(w) || !(alignment / w).is_power_of_two() {
         return libc::EINVAL;
     }
     let m = memalign(alignment, bytes);
@@ -355,7 +361,11 @@ unsafe fn trim_arena(av: *mut arena::Arena, pad: usize) -> i32 {
                 let paligned = os::align_up(p as usize + hdr, ps);
                 let left = size - (paligned - p as usize);
                 if left > ps - 1 {
-                    let _ = rmalloc_sys::madvise(paligned as *mut u8, left & !(ps - 1), rmalloc_sys::MADV_DONTNEED);
+                    let _ = rmalloc_sys::madvise(
+                        paligned as *mut u8,
+                        left & !(ps - 1),
+                        rmalloc_sys::MADV_DONTNEED,
+                    );
                     result = 1;
                 }
             }

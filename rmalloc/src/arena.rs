@@ -202,12 +202,22 @@ fn ncores() -> usize {
     let mut set = [0u64; 16];
     // SAFETY: the buffer is valid for its size; the raw syscall writes at
     // most that many bytes and returns how many it wrote.
-    let n = unsafe { libc::syscall(libc::SYS_sched_getaffinity, 0, core::mem::size_of_val(&set), set.as_mut_ptr()) };
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            core::mem::size_of_val(&set),
+            set.as_mut_ptr(),
+        )
+    };
     if n <= 0 {
         return 2;
     }
     let words = (n as usize) / 8;
-    let c: u32 = set[..words.min(set.len())].iter().map(|w| w.count_ones()).sum();
+    let c: u32 = set[..words.min(set.len())]
+        .iter()
+        .map(|w| w.count_ones())
+        .sum();
     if c == 0 {
         2
     } else {
@@ -233,7 +243,10 @@ unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> *mut Arena {
     loop {
         let n = NARENAS.load(Ordering::Relaxed);
         if n <= limit.wrapping_sub(1) {
-            if NARENAS.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if NARENAS
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
                 continue;
             }
             let a = new_arena(size);
@@ -304,7 +317,8 @@ unsafe fn new_arena(size: usize) -> *mut Arena {
 
     LIST_LOCK.lock();
     let m = main_arena();
-    (*a).next.store((*m).next.load(Ordering::Relaxed), Ordering::Relaxed);
+    (*a).next
+        .store((*m).next.load(Ordering::Relaxed), Ordering::Relaxed);
     (*m).next.store(a, Ordering::Release);
     LIST_LOCK.unlock();
 

@@ -42,7 +42,13 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
             if prev_free {
                 let _ = write!(b, "two adjacent free chunks at {:p}", p);
             } else if chunk::prev_size(chunk::at_offset(p, size)) != size {
-                let _ = write!(b, "free chunk {:p} foot {} != size {}", p, chunk::prev_size(chunk::at_offset(p, size)), size);
+                let _ = write!(
+                    b,
+                    "free chunk {:p} foot {} != size {}",
+                    p,
+                    chunk::prev_size(chunk::at_offset(p, size)),
+                    size
+                );
             }
             free_in_heap += 1;
         } else if kind == Kind::InUse && flag != 0 && chunk::is_main_arena(p) {
@@ -103,11 +109,18 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
             if guard > 1 << 26 {
                 fail!("fastbin {} does not terminate", i);
             }
-            p = reveal_ptr(core::ptr::addr_of!((*p).fd) as *const u8, (*p).fd as *mut u8) as ChunkPtr;
+            p = reveal_ptr(
+                core::ptr::addr_of!((*p).fd) as *const u8,
+                (*p).fd as *mut u8,
+            ) as ChunkPtr;
         }
     }
     if walked.unwrap_or(false) && in_bins != free_in_heap {
-        fail!("{} free chunks in the heap but {} in bins", free_in_heap, in_bins);
+        fail!(
+            "{} free chunks in the heap but {} in bins",
+            free_in_heap,
+            in_bins
+        );
     }
     let top = (*av).top;
     if top != (*av).initial_top() && (chunk::size(top) < MINSIZE || !chunk::prev_inuse(top)) {

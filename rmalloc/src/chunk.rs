@@ -226,6 +226,9 @@ mod tests {
         let s = protect_ptr(slot, p);
         assert_ne!(s, p);
         assert_eq!(reveal_ptr(slot, s), p);
-        assert_eq!(reveal_ptr(slot, core::ptr::null_mut()), protect_ptr(slot, core::ptr::null_mut()));
+        assert_eq!(
+            reveal_ptr(slot, core::ptr::null_mut()),
+            protect_ptr(slot, core::ptr::null_mut())
+        );
     }
 }

@@ -23,7 +23,12 @@ pub(crate) struct Out<const N: usize> {
 
 impl<const N: usize> Out<N> {
     pub(crate) const fn new(sink: Sink) -> Self {
-        Out { buf: [0; N], len: 0, sink, failed: false }
+        Out {
+            buf: [0; N],
+            len: 0,
+            sink,
+            failed: false,
+        }
     }
 
     pub(crate) fn flush(&mut self) {
@@ -80,7 +85,10 @@ pub(crate) struct FixedBuf<const N: usize> {
 
 impl<const N: usize> FixedBuf<N> {
     pub(crate) const fn new() -> Self {
-        FixedBuf { buf: [0; N], len: 0 }
+        FixedBuf {
+            buf: [0; N],
+            len: 0,
+        }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -111,7 +119,8 @@ mod tests {
     #[test]
     fn fixed_buf_formats_and_truncates() {
         let mut b = FixedBuf::<8>::new();
-        write!(b, "{}-{}", 12, "abcdefgh").unwrap();
+        let word = "abcdefgh";
+        write!(b, "{}-{}", 12, word).unwrap();
         assert_eq!(b.as_bytes(), b"12-abcde");
     }
 

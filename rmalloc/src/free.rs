@@ -98,7 +98,8 @@ unsafe fn free_into_arena(av: *mut Arena, p: ChunkPtr, size: usize) {
         if !old.is_null() && fastbin_index(chunk::size(old)) != idx {
             malloc_printerr("invalid fastbin entry (free)");
         }
-        (*p).fd = protect_ptr(core::ptr::addr_of!((*p).fd) as *const u8, old as *mut u8) as ChunkPtr;
+        (*p).fd =
+            protect_ptr(core::ptr::addr_of!((*p).fd) as *const u8, old as *mut u8) as ChunkPtr;
         (*av).fastbins[idx] = p;
         return;
     }
@@ -112,7 +113,10 @@ unsafe fn merge_chunk(av: *mut Arena, mut p: ChunkPtr, mut size: usize) {
     if p == (*av).top {
         malloc_printerr("double free or corruption (top)");
     }
-    if (*av).contiguous() && (*av).is_main() && (next as usize) >= (*av).top as usize + chunk::size((*av).top) {
+    if (*av).contiguous()
+        && (*av).is_main()
+        && (next as usize) >= (*av).top as usize + chunk::size((*av).top)
+    {
         malloc_printerr("double free or corruption (out)");
     }
     if !chunk::prev_inuse(next) {
@@ -185,7 +189,10 @@ pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
             if fastbin_index(chunk::size(p)) != idx {
                 malloc_printerr("malloc_consolidate(): invalid chunk size");
             }
-            let nextp = reveal_ptr(core::ptr::addr_of!((*p).fd) as *const u8, (*p).fd as *mut u8) as ChunkPtr;
+            let nextp = reveal_ptr(
+                core::ptr::addr_of!((*p).fd) as *const u8,
+                (*p).fd as *mut u8,
+            ) as ChunkPtr;
             let mut size = chunk::size(p);
             let next = chunk::at_offset(p, size);
             let nextsize = chunk::size(next);

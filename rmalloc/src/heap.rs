@@ -33,7 +33,8 @@ pub(crate) struct HeapInfo {
     _pad: usize,
 }
 
-const _: () = assert!((core::mem::size_of::<HeapInfo>() + 2 * SIZE_SZ) % chunk::ALIGN == 0);
+const _: () =
+    assert!((core::mem::size_of::<HeapInfo>() + 2 * SIZE_SZ).is_multiple_of(chunk::ALIGN));
 
 #[inline(always)]
 pub(crate) fn heap_for_ptr(p: usize) -> *mut HeapInfo {
@@ -87,7 +88,13 @@ pub(crate) unsafe fn grow_heap(h: *mut HeapInfo, diff: isize) -> bool {
     }
     if new_size > (*h).mprotect_size {
         let at = (h as *mut u8).add((*h).mprotect_size);
-        if sys::mprotect(at, new_size - (*h).mprotect_size, sys::PROT_READ | sys::PROT_WRITE).is_err() {
+        if sys::mprotect(
+            at,
+            new_size - (*h).mprotect_size,
+            sys::PROT_READ | sys::PROT_WRITE,
+        )
+        .is_err()
+        {
             return false;
         }
         (*h).mprotect_size = new_size;
@@ -102,7 +109,11 @@ pub(crate) unsafe fn shrink_heap(h: *mut HeapInfo, diff: usize) -> bool {
     if new_size < core::mem::size_of::<HeapInfo>() as isize {
         return false;
     }
-    let _ = sys::madvise((h as *mut u8).add(new_size as usize), diff, sys::MADV_DONTNEED);
+    let _ = sys::madvise(
+        (h as *mut u8).add(new_size as usize),
+        diff,
+        sys::MADV_DONTNEED,
+    );
     (*h).size = new_size as usize;
     true
 }
@@ -137,7 +148,8 @@ pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
         let prev_heap = (*h).prev;
         // The previous heap ends with two fenceposts: a HDR-sized chunk and a
         // zero-sized header; before them is that heap's old top remainder.
-        let fence = (prev_heap as *mut u8).add((*prev_heap).size - (MINSIZE - 2 * SIZE_SZ)) as ChunkPtr;
+        let fence =
+            (prev_heap as *mut u8).add((*prev_heap).size - (MINSIZE - 2 * SIZE_SZ)) as ChunkPtr;
         if chunk::size_nomask(fence) != PREV_INUSE {
             break;
         }
@@ -146,7 +158,8 @@ pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
         if !chunk::prev_inuse(p) {
             new_size += chunk::prev_size(p);
         }
-        if new_size + (HEAP_MAX_SIZE - (*prev_heap).size) < PARAMS.trim_threshold() + MINSIZE + page {
+        if new_size + (HEAP_MAX_SIZE - (*prev_heap).size) < PARAMS.trim_threshold() + MINSIZE + page
+        {
             break;
         }
         (*a).system_mem -= (*h).size;

@@ -21,6 +21,8 @@
 //! its own unit tests.
 #![cfg_attr(panic = "abort", no_std)]
 #![allow(clippy::missing_safety_doc)]
+// Error reports are fixed buffers: the allocator cannot box them.
+#![allow(clippy::result_large_err)]
 
 pub mod api;
 mod arena;

@@ -14,12 +14,16 @@ pub(crate) struct Mutex {
 
 impl Mutex {
     pub(crate) const fn new() -> Self {
-        Mutex { state: AtomicU32::new(0) }
+        Mutex {
+            state: AtomicU32::new(0),
+        }
     }
 
     #[inline(always)]
     pub(crate) fn try_lock(&self) -> bool {
-        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     #[inline(always)]
@@ -76,7 +80,10 @@ mod tests {
         }
         // SAFETY: `n` is only touched while `m` is held.
         unsafe impl Sync for Shared {}
-        let s = Arc::new(Shared { m: Mutex::new(), n: core::cell::UnsafeCell::new(0) });
+        let s = Arc::new(Shared {
+            m: Mutex::new(),
+            n: core::cell::UnsafeCell::new(0),
+        });
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();

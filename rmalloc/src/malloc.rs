@@ -31,14 +31,22 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
         if !chunk::aligned_ok(v as usize) {
             malloc_printerr("malloc(): unaligned fastbin chunk detected");
         }
-        (*av).fastbins[idx] = reveal_ptr(core::ptr::addr_of!((*v).fd) as *const u8, (*v).fd as *mut u8) as ChunkPtr;
+        (*av).fastbins[idx] = reveal_ptr(
+            core::ptr::addr_of!((*v).fd) as *const u8,
+            (*v).fd as *mut u8,
+        ) as ChunkPtr;
     }
     v
 }
 
 /// Allocate `nb` (a padded chunk size) from `av`, locked.  `bytes` is the
 /// user's request (for perturbing).  `tc` is the thread's tcache or null.
-pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize, tc: *mut Tcache) -> *mut u8 {
+pub(crate) unsafe fn int_malloc(
+    av: *mut Arena,
+    bytes: usize,
+    nb: usize,
+    tc: *mut Tcache,
+) -> *mut u8 {
     let tc_idx = tcache::csize2tidx(nb);
     let can_stash = !tc.is_null() && tc_idx < PARAMS.tcache_bins();
     let flag = (*av).chunk_flag();
@@ -108,155 +116,158 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize, tc: *mu
         }
     }
 
+    let mut return_cached = false;
+    let mut iters = 0usize;
+    let mut unsorted_count = 0usize;
+    let unsorted = (*av).unsorted();
     loop {
-        let mut return_cached = false;
-        let mut iters = 0usize;
-        let mut unsorted_count = 0usize;
-        let unsorted = (*av).unsorted();
-        loop {
-            let victim = (*unsorted).bk;
-            if victim == unsorted {
-                break;
-            }
-            let bck = (*victim).bk;
-            let size = chunk::size(victim);
-            let next = chunk::at_offset(victim, size);
-            if size <= 2 * SIZE_SZ || size > (*av).system_mem {
-                malloc_printerr("malloc(): invalid size (unsorted)");
-            }
-            if chunk::size_nomask(next) < 2 * SIZE_SZ || chunk::size_nomask(next) > (*av).system_mem {
-                malloc_printerr("malloc(): invalid next size (unsorted)");
-            }
-            if chunk::prev_size(next) & !chunk::SIZE_BITS != size {
-                malloc_printerr("malloc(): mismatching next->prev_size (unsorted)");
-            }
-            if (*bck).fd != victim || (*victim).fd != unsorted {
-                malloc_printerr("malloc(): unsorted double linked list corrupted");
-            }
-            if chunk::prev_inuse(next) {
-                malloc_printerr("malloc(): invalid next->prev_inuse (unsorted)");
-            }
-
-            // A small request and the last remainder is the only unsorted
-            // chunk: split it, which keeps consecutive small allocations
-            // next to each other.
-            if in_smallbin_range(nb) && bck == unsorted && victim == (*av).last_remainder && size > nb + MINSIZE {
-                let rsize = size - nb;
-                let rem = chunk::at_offset(victim, nb);
-                (*unsorted).bk = rem;
-                (*unsorted).fd = rem;
-                (*av).last_remainder = rem;
-                (*rem).bk = unsorted;
-                (*rem).fd = unsorted;
-                if !in_smallbin_range(rsize) {
-                    (*rem).fd_nextsize = core::ptr::null_mut();
-                    (*rem).bk_nextsize = core::ptr::null_mut();
-                }
-                chunk::set_head(victim, nb | PREV_INUSE | flag);
-                chunk::set_head(rem, rsize | PREV_INUSE);
-                chunk::set_foot(rem, rsize);
-                let p = chunk2mem(victim);
-                alloc_perturb(p, bytes);
-                return p;
-            }
-
-            if (*bck).fd != victim {
-                malloc_printerr("malloc(): corrupted unsorted chunks 3");
-            }
-            (*unsorted).bk = bck;
-            (*bck).fd = unsorted;
-
-            if size == nb {
-                chunk::set_inuse_bit_at_offset(victim, size);
-                if flag != 0 {
-                    (*victim).size |= flag;
-                }
-                if can_stash && ((*tc).counts[tc_idx] as usize) < PARAMS.tcache_count() {
-                    tcache::put(tc, victim, tc_idx);
-                    return_cached = true;
-                    continue;
-                }
-                let p = chunk2mem(victim);
-                alloc_perturb(p, bytes);
-                return p;
-            }
-
-            place_in_bin(av, victim, size);
-
-            if return_cached {
-                unsorted_count += 1;
-                let limit = PARAMS.tcache_unsorted_limit();
-                if limit > 0 && unsorted_count > limit {
-                    return tcache::get(tc, tc_idx);
-                }
-            }
-            iters += 1;
-            if iters >= MAX_ITERS {
-                break;
-            }
+        let victim = (*unsorted).bk;
+        if victim == unsorted {
+            break;
         }
-        if return_cached {
-            return tcache::get(tc, tc_idx);
+        let bck = (*victim).bk;
+        let size = chunk::size(victim);
+        let next = chunk::at_offset(victim, size);
+        if size <= 2 * SIZE_SZ || size > (*av).system_mem {
+            malloc_printerr("malloc(): invalid size (unsorted)");
+        }
+        if chunk::size_nomask(next) < 2 * SIZE_SZ || chunk::size_nomask(next) > (*av).system_mem {
+            malloc_printerr("malloc(): invalid next size (unsorted)");
+        }
+        if chunk::prev_size(next) & !chunk::SIZE_BITS != size {
+            malloc_printerr("malloc(): mismatching next->prev_size (unsorted)");
+        }
+        if (*bck).fd != victim || (*victim).fd != unsorted {
+            malloc_printerr("malloc(): unsorted double linked list corrupted");
+        }
+        if chunk::prev_inuse(next) {
+            malloc_printerr("malloc(): invalid next->prev_inuse (unsorted)");
         }
 
-        // Best fit from the request's own large bin.
-        if !in_smallbin_range(nb) {
-            let bin = (*av).bin_at(idx);
-            let mut victim = (*bin).fd;
-            if victim != bin && chunk::size_nomask(victim) >= nb {
-                victim = (*victim).bk_nextsize;
-                while chunk::size(victim) < nb {
-                    victim = (*victim).bk_nextsize;
-                }
-                // Prefer a second chunk of the same size: the first carries
-                // the skip-list links.
-                if victim != (*bin).bk && chunk::size_nomask(victim) == chunk::size_nomask((*victim).fd) {
-                    victim = (*victim).fd;
-                }
-                let size = chunk::size(victim);
-                unlink_chunk(av, victim);
-                return finish_split(av, victim, size, nb, bytes, false);
+        // A small request and the last remainder is the only unsorted
+        // chunk: split it, which keeps consecutive small allocations
+        // next to each other.
+        if in_smallbin_range(nb)
+            && bck == unsorted
+            && victim == (*av).last_remainder
+            && size > nb + MINSIZE
+        {
+            let rsize = size - nb;
+            let rem = chunk::at_offset(victim, nb);
+            (*unsorted).bk = rem;
+            (*unsorted).fd = rem;
+            (*av).last_remainder = rem;
+            (*rem).bk = unsorted;
+            (*rem).fd = unsorted;
+            if !in_smallbin_range(rsize) {
+                (*rem).fd_nextsize = core::ptr::null_mut();
+                (*rem).bk_nextsize = core::ptr::null_mut();
             }
+            chunk::set_head(victim, nb | PREV_INUSE | flag);
+            chunk::set_head(rem, rsize | PREV_INUSE);
+            chunk::set_foot(rem, rsize);
+            let p = chunk2mem(victim);
+            alloc_perturb(p, bytes);
+            return p;
         }
 
-        // Scan the binmap for the smallest non-empty larger bin.
-        idx += 1;
-        let mut bin = (*av).bin_at(idx);
-        let mut block = idx2block(idx);
-        let mut map = (*av).binmap[block];
-        let mut bit = idx2bit(idx);
-        loop {
-            if bit > map || bit == 0 {
-                loop {
-                    block += 1;
-                    if block >= BINMAPSIZE {
-                        return use_top(av, nb, bytes);
-                    }
-                    map = (*av).binmap[block];
-                    if map != 0 {
-                        break;
-                    }
-                }
-                bin = (*av).bin_at(block << BINMAPSHIFT);
-                bit = 1;
+        if (*bck).fd != victim {
+            malloc_printerr("malloc(): corrupted unsorted chunks 3");
+        }
+        (*unsorted).bk = bck;
+        (*bck).fd = unsorted;
+
+        if size == nb {
+            chunk::set_inuse_bit_at_offset(victim, size);
+            if flag != 0 {
+                (*victim).size |= flag;
             }
-            while bit & map == 0 {
-                bin = next_bin(bin);
-                bit <<= 1;
-            }
-            let victim = (*bin).bk;
-            if victim == bin {
-                // Stale bit: clear it and move on.
-                map &= !bit;
-                (*av).binmap[block] = map;
-                bin = next_bin(bin);
-                bit <<= 1;
+            if can_stash && ((*tc).counts[tc_idx] as usize) < PARAMS.tcache_count() {
+                tcache::put(tc, victim, tc_idx);
+                return_cached = true;
                 continue;
+            }
+            let p = chunk2mem(victim);
+            alloc_perturb(p, bytes);
+            return p;
+        }
+
+        place_in_bin(av, victim, size);
+
+        if return_cached {
+            unsorted_count += 1;
+            let limit = PARAMS.tcache_unsorted_limit();
+            if limit > 0 && unsorted_count > limit {
+                return tcache::get(tc, tc_idx);
+            }
+        }
+        iters += 1;
+        if iters >= MAX_ITERS {
+            break;
+        }
+    }
+    if return_cached {
+        return tcache::get(tc, tc_idx);
+    }
+
+    // Best fit from the request's own large bin.
+    if !in_smallbin_range(nb) {
+        let bin = (*av).bin_at(idx);
+        let mut victim = (*bin).fd;
+        if victim != bin && chunk::size_nomask(victim) >= nb {
+            victim = (*victim).bk_nextsize;
+            while chunk::size(victim) < nb {
+                victim = (*victim).bk_nextsize;
+            }
+            // Prefer a second chunk of the same size: the first carries
+            // the skip-list links.
+            if victim != (*bin).bk && chunk::size_nomask(victim) == chunk::size_nomask((*victim).fd)
+            {
+                victim = (*victim).fd;
             }
             let size = chunk::size(victim);
             unlink_chunk(av, victim);
-            return finish_split(av, victim, size, nb, bytes, true);
+            return finish_split(av, victim, size, nb, bytes, false);
         }
+    }
+
+    // Scan the binmap for the smallest non-empty larger bin.
+    idx += 1;
+    let mut bin = (*av).bin_at(idx);
+    let mut block = idx2block(idx);
+    let mut map = (*av).binmap[block];
+    let mut bit = idx2bit(idx);
+    loop {
+        if bit > map || bit == 0 {
+            loop {
+                block += 1;
+                if block >= BINMAPSIZE {
+                    return use_top(av, nb, bytes);
+                }
+                map = (*av).binmap[block];
+                if map != 0 {
+                    break;
+                }
+            }
+            bin = (*av).bin_at(block << BINMAPSHIFT);
+            bit = 1;
+        }
+        while bit & map == 0 {
+            bin = next_bin(bin);
+            bit <<= 1;
+        }
+        let victim = (*bin).bk;
+        if victim == bin {
+            // Stale bit: clear it and move on.
+            map &= !bit;
+            (*av).binmap[block] = map;
+            bin = next_bin(bin);
+            bit <<= 1;
+            continue;
+        }
+        let size = chunk::size(victim);
+        unlink_chunk(av, victim);
+        return finish_split(av, victim, size, nb, bytes, true);
     }
 }
 
@@ -292,7 +303,14 @@ unsafe fn use_top(av: *mut Arena, nb: usize, bytes: usize) -> *mut u8 {
 
 /// Take `nb` bytes from the unlinked free chunk `victim` of `size` bytes;
 /// a remainder of at least MINSIZE goes to the unsorted bin.
-unsafe fn finish_split(av: *mut Arena, victim: ChunkPtr, size: usize, nb: usize, bytes: usize, set_last: bool) -> *mut u8 {
+unsafe fn finish_split(
+    av: *mut Arena,
+    victim: ChunkPtr,
+    size: usize,
+    nb: usize,
+    bytes: usize,
+    set_last: bool,
+) -> *mut u8 {
     let flag = (*av).chunk_flag();
     let rsize = size - nb;
     if rsize < MINSIZE {
@@ -361,7 +379,9 @@ unsafe fn place_in_bin(av: *mut Arena, victim: ChunkPtr, size: usize) {
                     (*victim).fd_nextsize = fwd;
                     (*victim).bk_nextsize = (*fwd).bk_nextsize;
                     if (*(*fwd).bk_nextsize).fd_nextsize != fwd {
-                        malloc_printerr("malloc(): largebin double linked list corrupted (nextsize)");
+                        malloc_printerr(
+                            "malloc(): largebin double linked list corrupted (nextsize)",
+                        );
                     }
                     (*fwd).bk_nextsize = victim;
                     (*(*victim).bk_nextsize).fd_nextsize = victim;

@@ -18,9 +18,11 @@ pub(crate) static MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static MAX_MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
 
 fn account(delta_maps: isize, delta_bytes: isize) {
-    let n = (N_MMAPS.fetch_add(delta_maps as usize, Ordering::Relaxed) as isize + delta_maps) as usize;
+    let n =
+        (N_MMAPS.fetch_add(delta_maps as usize, Ordering::Relaxed) as isize + delta_maps) as usize;
     MAX_N_MMAPS.fetch_max(n, Ordering::Relaxed);
-    let b = (MMAPPED_MEM.fetch_add(delta_bytes as usize, Ordering::Relaxed) as isize + delta_bytes) as usize;
+    let b = (MMAPPED_MEM.fetch_add(delta_bytes as usize, Ordering::Relaxed) as isize + delta_bytes)
+        as usize;
     MAX_MMAPPED_MEM.fetch_max(b, Ordering::Relaxed);
 }
 

@@ -2,14 +2,21 @@
 //! and `_int_memalign`).  Both run with the arena locked.
 
 use crate::arena::Arena;
-use crate::chunk::{self, chunk2mem, mem2chunk, ChunkPtr, ALIGN_MASK, MINSIZE, PREV_INUSE, SIZE_SZ};
+use crate::chunk::{
+    self, chunk2mem, mem2chunk, ChunkPtr, ALIGN_MASK, MINSIZE, PREV_INUSE, SIZE_SZ,
+};
 use crate::error::malloc_printerr;
 use crate::free::{int_free_locked, unlink_chunk};
 use crate::malloc::int_malloc;
 
 /// Resize heap chunk `oldp` (of `oldsize` bytes) to chunk size `nb`,
 /// growing in place into top or a free neighbour when possible.
-pub(crate) unsafe fn int_realloc(av: *mut Arena, oldp: ChunkPtr, oldsize: usize, nb: usize) -> *mut u8 {
+pub(crate) unsafe fn int_realloc(
+    av: *mut Arena,
+    oldp: ChunkPtr,
+    oldsize: usize,
+    nb: usize,
+) -> *mut u8 {
     if chunk::size_nomask(oldp) <= 2 * SIZE_SZ || oldsize >= (*av).system_mem {
         malloc_printerr("realloc(): invalid old size");
     }
@@ -79,8 +86,9 @@ pub(crate) unsafe fn int_memalign(av: *mut Arena, alignment: usize, nb: usize) -
     }
     let mut p = mem2chunk(m);
     let flag = (*av).chunk_flag();
-    if (m as usize) % alignment != 0 {
-        let mut brk = mem2chunk(((m as usize + alignment - 1) & !(alignment - 1)) as *mut u8) as usize;
+    if !(m as usize).is_multiple_of(alignment) {
+        let mut brk =
+            mem2chunk(((m as usize + alignment - 1) & !(alignment - 1)) as *mut u8) as usize;
         if brk - (p as usize) < MINSIZE {
             brk += alignment;
         }

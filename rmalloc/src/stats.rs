@@ -70,16 +70,27 @@ pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
             }
             size = chunk::size(p);
             count += 1;
-            p = reveal_ptr(core::ptr::addr_of!((*p).fd) as *const u8, (*p).fd as *mut u8) as ChunkPtr;
+            p = reveal_ptr(
+                core::ptr::addr_of!((*p).fd) as *const u8,
+                (*p).fd as *mut u8,
+            ) as ChunkPtr;
         }
-        info.sizes[i] = SizeClass { from: size.saturating_sub(chunk::ALIGN - 1), to: size, total: count * size, count };
+        info.sizes[i] = SizeClass {
+            from: size.saturating_sub(chunk::ALIGN - 1),
+            to: size,
+            total: count * size,
+            count,
+        };
         info.nfast += count;
         info.fastavail += count * size;
     }
     for i in 1..NBINS {
         let bin = (*a).bin_at(i);
         let mut p = (*bin).fd;
-        let mut sc = SizeClass { from: usize::MAX, ..Default::default() };
+        let mut sc = SizeClass {
+            from: usize::MAX,
+            ..Default::default()
+        };
         while p != bin {
             let s = chunk::size(p);
             sc.count += 1;
@@ -227,19 +238,28 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
     }
     let mut out = Out::<2048>::new(Sink::File(fp));
     let _ = out.write_str("<malloc version=\"1\">\n");
-    let (mut tf, mut tfs, mut tn, mut ta, mut ts, mut tms, mut tsp, mut tmp) = (0, 0, 0, 0, 0, 0, 0, 0);
+    let (mut tf, mut tfs, mut tn, mut ta, mut ts, mut tms, mut tsp, mut tmp) =
+        (0, 0, 0, 0, 0, 0, 0, 0);
     let mut n = 0;
     for_each_info(|i| {
         let _ = write!(out, "<heap nr=\"{}\">\n<sizes>\n", n);
         n += 1;
         for (k, s) in i.sizes.iter().enumerate() {
             if s.count != 0 && k != NFASTBINS {
-                let _ = writeln!(out, "  <size from=\"{}\" to=\"{}\" total=\"{}\" count=\"{}\"/>", s.from, s.to, s.total, s.count);
+                let _ = writeln!(
+                    out,
+                    "  <size from=\"{}\" to=\"{}\" total=\"{}\" count=\"{}\"/>",
+                    s.from, s.to, s.total, s.count
+                );
             }
         }
         let u = &i.sizes[NFASTBINS];
         if u.count != 0 {
-            let _ = writeln!(out, "  <unsorted from=\"{}\" to=\"{}\" total=\"{}\" count=\"{}\"/>", u.from, u.to, u.total, u.count);
+            let _ = writeln!(
+                out,
+                "  <unsorted from=\"{}\" to=\"{}\" total=\"{}\" count=\"{}\"/>",
+                u.from, u.to, u.total, u.count
+            );
         }
         let _ = write!(
             out,
@@ -295,6 +315,7 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
 
 /// Append the `RMALLOC_EXIT_STATS` line, if requested.  Runs from the
 /// library's destructor at process exit.
+#[cfg_attr(test, allow(dead_code))]
 pub(crate) fn write_exit_stats() {
     let Some(path) = crate::options::exit_stats_path() else {
         return;
@@ -308,7 +329,13 @@ pub(crate) fn write_exit_stats() {
     });
     let mm = MMAPPED_MEM.load(Ordering::Relaxed);
     // SAFETY: `path` is a valid NUL-terminated string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644) };
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
     if fd < 0 {
         return;
     }

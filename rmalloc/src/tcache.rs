@@ -52,10 +52,16 @@ pub(crate) fn init_key() {
     if n != core::mem::size_of::<usize>() as i64 || k == 0 {
         // No entropy yet (very early boot): mix the address-space layout and
         // the clock, which is what glibc falls back to as well.
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `ts` is a valid timespec to write.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        k = (ts.tv_nsec as usize).rotate_left(32) ^ (ts.tv_sec as usize) ^ (&k as *const usize as usize) ^ 0x9e37_79b9_7f4a_7c15;
+        k = (ts.tv_nsec as usize).rotate_left(32)
+            ^ (ts.tv_sec as usize)
+            ^ (&k as *const usize as usize)
+            ^ 0x9e37_79b9_7f4a_7c15;
     }
     KEY.store(k, Ordering::Relaxed);
 }
@@ -63,7 +69,7 @@ pub(crate) fn init_key() {
 /// Cache bin for chunk size `sz` (only meaningful for sizes >= MINSIZE).
 #[inline(always)]
 pub(crate) const fn csize2tidx(sz: usize) -> usize {
-    (sz.wrapping_sub(MINSIZE) + ALIGN - 1) / ALIGN
+    sz.wrapping_sub(MINSIZE).div_ceil(ALIGN)
 }
 
 /// Pop from bin `idx`, which must be non-empty.
@@ -73,7 +79,10 @@ pub(crate) unsafe fn get(tc: *mut Tcache, idx: usize) -> *mut u8 {
     if !chunk::aligned_ok(e as usize) {
         malloc_printerr("malloc(): unaligned tcache chunk detected");
     }
-    (*tc).entries[idx] = reveal_ptr(core::ptr::addr_of!((*e).next) as *const u8, (*e).next as *mut u8) as *mut Entry;
+    (*tc).entries[idx] = reveal_ptr(
+        core::ptr::addr_of!((*e).next) as *const u8,
+        (*e).next as *mut u8,
+    ) as *mut Entry;
     (*tc).counts[idx] -= 1;
     (*e).key = 0;
     e as *mut u8
@@ -83,7 +92,10 @@ pub(crate) unsafe fn get(tc: *mut Tcache, idx: usize) -> *mut u8 {
 pub(crate) unsafe fn put(tc: *mut Tcache, p: ChunkPtr, idx: usize) {
     let e = chunk::chunk2mem(p) as *mut Entry;
     (*e).key = key();
-    (*e).next = protect_ptr(core::ptr::addr_of!((*e).next) as *const u8, (*tc).entries[idx] as *mut u8) as *mut Entry;
+    (*e).next = protect_ptr(
+        core::ptr::addr_of!((*e).next) as *const u8,
+        (*tc).entries[idx] as *mut u8,
+    ) as *mut Entry;
     (*tc).entries[idx] = e;
     (*tc).counts[idx] += 1;
 }
@@ -104,7 +116,10 @@ pub(crate) unsafe fn check_double_free(tc: *mut Tcache, e: *mut Entry, idx: usiz
         if tmp == e {
             malloc_printerr("free(): double free detected in tcache 2");
         }
-        tmp = reveal_ptr(core::ptr::addr_of!((*tmp).next) as *const u8, (*tmp).next as *mut u8) as *mut Entry;
+        tmp = reveal_ptr(
+            core::ptr::addr_of!((*tmp).next) as *const u8,
+            (*tmp).next as *mut u8,
+        ) as *mut Entry;
         cnt += 1;
     }
 }

@@ -5,8 +5,17 @@
 //! heap passes its own consistency check.
 
 use crate::api;
-use crate::check::check_all;
 use proptest::prelude::*;
+use std::sync::RwLock;
+
+/// Tests check every arena, including other tests' arenas; the one test
+/// that corrupts a chunk on purpose takes this exclusively.
+static CORRUPTION: RwLock<()> = RwLock::new(());
+
+fn check_all() -> Result<(), crate::check::Problem> {
+    let _g = CORRUPTION.read().unwrap_or_else(|e| e.into_inner());
+    crate::check::check_all()
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -60,11 +69,23 @@ unsafe fn verify(b: &Block) -> Result<(), TestCaseError> {
 }
 
 fn no_overlap(live: &[Block]) -> Result<(), TestCaseError> {
-    let mut spans: Vec<(usize, usize)> =
-        live.iter().map(|b| (b.ptr as usize, b.ptr as usize + unsafe { api::usable_size(b.ptr) })).collect();
+    let mut spans: Vec<(usize, usize)> = live
+        .iter()
+        .map(|b| {
+            (
+                b.ptr as usize,
+                b.ptr as usize + unsafe { api::usable_size(b.ptr) },
+            )
+        })
+        .collect();
     spans.sort_unstable();
     for w in spans.windows(2) {
-        prop_assert!(w[0].1 <= w[1].0, "blocks overlap: {:x?} and {:x?}", w[0], w[1]);
+        prop_assert!(
+            w[0].1 <= w[1].0,
+            "blocks overlap: {:x?} and {:x?}",
+            w[0],
+            w[1]
+        );
     }
     Ok(())
 }
@@ -83,7 +104,12 @@ fn run_ops(ops: &[Op], check_every_step: bool) -> Result<(), TestCaseError> {
                     let p = api::malloc(n);
                     prop_assert!(!p.is_null());
                     core::ptr::write_bytes(p, fill, n);
-                    live.push(Block { ptr: p, size: n, fill, align: 16 });
+                    live.push(Block {
+                        ptr: p,
+                        size: n,
+                        fill,
+                        align: 16,
+                    });
                 }
                 Op::Calloc(a, b) => {
                     let p = api::calloc(a, b);
@@ -92,7 +118,12 @@ fn run_ops(ops: &[Op], check_every_step: bool) -> Result<(), TestCaseError> {
                         prop_assert_eq!(*p.add(i), 0, "calloc memory not zeroed");
                     }
                     core::ptr::write_bytes(p, fill, a * b);
-                    live.push(Block { ptr: p, size: a * b, fill, align: 16 });
+                    live.push(Block {
+                        ptr: p,
+                        size: a * b,
+                        fill,
+                        align: 16,
+                    });
                 }
                 Op::Realloc(i, n) => {
                     if live.is_empty() {
@@ -112,14 +143,24 @@ fn run_ops(ops: &[Op], check_every_step: bool) -> Result<(), TestCaseError> {
                         prop_assert_eq!(*p.add(j), old.fill, "realloc lost contents at {}", j);
                     }
                     core::ptr::write_bytes(p, fill, n);
-                    live.push(Block { ptr: p, size: n, fill, align: 16 });
+                    live.push(Block {
+                        ptr: p,
+                        size: n,
+                        fill,
+                        align: 16,
+                    });
                 }
                 Op::Memalign(shift, n) => {
                     let align = 1usize << shift;
                     let p = api::memalign(align, n);
                     prop_assert!(!p.is_null());
                     core::ptr::write_bytes(p, fill, n);
-                    live.push(Block { ptr: p, size: n, fill, align });
+                    live.push(Block {
+                        ptr: p,
+                        size: n,
+                        fill,
+                        align,
+                    });
                 }
                 Op::Free(i) => {
                     if live.is_empty() {
@@ -262,7 +303,10 @@ fn mallinfo_tracks_use() {
     // SAFETY: freed below.
     let big = unsafe { api::malloc(4 << 20) };
     let mid = crate::stats::mallinfo2();
-    assert!(mid.hblkhd >= before.hblkhd + (4 << 20), "mmapped bytes not counted");
+    assert!(
+        mid.hblkhd >= before.hblkhd + (4 << 20),
+        "mmapped bytes not counted"
+    );
     assert!(mid.hblks > before.hblks || mid.hblkhd > before.hblkhd);
     // SAFETY: from api::malloc.
     unsafe { api::free(big) };
@@ -274,6 +318,7 @@ fn heap_check_detects_a_corrupted_free_chunk() {
     // A freed 2000-byte chunk is too large for the tcache and fastbins, so
     // it sits in the unsorted bin with a boundary tag the check verifies.
     // The check runs in a thread of its own, so its arena holds only this.
+    let _g = CORRUPTION.write().unwrap_or_else(|e| e.into_inner());
     std::thread::spawn(|| {
         // SAFETY: the corruption is undone before anything else touches the
         // arena, and the blocks are freed afterwards.
@@ -282,13 +327,16 @@ fn heap_check_detects_a_corrupted_free_chunk() {
             let b = api::malloc(2000);
             let c = api::malloc(2000);
             api::free(b);
-            check_all().unwrap();
+            crate::check::check_all().unwrap();
             let p = crate::chunk::mem2chunk(b);
             let saved = (*p).size;
             (*p).size = saved + 32;
-            assert!(check_all().is_err(), "corrupted size went unnoticed");
+            assert!(
+                crate::check::check_all().is_err(),
+                "corrupted size went unnoticed"
+            );
             (*p).size = saved;
-            check_all().unwrap();
+            crate::check::check_all().unwrap();
             api::free(a);
             api::free(c);
         }

@@ -70,7 +70,7 @@ unsafe fn init_tcache() -> *mut Tcache {
     let k = KEY.load(Ordering::Relaxed);
     if k != u32::MAX {
         // SAFETY: `k` is our key; a non-null value arms the destructor.
-        libc::pthread_setspecific(k, 1 as *const libc::c_void);
+        libc::pthread_setspecific(k, core::ptr::dangling::<libc::c_void>());
     }
     mem as *mut Tcache
 }
@@ -104,7 +104,12 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     if round < DESTRUCTOR_ROUNDS {
         // Run again in the next round, after destructors that free memory.
         // SAFETY: re-setting our own key from its destructor is allowed.
-        unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (round + 1) as *const libc::c_void) };
+        unsafe {
+            libc::pthread_setspecific(
+                KEY.load(Ordering::Relaxed),
+                (round + 1) as *const libc::c_void,
+            )
+        };
         return;
     }
     // SAFETY: called once per exiting thread, on that thread.

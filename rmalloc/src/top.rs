@@ -23,7 +23,8 @@ const MMAP_AS_MORECORE_SIZE: usize = 1024 * 1024;
 pub(crate) const MAX_REGIONS: usize = 256;
 
 /// Start addresses of the main arena's heap regions, in creation order.
-pub(crate) static REGIONS: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
+pub(crate) static REGIONS: [AtomicUsize; MAX_REGIONS] =
+    [const { AtomicUsize::new(0) }; MAX_REGIONS];
 pub(crate) static NREGIONS: AtomicUsize = AtomicUsize::new(0);
 /// Where the main arena's first `brk` region started (for statistics).
 pub(crate) static SBRK_BASE: AtomicUsize = AtomicUsize::new(0);
@@ -53,14 +54,20 @@ pub(crate) unsafe fn split_top(av: *mut Arena, nb: usize) -> *mut u8 {
 /// Returns null (caller sets `ENOMEM`) when the kernel refuses.
 pub(crate) unsafe fn sysmalloc(nb: usize, av: *mut Arena) -> *mut u8 {
     let mut tried_mmap = false;
-    if nb >= PARAMS.mmap_threshold() && mmap_chunk::N_MMAPS.load(Ordering::Relaxed) < PARAMS.mmap_max() {
+    if nb >= PARAMS.mmap_threshold()
+        && mmap_chunk::N_MMAPS.load(Ordering::Relaxed) < PARAMS.mmap_max()
+    {
         tried_mmap = true;
         let p = mmap_chunk::map_chunk(nb);
         if !p.is_null() {
             return chunk::chunk2mem(p);
         }
     }
-    let grown = if (*av).is_main() { grow_main(av, nb) } else { grow_heap_arena(av, nb) };
+    let grown = if (*av).is_main() {
+        grow_main(av, nb)
+    } else {
+        grow_heap_arena(av, nb)
+    };
     if grown {
         (*av).note_system_mem();
         if chunk::size((*av).top) >= nb + MINSIZE {
@@ -85,10 +92,16 @@ unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
     let need = (MINSIZE + nb) as isize - old_size as isize;
     if need > 0 && heap::grow_heap(h, need) {
         (*av).system_mem += (*h).size - old_heap_size;
-        chunk::set_head(old_top, (h as usize + (*h).size - old_top as usize) | PREV_INUSE);
+        chunk::set_head(
+            old_top,
+            (h as usize + (*h).size - old_top as usize) | PREV_INUSE,
+        );
         return true;
     }
-    let nh = heap::new_heap(nb + MINSIZE + core::mem::size_of::<heap::HeapInfo>(), PARAMS.top_pad());
+    let nh = heap::new_heap(
+        nb + MINSIZE + core::mem::size_of::<heap::HeapInfo>(),
+        PARAMS.top_pad(),
+    );
     if nh.is_null() {
         return false;
     }
@@ -97,7 +110,10 @@ unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
     (*av).system_mem += (*nh).size;
     let top = (nh as *mut u8).add(core::mem::size_of::<heap::HeapInfo>()) as ChunkPtr;
     (*av).top = top;
-    chunk::set_head(top, ((*nh).size - core::mem::size_of::<heap::HeapInfo>()) | PREV_INUSE);
+    chunk::set_head(
+        top,
+        ((*nh).size - core::mem::size_of::<heap::HeapInfo>()) | PREV_INUSE,
+    );
     let left = heap::fence_old_top(old_top, old_size, chunk::NON_MAIN_ARENA);
     if left > 0 {
         crate::free::int_free_locked(av, old_top);
@@ -140,7 +156,10 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
         }
     }
     // The break cannot move: continue in an mmap region.
-    let len = os::align_up(core::cmp::max(nb + MINSIZE + HDR, MMAP_AS_MORECORE_SIZE), page);
+    let len = os::align_up(
+        core::cmp::max(nb + MINSIZE + HDR, MMAP_AS_MORECORE_SIZE),
+        page,
+    );
     let Some(m) = os::map_rw(len) else {
         return false;
     };

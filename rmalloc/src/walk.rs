@@ -32,7 +32,10 @@ pub(crate) struct Broken {
 /// Call `f(chunk, size, kind)` for every chunk of `av`.  Regions whose start
 /// could not be recorded (more than `MAX_REGIONS`) are skipped; the return
 /// value says whether the walk was complete.
-pub(crate) unsafe fn walk_arena(av: *mut Arena, f: &mut dyn FnMut(ChunkPtr, usize, Kind)) -> Result<bool, Broken> {
+pub(crate) unsafe fn walk_arena(
+    av: *mut Arena,
+    f: &mut dyn FnMut(ChunkPtr, usize, Kind),
+) -> Result<bool, Broken> {
     let top = (*av).top;
     if (*av).is_main() {
         let n = NREGIONS.load(Ordering::Acquire);
@@ -51,7 +54,12 @@ pub(crate) unsafe fn walk_arena(av: *mut Arena, f: &mut dyn FnMut(ChunkPtr, usiz
     }
 }
 
-unsafe fn walk_region(mut p: ChunkPtr, end: usize, top: ChunkPtr, f: &mut dyn FnMut(ChunkPtr, usize, Kind)) -> Result<(), Broken> {
+unsafe fn walk_region(
+    mut p: ChunkPtr,
+    end: usize,
+    top: ChunkPtr,
+    f: &mut dyn FnMut(ChunkPtr, usize, Kind),
+) -> Result<(), Broken> {
     loop {
         if p == top {
             f(p, chunk::size(p), Kind::Top);
@@ -63,10 +71,17 @@ unsafe fn walk_region(mut p: ChunkPtr, end: usize, top: ChunkPtr, f: &mut dyn Fn
             return Ok(());
         }
         if !chunk::aligned_ok(size) || (p as usize).checked_add(size).is_none_or(|e| e > end) {
-            return Err(Broken { at: p as usize, why: "chunk size runs past its region" });
+            return Err(Broken {
+                at: p as usize,
+                why: "chunk size runs past its region",
+            });
         }
         let next = chunk::at_offset(p, size);
-        let kind = if chunk::prev_inuse(next) { Kind::InUse } else { Kind::Free };
+        let kind = if chunk::prev_inuse(next) {
+            Kind::InUse
+        } else {
+            Kind::Free
+        };
         f(p, size, kind);
         p = next;
     }

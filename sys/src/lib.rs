@@ -14,6 +14,8 @@
 
 use syscalls::{syscall, Errno, Sysno};
 
+pub mod kal;
+
 /// Result of a raw system call: the kernel's return value or its errno.
 pub type SysResult<T> = Result<T, i32>;
 
@@ -44,11 +46,17 @@ pub const EINTR: i32 = 4;
 /// With `MAP_FIXED` in `extra_flags` the call replaces whatever was mapped at
 /// `addr`; the caller must own that range.
 #[inline]
-pub unsafe fn mmap_anon(addr: usize, len: usize, prot: usize, extra_flags: usize) -> SysResult<*mut u8> {
+pub unsafe fn mmap_anon(
+    addr: usize,
+    len: usize,
+    prot: usize,
+    extra_flags: usize,
+) -> SysResult<*mut u8> {
     let flags = MAP_PRIVATE | MAP_ANONYMOUS | extra_flags;
     // SAFETY: arguments are plain integers; the kernel validates them.  The
     // caller upholds the MAP_FIXED contract documented above.
-    map(unsafe { syscall!(Sysno::mmap, addr, len, prot, flags, usize::MAX, 0) }).map(|p| p as *mut u8)
+    map(unsafe { syscall!(Sysno::mmap, addr, len, prot, flags, usize::MAX, 0) })
+        .map(|p| p as *mut u8)
 }
 
 /// # Safety
@@ -79,9 +87,15 @@ pub unsafe fn madvise(addr: *mut u8, len: usize, advice: usize) -> SysResult<()>
 /// # Safety
 /// `old` must be a mapping of `old_len` bytes that the caller owns.
 #[inline]
-pub unsafe fn mremap(old: *mut u8, old_len: usize, new_len: usize, flags: usize) -> SysResult<*mut u8> {
+pub unsafe fn mremap(
+    old: *mut u8,
+    old_len: usize,
+    new_len: usize,
+    flags: usize,
+) -> SysResult<*mut u8> {
     // SAFETY: the caller owns the old mapping (function contract).
-    map(unsafe { syscall!(Sysno::mremap, old as usize, old_len, new_len, flags) }).map(|p| p as *mut u8)
+    map(unsafe { syscall!(Sysno::mremap, old as usize, old_len, new_len, flags) })
+        .map(|p| p as *mut u8)
 }
 
 /// Current program break, or the new one after asking for `addr`.
@@ -102,7 +116,8 @@ pub unsafe fn brk(addr: usize) -> usize {
 pub fn write_all(fd: i32, mut buf: &[u8]) -> SysResult<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid readable slice for its length.
-        match map(unsafe { syscall!(Sysno::write, fd as usize, buf.as_ptr() as usize, buf.len()) }) {
+        match map(unsafe { syscall!(Sysno::write, fd as usize, buf.as_ptr() as usize, buf.len()) })
+        {
             Ok(n) => buf = &buf[n..],
             Err(EINTR) => continue,
             Err(e) => return Err(e),
@@ -119,7 +134,13 @@ const FUTEX_WAKE_PRIVATE: usize = 129;
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
     // SAFETY: `word` is a live, aligned u32 for the duration of the call.
     let _ = unsafe {
-        syscall!(Sysno::futex, word.as_ptr() as usize, FUTEX_WAIT_PRIVATE, expected as usize, 0usize)
+        syscall!(
+            Sysno::futex,
+            word.as_ptr() as usize,
+            FUTEX_WAIT_PRIVATE,
+            expected as usize,
+            0usize
+        )
     };
 }
 
@@ -127,7 +148,14 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
 #[inline]
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
     // SAFETY: `word` is a live, aligned u32; waking never touches memory.
-    let _ = unsafe { syscall!(Sysno::futex, word.as_ptr() as usize, FUTEX_WAKE_PRIVATE, n as usize) };
+    let _ = unsafe {
+        syscall!(
+            Sysno::futex,
+            word.as_ptr() as usize,
+            FUTEX_WAKE_PRIVATE,
+            n as usize
+        )
+    };
 }
 
 #[inline]
@@ -145,7 +173,14 @@ pub fn getpid() -> i32 {
 /// Read up to `buf.len()` bytes from `fd`.
 pub fn read(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: `buf` is a valid writable slice for its length.
-    map(unsafe { syscall!(Sysno::read, fd as usize, buf.as_mut_ptr() as usize, buf.len()) })
+    map(unsafe {
+        syscall!(
+            Sysno::read,
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len()
+        )
+    })
 }
 
 /// Open a NUL-terminated `path` read-only with `O_CLOEXEC`.
@@ -153,7 +188,15 @@ pub fn open_rdonly(path: &core::ffi::CStr) -> SysResult<i32> {
     const O_CLOEXEC: usize = 0o2000000;
     const AT_FDCWD: isize = -100;
     // SAFETY: `path` is a valid NUL-terminated string.
-    map(unsafe { syscall!(Sysno::openat, AT_FDCWD as usize, path.as_ptr() as usize, O_CLOEXEC) }).map(|fd| fd as i32)
+    map(unsafe {
+        syscall!(
+            Sysno::openat,
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            O_CLOEXEC
+        )
+    })
+    .map(|fd| fd as i32)
 }
 
 pub fn close(fd: i32) {
