@@ -14,8 +14,6 @@
 
 use syscalls::{syscall, Errno, Sysno};
 
-pub mod kal;
-
 /// Result of a raw system call: the kernel's return value or its errno.
 pub type SysResult<T> = Result<T, i32>;
 
