@@ -196,6 +196,7 @@ api_tests! {
     api_malloc_info => "malloc_info",
     api_libc_aliases => "aliases",
     api_libc_interop => "libc_interop",
+    api_dynamic_mmap_threshold => "dynamic_mmap_threshold",
 }
 
 #[test]
@@ -400,6 +401,11 @@ fn thread_churn_5000_threads() {
         "{}",
         out.describe()
     );
+}
+
+#[test]
+fn whole_api_from_many_threads_with_heap_queries() {
+    run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
 }
 
 #[test]

@@ -629,6 +629,19 @@ static void case_malloc_info(void) {
   CHECK(strstr(buf, "</malloc>") != NULL);
   CHECK(strstr(buf, "<heap nr=\"0\">") != NULL);
   CHECK(strstr(buf, "<system type=\"current\" size=\"") != NULL);
+  CHECK(strstr(buf, "<total type=\"mmap\" count=\"") != NULL);
+  CHECK(strstr(buf, "<aspace type=\"total\" size=\"") != NULL);
+  /* glibc lists the free chunks it counts: with 25 blocks freed in the
+   * middle of the heap, the main heap's <sizes> is not empty. */
+  char *sizes = strstr(buf, "<sizes>");
+  char *end = sizes ? strstr(sizes, "</sizes>") : NULL;
+  CHECK(sizes && end);
+  if (sizes && end) {
+    char *entry = strstr(sizes, "<size ");
+    char *unsorted = strstr(sizes, "<unsorted ");
+    CHECKF((entry && entry < end) || (unsorted && unsorted < end),
+           "heap 0 has free chunks but <sizes> lists none");
+  }
   fputs(buf, stdout);
   free(buf);
   FILE *g = tmpfile();
@@ -719,6 +732,58 @@ static void *tls_thread(void *arg) {
   snprintf(tls_buf, sizeof tls_buf, "thread %ld", (long)(uintptr_t)arg);
   char *s = strdup(tls_buf);
   return s;
+}
+
+static void case_dynamic_mmap_threshold(void) {
+  /* glibc starts with a 128 KiB mmap threshold and raises it to the size of
+   * an mmapped chunk when that chunk is freed (up to 32 MiB). */
+  FROM_RMALLOC("malloc", "free", "mallinfo2");
+  struct mallinfo2 a = mallinfo2();
+  void *p = malloc(hide_size(300000));
+  REQUIRE(p);
+  struct mallinfo2 b = mallinfo2();
+  CHECKF(b.hblks == a.hblks + 1, "300000 bytes not mmapped at first (hblks %zu -> %zu)",
+         a.hblks, b.hblks);
+  free(p);
+  /* The threshold is now above 300000: the same request comes from the heap. */
+  void *q = malloc(hide_size(300000));
+  void *q2 = malloc(hide_size(300000));
+  REQUIRE(q && q2);
+  struct mallinfo2 c = mallinfo2();
+  CHECKF(c.hblks == a.hblks, "300000 bytes still mmapped after the threshold rose (hblks %zu)",
+         c.hblks);
+  free(q);
+  free(q2);
+  /* Bigger requests are still mmapped. */
+  void *r = malloc(hide_size(4 << 20));
+  REQUIRE(r);
+  struct mallinfo2 d = mallinfo2();
+  CHECK(d.hblks == a.hblks + 1);
+  free(r);
+  /* Chunks above the 32 MiB maximum do not move the threshold further:
+   * 40 MiB, freed, leaves 33 MiB requests mmapped. */
+  void *h = malloc(hide_size(40 << 20));
+  REQUIRE(h);
+  free(h);
+  void *h2 = malloc(hide_size(33 << 20));
+  REQUIRE(h2);
+  struct mallinfo2 e = mallinfo2();
+  CHECKF(e.hblks == a.hblks + 1, "33 MiB not mmapped after freeing 40 MiB (hblks %zu)",
+         e.hblks);
+  free(h2);
+  /* Setting M_MMAP_THRESHOLD turns the dynamic adjustment off. */
+  CHECK(mallopt(M_MMAP_THRESHOLD, 256 * 1024) == 1);
+  void *m = malloc(hide_size(1 << 20));
+  REQUIRE(m);
+  free(m);
+  void *m1 = malloc(hide_size(600000));
+  void *m2 = malloc(hide_size(600000));
+  REQUIRE(m1 && m2);
+  struct mallinfo2 f = mallinfo2();
+  CHECKF(f.hblks == a.hblks + 2, "600000 bytes not mmapped with a fixed threshold (hblks %zu)",
+         f.hblks);
+  free(m1);
+  free(m2);
 }
 
 static int cmp_int(const void *a, const void *b) {
@@ -835,6 +900,7 @@ static const struct api_case cases[] = {
     {"malloc_info", case_malloc_info},
     {"aliases", case_aliases},
     {"libc_interop", case_libc_interop},
+    {"dynamic_mmap_threshold", case_dynamic_mmap_threshold},
 };
 
 int main(int argc, char **argv) {
