@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), no_std)]
 
 use syscalls::{syscall, Errno, Sysno};
+pub mod kal;
 
 /// Result of a raw system call: the kernel's return value or its errno.
 pub type SysResult<T> = Result<T, i32>;

@@ -1,0 +1,342 @@
+//! The `kal_snapshot` system call: uapi mirror and raw wrappers.
+//!
+//! Mirrors `include/uapi/linux/kal.h` from `kernel-patch/0001-kal-syscall.patch`
+//! (ABI version 1).  `kal_snapshot(ranges, nr_ranges, flags)` gives the calling
+//! process a close-on-exec file descriptor for a copy-on-write image of the
+//! given ranges of its own memory, taken at one instant.  `pread` at a virtual
+//! address reads the image; `pread` at [`KAL_META_OFFSET`] and above reads a
+//! [`KalMeta`] header, the captured ranges and, with
+//! [`KAL_SNAPSHOT_STOP_THREADS`], one [`KalThread`] per thread.
+//!
+//! The system call exists only on x86-64 kernels carrying the patch.  Always
+//! call [`probe`] first: it tells "present, ABI N" apart from `ENOSYS` and
+//! from an unrelated system call that a future kernel might put at the same
+//! number, and it is safe on any kernel.  Like the rest of this crate, nothing
+//! here allocates, locks or touches thread-local storage.
+
+use crate::SysResult;
+use syscalls::{syscall, Errno, Sysno};
+
+/// System call number on x86-64 (far above upstream's range, see the README).
+pub const NR_KAL_SNAPSHOT: usize = 1000;
+/// ABI version this mirror describes.
+pub const KAL_ABI_VERSION: u32 = 1;
+/// The probe returns `KAL_PROBE_MAGIC | abi_version`.
+pub const KAL_PROBE_MAGIC: u32 = 0x4b41_4c00;
+/// Bits of the probe's return value that carry the ABI version.
+pub const KAL_PROBE_ABI_MASK: u32 = 0xff;
+
+/// Stop every other thread of the process for the instant of the snapshot and
+/// record their user registers.
+pub const KAL_SNAPSHOT_STOP_THREADS: u32 = 0x1;
+/// Probe: `kal_snapshot(NULL, 0, KAL_SNAPSHOT_PROBE)`.
+pub const KAL_SNAPSHOT_PROBE: u32 = 0x8000_0000;
+/// Most ranges one call accepts (`E2BIG` beyond).
+pub const KAL_MAX_RANGES: usize = 4096;
+
+/// File offset of the image metadata; offsets below are virtual addresses.
+pub const KAL_META_OFFSET: u64 = 1 << 62;
+/// [`KalMeta::magic`].
+pub const KAL_META_MAGIC: u32 = 0x4b41_4c4d;
+
+/// [`KalThread::state`]: the thread that called `kal_snapshot`.
+pub const KAL_THREAD_CALLER: u32 = 0x1;
+/// [`KalThread::state`]: held at its return to user mode.
+pub const KAL_THREAD_STOPPED: u32 = 0x2;
+/// [`KalThread::state`]: asleep in the kernel (registers are its syscall entry state).
+pub const KAL_THREAD_IN_KERNEL: u32 = 0x4;
+/// Number of general-purpose registers in [`KalThread::gpr`].
+pub const KAL_NR_GPR: usize = 16;
+
+/// Errno values the call documents (beyond the ones in the crate root).
+pub const EPERM: i32 = 1;
+pub const EBADF: i32 = 9;
+pub const EFAULT: i32 = 14;
+pub const ENXIO: i32 = 6;
+pub const E2BIG: i32 = 7;
+pub const ENOSYS: i32 = 38;
+pub const EOPNOTSUPP: i32 = 95;
+
+/// One page-aligned range of the caller's address space (`struct kal_range`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KalRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Image metadata header (`struct kal_meta`), at [`KAL_META_OFFSET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KalMeta {
+    pub magic: u32,
+    pub abi: u32,
+    pub flags: u32,
+    pub nr_ranges: u32,
+    pub nr_threads: u32,
+    /// Byte offset of the [`KalRange`] array, relative to [`KAL_META_OFFSET`].
+    pub range_offset: u32,
+    /// Byte offset of the [`KalThread`] array, relative to [`KAL_META_OFFSET`].
+    pub thread_offset: u32,
+    pub thread_size: u32,
+    pub size: u64,
+    pub captured_bytes: u64,
+}
+
+/// User-mode state of one thread at the snapshot instant (`struct kal_thread`).
+///
+/// On x86-64 `gpr` is in instruction-encoding order: rax, rcx, rdx, rbx, rsp,
+/// rbp, rsi, rdi, r8 ... r15; `tp` is the fs base (the thread pointer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KalThread {
+    pub tid: i32,
+    pub state: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub tp: u64,
+    pub flags: u64,
+    pub gpr: [u64; KAL_NR_GPR],
+}
+
+/// Decode the probe's raw return value: `Some(abi)` only when it carries the magic.
+#[inline]
+pub fn decode_probe(ret: Result<usize, Errno>) -> Option<u32> {
+    match ret {
+        Ok(v) if v <= u32::MAX as usize && (v as u32) & !KAL_PROBE_ABI_MASK == KAL_PROBE_MAGIC => {
+            Some(v as u32 & KAL_PROBE_ABI_MASK)
+        }
+        _ => None,
+    }
+}
+
+/// Does this kernel have `kal_snapshot`?  Returns its ABI version, or `None`
+/// (no such call, or something else answers at that number).  Never crashes:
+/// the probe passes a null pointer, a zero count and a single flag bit, which
+/// an unrelated system call rejects or ignores.
+pub fn probe() -> Option<u32> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        return None;
+    }
+    // SAFETY: no pointer is passed (null ranges, zero count).
+    let ret = unsafe { raw_kal_snapshot(core::ptr::null(), 0, KAL_SNAPSHOT_PROBE) };
+    decode_probe(ret)
+}
+
+/// The raw call, errors as [`Errno`].
+///
+/// # Safety
+/// `ranges` must point to `nr` readable [`KalRange`]s (or be null with `nr == 0`).
+#[inline]
+pub unsafe fn raw_kal_snapshot(
+    ranges: *const KalRange,
+    nr: u32,
+    flags: u32,
+) -> Result<usize, Errno> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the caller guarantees `ranges`; the kernel validates the rest.
+        let r = unsafe {
+            syscalls::raw::syscall3(
+                NR_KAL_SNAPSHOT,
+                ranges as usize,
+                nr as usize,
+                flags as usize,
+            )
+        };
+        Errno::from_ret(r)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ranges, nr, flags);
+        Err(Errno::ENOSYS)
+    }
+}
+
+/// Take a snapshot of `ranges`; returns the image's file descriptor.
+///
+/// Callers should [`probe`] once first; on a kernel without the call this
+/// returns `Err(ENOSYS)` (or whatever an unrelated call at that number says).
+pub fn kal_snapshot(ranges: &[KalRange], flags: u32) -> SysResult<i32> {
+    if ranges.len() > KAL_MAX_RANGES {
+        return Err(E2BIG);
+    }
+    // SAFETY: `ranges` is a live slice of `ranges.len()` elements.
+    unsafe { raw_kal_snapshot(ranges.as_ptr(), ranges.len() as u32, flags) }
+        .map(|fd| fd as i32)
+        .map_err(|e| e.into_raw())
+}
+
+/// An image, closed on drop.
+#[derive(Debug)]
+pub struct Image {
+    fd: i32,
+}
+
+impl Image {
+    /// Snapshot `ranges` (see [`kal_snapshot`]).
+    pub fn take(ranges: &[KalRange], flags: u32) -> SysResult<Image> {
+        kal_snapshot(ranges, flags).map(|fd| Image { fd })
+    }
+
+    /// The file descriptor (still owned by the image).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Read the image at file offset `off` (a virtual address, or
+    /// [`KAL_META_OFFSET`] and above).  Short at the end of a captured range;
+    /// `Err(ENXIO)` outside the captured ranges.
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> SysResult<usize> {
+        // SAFETY: `buf` is a valid writable slice for its length.
+        unsafe {
+            syscall!(
+                Sysno::pread64,
+                self.fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                off as usize
+            )
+        }
+        .map_err(|e| e.into_raw())
+    }
+
+    /// Read one `T` (a plain `#[repr(C)]` uapi struct) at `off`.
+    fn read_pod<T: Copy + Default>(&self, off: u64) -> SysResult<T> {
+        let mut v = T::default();
+        // SAFETY: T is one of this module's plain-data uapi structs; every
+        // byte pattern is a valid value.
+        let bytes = unsafe {
+            core::slice::from_raw_parts_mut(&mut v as *mut T as *mut u8, core::mem::size_of::<T>())
+        };
+        match self.read_at(off, bytes)? {
+            n if n == bytes.len() => Ok(v),
+            _ => Err(crate::EINVAL),
+        }
+    }
+
+    /// The metadata header.
+    pub fn meta(&self) -> SysResult<KalMeta> {
+        let m: KalMeta = self.read_pod(KAL_META_OFFSET)?;
+        if m.magic != KAL_META_MAGIC {
+            return Err(crate::EINVAL);
+        }
+        Ok(m)
+    }
+
+    /// Captured range `i` (sorted, merged).
+    pub fn range(&self, meta: &KalMeta, i: u32) -> SysResult<KalRange> {
+        if i >= meta.nr_ranges {
+            return Err(crate::EINVAL);
+        }
+        self.read_pod(KAL_META_OFFSET + meta.range_offset as u64 + i as u64 * 16)
+    }
+
+    /// Recorded thread `i`.
+    pub fn thread(&self, meta: &KalMeta, i: u32) -> SysResult<KalThread> {
+        if i >= meta.nr_threads {
+            return Err(crate::EINVAL);
+        }
+        self.read_pod(
+            KAL_META_OFFSET + meta.thread_offset as u64 + i as u64 * meta.thread_size as u64,
+        )
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        crate::close(self.fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_c_header() {
+        assert_eq!(core::mem::size_of::<KalRange>(), 16);
+        assert_eq!(core::mem::size_of::<KalMeta>(), 48);
+        assert_eq!(core::mem::size_of::<KalThread>(), 168);
+        assert_eq!(core::mem::align_of::<KalThread>(), 8);
+    }
+
+    #[test]
+    fn probe_decoding() {
+        assert_eq!(decode_probe(Ok((KAL_PROBE_MAGIC | 1) as usize)), Some(1));
+        assert_eq!(decode_probe(Ok((KAL_PROBE_MAGIC | 7) as usize)), Some(7));
+        assert_eq!(decode_probe(Ok(0)), None);
+        assert_eq!(decode_probe(Ok(3)), None);
+        assert_eq!(decode_probe(Ok(0x4b41_4d01)), None);
+        assert_eq!(
+            decode_probe(Ok((1usize << 32) | (KAL_PROBE_MAGIC as usize | 1))),
+            None
+        );
+        assert_eq!(decode_probe(Err(Errno::ENOSYS)), None);
+        assert_eq!(decode_probe(Err(Errno::EINVAL)), None);
+    }
+
+    /// On a stock kernel the probe must say "not available" and not crash;
+    /// on a patched one it must report ABI 1.
+    #[test]
+    fn probe_is_safe_here() {
+        match probe() {
+            None => {
+                let r = kal_snapshot(
+                    &[KalRange {
+                        start: 0,
+                        len: 4096,
+                    }],
+                    0,
+                );
+                assert!(r.is_err());
+            }
+            Some(abi) => assert_eq!(abi, KAL_ABI_VERSION),
+        }
+    }
+
+    #[test]
+    fn too_many_ranges_is_e2big_before_the_kernel() {
+        let r = [KalRange::default(); KAL_MAX_RANGES + 1];
+        assert_eq!(kal_snapshot(&r, 0), Err(E2BIG));
+    }
+
+    /// Full round trip, only where the kernel has the call.
+    #[test]
+    fn snapshot_roundtrip_if_available() {
+        if probe().is_none() {
+            return;
+        }
+        // SAFETY: fresh anonymous mapping owned by this test.
+        let p =
+            unsafe { crate::mmap_anon(0, 8192, crate::PROT_READ | crate::PROT_WRITE, 0).unwrap() };
+        // SAFETY: p is a live 8 KiB mapping.
+        unsafe { p.write_bytes(0xab, 8192) };
+        let img = Image::take(
+            &[KalRange {
+                start: p as u64,
+                len: 8192,
+            }],
+            0,
+        )
+        .unwrap();
+        // SAFETY: as above.
+        unsafe { p.write_bytes(0xcd, 8192) };
+        let mut b = [0u8; 16];
+        assert_eq!(img.read_at(p as u64, &mut b), Ok(16));
+        assert_eq!(b, [0xab; 16]);
+        let m = img.meta().unwrap();
+        assert_eq!(m.nr_ranges, 1);
+        assert_eq!(
+            img.range(&m, 0).unwrap(),
+            KalRange {
+                start: p as u64,
+                len: 8192
+            }
+        );
+        assert_eq!(img.read_at(p as u64 + 8192, &mut b), Err(ENXIO));
+        drop(img);
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { crate::munmap(p, 8192).unwrap() };
+    }
+}
