@@ -988,6 +988,14 @@ fn redis_run(alloc: Alloc, scratch: &Path, data: &RedisData, stats_file: &Path) 
     fs::create_dir_all(&dir).unwrap();
     let server = RedisServer::start(alloc, &dir, stats_file);
     let started = Instant::now();
+    // Make sure we talk to our own server (the port was free a moment ago).
+    let server_info = server.cli(&["INFO", "server"], None).stdout;
+    assert_eq!(
+        info_field(&server_info, "process_id"),
+        Some(server.pid.to_string().as_str()),
+        "the server on 127.0.0.1:{} is not the redis-server we started",
+        server.port
+    );
 
     // 1. Load the data set through the pipe protocol.
     let load = server.cli(&["--pipe"], Some(&data.load));
