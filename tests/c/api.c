@@ -119,6 +119,20 @@ static void case_calloc_zeroed(void) {
     for (int i = 0; i < N; i++)
       free(v[i]);
   }
+  /* With M_PERTURB set, fresh memory is filled, yet calloc still zeroes. */
+  CHECK(mallopt(M_PERTURB, 0x5a) == 1);
+  for (int i = 0; i < N; i++) {
+    unsigned char *p = calloc(hide_size(1), hide_size(sizes[i]));
+    REQUIRE(p);
+    size_t bad = 0;
+    for (size_t j = 0; j < sizes[i]; j++)
+      bad += p[j] != 0;
+    CHECKF(bad == 0, "perturb: calloc(1, %zu): %zu non-zero bytes", sizes[i], bad);
+    v[i] = p;
+  }
+  for (int i = 0; i < N; i++)
+    free(v[i]);
+  CHECK(mallopt(M_PERTURB, 0) == 1);
   /* Element-count form, and many small ones reusing per-thread-cached chunks. */
   for (int i = 0; i < 2000; i++) {
     size_t n = 1 + (size_t)(i % 97) * 3;
