@@ -197,6 +197,7 @@ api_tests! {
     api_libc_aliases => "aliases",
     api_libc_interop => "libc_interop",
     api_dynamic_mmap_threshold => "dynamic_mmap_threshold",
+    api_chunk_layout_boundary_tags => "chunk_layout",
 }
 
 #[test]

@@ -800,6 +800,72 @@ static void case_dynamic_mmap_threshold(void) {
   free(m2);
 }
 
+/* glibc's chunk header, just before the user pointer. */
+static size_t chunk_size_field(const void *mem) { return ((const size_t *)mem)[-1]; }
+static size_t chunk_prev_size(const void *mem) { return ((const size_t *)mem)[-2]; }
+#define PREV_INUSE 1
+#define IS_MMAPPED 2
+#define NON_MAIN_ARENA 4
+#define CHUNK_SIZE(mem) (chunk_size_field(mem) & ~(size_t)7)
+
+static void *thread_chunk_flags(void *arg) {
+  (void)arg;
+  void *p = malloc(hide_size(100));
+  if (!p)
+    return NULL;
+  size_t f = chunk_size_field(p);
+  free(p);
+  return (void *)(uintptr_t)(f | 0x100000); /* non-zero marker */
+}
+
+static void case_chunk_layout(void) {
+  /* Boundary tags as glibc lays them out (heap tools rely on this). */
+  FROM_RMALLOC("malloc", "free");
+  void *p = malloc(hide_size(100));
+  REQUIRE(p);
+  CHECKF(CHUNK_SIZE(p) == 112, "malloc(100): chunk size %zu", CHUNK_SIZE(p));
+  CHECKF((chunk_size_field(p) & (IS_MMAPPED | NON_MAIN_ARENA)) == 0,
+         "malloc(100) in the main thread: size field %#zx", chunk_size_field(p));
+  CHECK(malloc_usable_size(p) == CHUNK_SIZE(p) - 8);
+  /* Two blocks carved from the top one after the other are adjacent, and
+   * the second one's PREV_INUSE tells that the first is in use. */
+  char *a = malloc(hide_size(5000));
+  char *b = malloc(hide_size(6000));
+  char *guard = malloc(hide_size(7000));
+  REQUIRE(a && b && guard);
+  CHECKF(b == a + CHUNK_SIZE(a), "a=%p (chunk %zu), b=%p", (void *)a, CHUNK_SIZE(a),
+         (void *)b);
+  CHECK(CHUNK_SIZE(a) == 5008 && CHUNK_SIZE(b) == 6016);
+  CHECK(chunk_size_field(b) & PREV_INUSE);
+  /* Freeing a (too big for the cache and fastbins) clears b's PREV_INUSE
+   * and stores a's size in b's prev_size. */
+  size_t asz = CHUNK_SIZE(a);
+  free(a);
+  CHECKF((chunk_size_field(b) & PREV_INUSE) == 0, "b's size field %#zx after free(a)",
+         chunk_size_field(b));
+  CHECKF(chunk_prev_size(b) == asz, "b's prev_size %zu, want %zu", chunk_prev_size(b), asz);
+  free(b);
+  free(guard);
+  free(p);
+  /* An mmapped chunk: IS_MMAPPED, page-sized, prev_size 0. */
+  char *m = malloc(hide_size(8 << 20));
+  REQUIRE(m);
+  CHECKF(chunk_size_field(m) & IS_MMAPPED, "8 MiB block size field %#zx", chunk_size_field(m));
+  CHECK(CHUNK_SIZE(m) >= (8 << 20) + 16 && CHUNK_SIZE(m) % PAGE == 0);
+  CHECK(chunk_prev_size(m) == 0);
+  CHECK(malloc_usable_size(m) == CHUNK_SIZE(m) - 16);
+  free(m);
+  /* A second thread allocates from its own arena: NON_MAIN_ARENA. */
+  pthread_t t;
+  void *ret = NULL;
+  REQUIRE(pthread_create(&t, NULL, thread_chunk_flags, NULL) == 0);
+  REQUIRE(pthread_join(t, &ret) == 0);
+  size_t f = (size_t)(uintptr_t)ret & 0xfffff;
+  CHECK(ret != NULL);
+  CHECKF(f & NON_MAIN_ARENA, "a thread's chunk size field %#zx", f);
+  CHECK((f & ~(size_t)7) == 112);
+}
+
 static int cmp_int(const void *a, const void *b) {
   int x = *(const int *)a, y = *(const int *)b;
   return (x > y) - (x < y);
@@ -915,6 +981,7 @@ static const struct api_case cases[] = {
     {"aliases", case_aliases},
     {"libc_interop", case_libc_interop},
     {"dynamic_mmap_threshold", case_dynamic_mmap_threshold},
+    {"chunk_layout", case_chunk_layout},
 };
 
 int main(int argc, char **argv) {
