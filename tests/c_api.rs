@@ -198,6 +198,7 @@ api_tests! {
     api_libc_interop => "libc_interop",
     api_dynamic_mmap_threshold => "dynamic_mmap_threshold",
     api_chunk_layout_boundary_tags => "chunk_layout",
+    api_malloc_in_thread_exit_destructors => "thread_exit_destructors",
 }
 
 #[test]

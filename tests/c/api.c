@@ -866,6 +866,80 @@ static void case_chunk_layout(void) {
   CHECK((f & ~(size_t)7) == 112);
 }
 
+static pthread_key_t dtor_key_early, dtor_key_late;
+static int dtor_calls[2];
+static pthread_mutex_t dtor_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Runs at thread exit, possibly after the allocator's own per-thread
+ * cleanup: free the value, allocate again and re-arm once more. */
+static void tls_dtor(void *v) {
+  size_t *blk = v;
+  int which = (int)blk[0];
+  int round = (int)blk[1];
+  free(blk);
+  void *tmp = malloc(hide_size(64 + (size_t)round * 100));
+  if (tmp) {
+    memset(tmp, 1, 64);
+    free(tmp);
+  }
+  pthread_mutex_lock(&dtor_lock);
+  dtor_calls[which]++;
+  pthread_mutex_unlock(&dtor_lock);
+  if (round < 2) {
+    size_t *again = malloc(hide_size(48));
+    if (again) {
+      again[0] = (size_t)which;
+      again[1] = (size_t)round + 1;
+      pthread_setspecific(which ? dtor_key_late : dtor_key_early, again);
+    }
+  }
+}
+
+static void *tls_dtor_thread(void *arg) {
+  int both = arg != NULL;
+  /* Use the allocator first so that its per-thread state exists. */
+  void *v[20];
+  for (int i = 0; i < 20; i++)
+    v[i] = malloc(hide_size((size_t)i * 30));
+  for (int i = 0; i < 20; i++)
+    free(v[i]);
+  size_t *a = malloc(hide_size(48));
+  if (!a)
+    return NULL;
+  a[0] = 0, a[1] = 0;
+  pthread_setspecific(dtor_key_early, a);
+  if (both) {
+    size_t *b = malloc(hide_size(48));
+    if (!b)
+      return NULL;
+    b[0] = 1, b[1] = 0;
+    pthread_setspecific(dtor_key_late, b);
+  }
+  return (void *)1;
+}
+
+static void case_thread_exit_destructors(void) {
+  /* malloc and free from TLS destructors that run during thread exit. */
+  FROM_RMALLOC("malloc", "free");
+  REQUIRE(pthread_key_create(&dtor_key_early, tls_dtor) == 0);
+  /* A thread makes the allocator set up its own per-thread state... */
+  pthread_t t;
+  REQUIRE(pthread_create(&t, NULL, tls_dtor_thread, NULL) == 0);
+  REQUIRE(pthread_join(t, NULL) == 0);
+  /* ...so a key created now may run its destructor after the allocator's. */
+  REQUIRE(pthread_key_create(&dtor_key_late, tls_dtor) == 0);
+  for (int i = 0; i < 200; i++) {
+    void *ret = NULL;
+    REQUIRE(pthread_create(&t, NULL, tls_dtor_thread, (void *)1) == 0);
+    REQUIRE(pthread_join(t, &ret) == 0);
+    CHECK(ret == (void *)1);
+  }
+  pthread_mutex_lock(&dtor_lock);
+  CHECKF(dtor_calls[0] == 201 * 3, "early key destructor ran %d times", dtor_calls[0]);
+  CHECKF(dtor_calls[1] == 200 * 3, "late key destructor ran %d times", dtor_calls[1]);
+  pthread_mutex_unlock(&dtor_lock);
+}
+
 static int cmp_int(const void *a, const void *b) {
   int x = *(const int *)a, y = *(const int *)b;
   return (x > y) - (x < y);
@@ -982,6 +1056,7 @@ static const struct api_case cases[] = {
     {"libc_interop", case_libc_interop},
     {"dynamic_mmap_threshold", case_dynamic_mmap_threshold},
     {"chunk_layout", case_chunk_layout},
+    {"thread_exit_destructors", case_thread_exit_destructors},
 };
 
 int main(int argc, char **argv) {
