@@ -104,22 +104,24 @@ fn package_version(pkg: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// The commit the rmalloc library was built from (best effort).
+/// When the rmalloc library was built, and the commit checked out now.
 fn git_describe(lib: &Path) -> String {
     let dir = lib.parent().unwrap_or(Path::new("."));
-    Command::new("git")
-        .args([
-            "log",
-            "-1",
-            "--format=%h %cd",
-            "--date=format:%Y-%m-%d %H:%M",
-        ])
-        .current_dir(dir)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| format!("git {}", String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or_else(|| "?".into())
+    let run = |cmd: &mut Command| {
+        cmd.output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let built = run(Command::new("date")
+        .arg("-r")
+        .arg(lib)
+        .arg("+%Y-%m-%d %H:%M"));
+    let head = run(Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(dir));
+    format!("built {built}, HEAD {head}")
 }
 
 /// Run the probe program under `a`: it must exit 0 and report that `malloc`

@@ -32,6 +32,8 @@ pub struct Cell {
     pub ok: usize,
     pub median_s: Option<f64>,
     pub median_rss_kib: Option<f64>,
+    /// User + system CPU time: less disturbed than wall time by other load.
+    pub median_cpu_s: Option<f64>,
     /// Why some runs failed (first failure), if any did.
     pub failure: Option<String>,
     /// Some successful run printed something else than glibc's reference.
@@ -77,6 +79,11 @@ pub fn summarize(
             cell.ok = good.len();
             cell.median_s = median(good.iter().map(|o| o.wall.as_secs_f64()).collect());
             cell.median_rss_kib = median(good.iter().map(|o| o.maxrss_kib as f64).collect());
+            cell.median_cpu_s = median(
+                good.iter()
+                    .map(|o| (o.user + o.sys).as_secs_f64())
+                    .collect(),
+            );
             cell.failure = mine
                 .iter()
                 .find(|o| !o.status.ok())
@@ -110,21 +117,23 @@ pub fn render(wls: &[Workload], allocs: &[Allocator], s: &Summary, m: &Machine) 
         let _ = writeln!(out, "|---|{}", "---:|".repeat(cols.len()));
     };
 
-    for (title, unit, pick) in [
-        ("Median wall time, seconds (ratio to glibc)", "time", 0),
-        ("Median peak RSS, MiB (ratio to glibc)", "rss", 1),
+    for (title, pick) in [
+        ("Median wall time, seconds (ratio to glibc)", 0),
+        ("Median peak RSS, MiB (ratio to glibc)", 1),
+        (
+            "Median CPU time (user + system), seconds (ratio to glibc)",
+            2,
+        ),
     ] {
         let _ = writeln!(out, "### {title}\n");
         header(&mut out, "workload");
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); allocs.len()];
         for (wi, w) in wls.iter().enumerate() {
             let row = &s.cells[wi];
-            let value = |c: &Cell| {
-                if pick == 0 {
-                    c.median_s
-                } else {
-                    c.median_rss_kib.map(|k| k / 1024.0)
-                }
+            let value = |c: &Cell| match pick {
+                0 => c.median_s,
+                1 => c.median_rss_kib.map(|k| k / 1024.0),
+                _ => c.median_cpu_s,
             };
             let base = value(&row[0]);
             let mut line = format!("| {} |", w.name);
@@ -134,7 +143,7 @@ pub fn render(wls: &[Workload], allocs: &[Allocator], s: &Summary, m: &Machine) 
                 let text = match (v, ratio(v, base)) {
                     (Some(v), Some(r)) => {
                         ratios[ai].push(r);
-                        let digits = if unit == "time" { 3 } else { 1 };
+                        let digits = if pick == 1 { 1 } else { 3 };
                         format!("{v:.digits$} ({r:.2}x)")
                     }
                     (Some(v), None) => format!("{v:.3}"),
@@ -302,7 +311,7 @@ pub fn write_files(
     write("runs.csv", csv)?;
 
     let mut csv = String::from(
-        "workload,allocator,runs,runs_ok,median_s,time_ratio_to_glibc,median_maxrss_kib,rss_ratio_to_glibc,checksum\n",
+        "workload,allocator,runs,runs_ok,median_s,time_ratio_to_glibc,median_maxrss_kib,rss_ratio_to_glibc,median_cpu_s,cpu_ratio_to_glibc,checksum\n",
     );
     let num = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
     for (wi, w) in wls.iter().enumerate() {
@@ -311,7 +320,7 @@ pub fn write_files(
             let c = &s.cells[wi][ai];
             let _ = writeln!(
                 csv,
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{}",
                 w.name,
                 a.name,
                 c.runs,
@@ -320,6 +329,8 @@ pub fn write_files(
                 num(ratio(c.median_s, g.median_s)),
                 num(c.median_rss_kib),
                 num(ratio(c.median_rss_kib, g.median_rss_kib)),
+                num(c.median_cpu_s),
+                num(ratio(c.median_cpu_s, g.median_cpu_s)),
                 if c.mismatch { "MISMATCH" } else { "ok" }
             );
         }

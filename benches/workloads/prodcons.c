@@ -69,7 +69,7 @@ static uint64_t consumer(long total)
 static uint64_t worker(int tid, int nthreads, double scale)
 {
     uint64_t rng = seed_for(0);
-    long total = (long)(1e6 * scale);
+    long total = (long)(1.5e6 * scale);
     if (nthreads == 1) {
         struct msg *batch[BATCH];
         uint64_t h = 0;
