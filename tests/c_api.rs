@@ -429,6 +429,12 @@ fn enomem_under_rlimit_as() {
     assert!(out.stdout.contains("before ENOMEM"), "{}", out.describe());
 }
 
+#[test]
+fn enomem_under_rlimit_as_in_threads() {
+    let out = run_ok("enomem", &["512", "4"], support::DEFAULT_TIMEOUT);
+    assert!(out.stdout.contains("recovered"), "{}", out.describe());
+}
+
 // ------------------------------------------------------------- linking
 
 /// A directory holding the library under the name `-lrmalloc` looks for.

@@ -2,7 +2,10 @@
  * allocator says no (NULL with errno ENOMEM, from both mmap-sized and
  * heap-sized requests and the other entry points), then free part of it and
  * check that the allocator is still fully usable.
- * Usage: enomem [HEADROOM_MB] */
+ * Usage: enomem [HEADROOM_MB] [THREADS]
+ * With THREADS > 0, that many threads exhaust the address space at the same
+ * time (their arenas' heaps fail to grow), then everything is freed and each
+ * thread must be able to allocate again. */
 #include "common.h"
 
 #include <pthread.h>
@@ -54,9 +57,86 @@ static void *thread_alloc(void *arg) {
   return ok ? (void *)1 : NULL;
 }
 
+enum { TMAX = 16, TBLOCKS = 1 << 16 };
+static void *tblocks[TMAX][TBLOCKS];
+static int tcount[TMAX];
+static int tbad[TMAX];
+static pthread_barrier_t tbar;
+static long tgot;
+
+static void *thread_exhaust(void *arg) {
+  int id = (int)(uintptr_t)arg;
+  unsigned seed = (unsigned)id + 1;
+  pthread_barrier_wait(&tbar);
+  for (;;) {
+    if (tcount[id] == TBLOCKS)
+      break;
+    size_t n = (size_t)(rand_r(&seed) % 3 == 0 ? 300000 : 2000 + rand_r(&seed) % 30000);
+    errno = 0;
+    void *p = rand_r(&seed) % 2 ? malloc(hide_size(n)) : calloc(1, hide_size(n));
+    if (!p) {
+      if (errno != ENOMEM)
+        tbad[id]++;
+      /* Small requests may still fit somewhere: keep going until those fail too. */
+      errno = 0;
+      p = malloc(hide_size(64));
+      if (!p) {
+        if (errno != ENOMEM)
+          tbad[id]++;
+        break;
+      }
+    }
+    tblocks[id][tcount[id]++] = p;
+  }
+  __atomic_fetch_add(&tgot, tcount[id], __ATOMIC_RELAXED);
+  pthread_barrier_wait(&tbar); /* everyone is out of memory */
+  for (int i = 0; i < tcount[id]; i++)
+    free(tblocks[id][i]);
+  tcount[id] = 0;
+  pthread_barrier_wait(&tbar); /* everyone has freed */
+  for (int i = 0; i < 100; i++) {
+    void *p = malloc(hide_size((size_t)i * 500));
+    if (!p) {
+      tbad[id] += 1000;
+      break;
+    }
+    free(p);
+  }
+  void *big = malloc(hide_size(1 << 20));
+  if (!big)
+    tbad[id] += 1000;
+  free(big);
+  return NULL;
+}
+
+static int threaded(size_t headroom, int n) {
+  REQUIRE(n > 0 && n <= TMAX);
+  REQUIRE(pthread_barrier_init(&tbar, NULL, (unsigned)n) == 0);
+  /* Thread stacks are mapped before the limit is set. */
+  pthread_t th[TMAX];
+  size_t base = vm_size();
+  struct rlimit rl = {base + headroom + (size_t)n * (9 << 20), base + headroom + (size_t)n * (9 << 20)};
+  REQUIRE(setrlimit(RLIMIT_AS, &rl) == 0);
+  for (int i = 0; i < n; i++)
+    REQUIRE(pthread_create(&th[i], NULL, thread_exhaust, (void *)(uintptr_t)i) == 0);
+  for (int i = 0; i < n; i++)
+    REQUIRE(pthread_join(th[i], NULL) == 0);
+  for (int i = 0; i < n; i++)
+    CHECKF(tbad[i] == 0, "thread %d: %d problems (errno not ENOMEM, or no recovery)", i,
+           tbad[i]);
+  void *p = malloc(hide_size(1 << 20));
+  CHECK(p != NULL);
+  free(p);
+  CHECK(tgot > n);
+  printf("%d threads got %ld blocks, ran out of memory and recovered\n", n, tgot);
+  return t_finish();
+}
+
 int main(int argc, char **argv) {
   t_start();
   size_t headroom = (size_t)(argc > 1 ? atoi(argv[1]) : 256) << 20;
+  if (argc > 2 && atoi(argv[2]) > 0)
+    return threaded(headroom, atoi(argv[2]));
   /* Warm up: make sure stdio, the main arena and the cache exist. */
   free(malloc(100));
   free(malloc(200000));
