@@ -600,3 +600,26 @@ fn exit_stats_line_parses() {
     assert!(support::parse_exit_stats("rmalloc: pid=12").is_none());
     assert!(support::parse_exit_stats("something else").is_none());
 }
+
+#[test]
+fn runner_kills_a_hung_process_group() {
+    // A child that would hang, with a grandchild holding the pipes open.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "sleep 1000 & sleep 1000"]);
+    let out = support::run(&mut cmd, Duration::from_secs(2));
+    assert!(out.timed_out, "{}", out.describe());
+    assert!(!out.success());
+    assert_eq!(out.signal(), Some(libc::SIGKILL), "{}", out.describe());
+}
+
+#[test]
+fn runner_reports_abort_and_stderr() {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo 'free(): invalid pointer' >&2; kill -ABRT $$"]);
+    let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+    out.assert_aborted_with("free(): invalid pointer");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo out; exit 3"]);
+    let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+    assert_eq!((out.code(), out.stdout.as_str()), (Some(3), "out\n"));
+}
