@@ -116,14 +116,18 @@ fn command(program: &str, scratch: &Path) -> Command {
 
 /// Make the child write its pid to `pid_file` right after fork (the pid of
 /// the process that will exec `cmd`), so its exit-stats line can be found.
+/// The child also gets SIGKILL if the thread that spawned it goes away.
 fn record_pid(cmd: &mut Command, pid_file: &Path) {
     let file =
         fs::File::create(pid_file).unwrap_or_else(|e| panic!("create {}: {e}", pid_file.display()));
-    // SAFETY: the hook only calls getpid and write (async-signal-safe) on a
+    // SAFETY: the hook only calls prctl, getpid and write (async-signal-safe) on a
     // stack buffer; `file` is owned by the closure and stays open until exec
     // (it is close-on-exec).
     unsafe {
         cmd.pre_exec(move || {
+            // Die with the test thread that started us: no orphaned servers
+            // or programs if the test process itself is killed.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             let mut pid = libc::getpid() as u64;
             let mut buf = [0u8; 24];
             let mut i = buf.len();
