@@ -283,6 +283,29 @@ fn misuse_realloc_invalid_pointer() {
 }
 
 #[test]
+fn misuse_overflow_into_next_fast_chunk() {
+    misuse("invalid_next_size_fast", "free(): invalid next size (fast)");
+}
+
+#[test]
+fn misuse_overflow_into_next_normal_chunk() {
+    misuse(
+        "invalid_next_size_normal",
+        "free(): invalid next size (normal)",
+    );
+}
+
+#[test]
+fn misuse_corrupted_mmapped_chunk() {
+    misuse("munmap_invalid_pointer", "munmap_chunk(): invalid pointer");
+}
+
+#[test]
+fn misuse_corrupted_top_size() {
+    misuse("corrupted_top_size", "malloc(): corrupted top size");
+}
+
+#[test]
 fn misuse_double_free_with_tcache_disabled() {
     // With the per-thread cache turned off the chunk goes to a fastbin, and
     // the double free is caught there.

@@ -8,7 +8,9 @@
     return 3;                                                                  \
   } while (0)
 
-static size_t *size_field(void *p) { return (size_t *)p - 1; }
+/* The chunk header word before a user pointer.  Volatile: the corrupting
+ * stores must not be optimised away or moved past the allocator call. */
+static volatile size_t *size_field(void *p) { return (volatile size_t *)p - 1; }
 
 int main(int argc, char **argv) {
   t_start();
@@ -91,6 +93,58 @@ int main(int argc, char **argv) {
     REQUIRE(p);
     void *q = realloc(hide_ptr(p + 8), hide_size(200));
     printf("realloc returned %p\n", q);
+    NOT_REACHED();
+  }
+
+  if (strcmp(c, "invalid_next_size_fast") == 0) {
+    /* Cache bin full, so the chunk goes to a fastbin; the next chunk's size
+     * field has been overwritten (a heap overflow). */
+    void *fillers[7];
+    for (int i = 0; i < 7; i++)
+      REQUIRE((fillers[i] = malloc(hide_size(40))) != NULL);
+    char *p = malloc(hide_size(40));
+    char *next = malloc(hide_size(40));
+    void *guard = malloc(hide_size(40));
+    REQUIRE(p && next && guard);
+    for (int i = 0; i < 7; i++)
+      free(fillers[i]);
+    *size_field(hide_ptr(next)) = 0x8 | 1; /* below the minimum chunk size */
+    free(p);
+    NOT_REACHED();
+  }
+
+  if (strcmp(c, "invalid_next_size_normal") == 0) {
+    /* A chunk too big for the cache, followed by one whose size is garbage. */
+    char *p = malloc(hide_size(2000));
+    char *next = malloc(hide_size(2000));
+    void *guard = malloc(hide_size(2000));
+    REQUIRE(p && next && guard);
+    *size_field(hide_ptr(next)) = ((size_t)1 << 40) | 1; /* larger than the arena */
+    free(p);
+    NOT_REACHED();
+  }
+
+  if (strcmp(c, "munmap_invalid_pointer") == 0) {
+    /* An mmapped chunk whose header was overwritten so that it no longer
+     * describes a page-aligned mapping. */
+    char *p = malloc(hide_size(4 << 20));
+    REQUIRE(p);
+    volatile size_t *hdr = size_field(hide_ptr(p));
+    hdr[-1] = 8;                 /* prev_size: offset into the mapping */
+    hdr[0] = (hdr[0] & ~(size_t)7) | 2; /* keep IS_MMAPPED */
+    free(p);
+    NOT_REACHED();
+  }
+
+  if (strcmp(c, "corrupted_top_size") == 0) {
+    /* The top chunk's size is overwritten with a huge value (the "house of
+     * force"); the next allocation that splits top must notice. */
+    char *p = malloc(hide_size(50000)); /* no free chunk is that big: from top */
+    REQUIRE(p);
+    volatile size_t *top = (volatile size_t *)(p + (*size_field(p) & ~(size_t)7) - 8);
+    *top = ((size_t)-1 & ~(size_t)15) | 1;
+    void *q = malloc(hide_size(60000));
+    printf("malloc returned %p\n", q);
     NOT_REACHED();
   }
 
