@@ -199,6 +199,7 @@ api_tests! {
     api_dynamic_mmap_threshold => "dynamic_mmap_threshold",
     api_chunk_layout_boundary_tags => "chunk_layout",
     api_malloc_in_thread_exit_destructors => "thread_exit_destructors",
+    api_free_list_links_protected => "safe_linking",
 }
 
 #[test]

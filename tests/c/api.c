@@ -940,6 +940,37 @@ static void case_thread_exit_destructors(void) {
   pthread_mutex_unlock(&dtor_lock);
 }
 
+static void case_safe_linking(void) {
+  /* Free-list links stored in freed chunks are not plain addresses
+   * (glibc's safe-linking, or something stronger): neither the cache's nor
+   * a fastbin's link in a freed block equals the neighbour's address. */
+  FROM_RMALLOC("malloc", "free");
+  char *a = malloc(hide_size(40));
+  char *b = malloc(hide_size(40));
+  REQUIRE(a && b);
+  free(a);
+  free(b); /* cache bin: b -> a */
+  size_t link = *(volatile size_t *)hide_ptr(b);
+  CHECKF(link != (size_t)a && link != (size_t)(a - 16), "cache link in a freed block is %#zx, a=%p",
+         link, (void *)a);
+  /* Fill the cache bin of another size, then two chunks go to a fastbin. */
+  void *fill[7];
+  for (int i = 0; i < 7; i++)
+    REQUIRE((fill[i] = malloc(hide_size(56))) != NULL);
+  char *c = malloc(hide_size(56));
+  char *d = malloc(hide_size(56));
+  void *guard = malloc(hide_size(56));
+  REQUIRE(c && d && guard);
+  for (int i = 0; i < 7; i++)
+    free(fill[i]);
+  free(c);
+  free(d); /* fastbin: d -> c */
+  link = *(volatile size_t *)hide_ptr(d);
+  CHECKF(link != (size_t)c && link != (size_t)(c - 16), "fastbin link is %#zx, c=%p", link,
+         (void *)c);
+  free(guard);
+}
+
 static int cmp_int(const void *a, const void *b) {
   int x = *(const int *)a, y = *(const int *)b;
   return (x > y) - (x < y);
@@ -1057,6 +1088,7 @@ static const struct api_case cases[] = {
     {"dynamic_mmap_threshold", case_dynamic_mmap_threshold},
     {"chunk_layout", case_chunk_layout},
     {"thread_exit_destructors", case_thread_exit_destructors},
+    {"safe_linking", case_safe_linking},
 };
 
 int main(int argc, char **argv) {
