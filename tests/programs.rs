@@ -368,6 +368,99 @@ fn python_multithreaded_script() {
     );
 }
 
+/// The same multithreaded script under rmalloc with glibc's malloc tunables
+/// and environment variables: the output must still match glibc's default
+/// run, and `arena_max` must show in the exit stats.
+#[test]
+fn python_multithreaded_script_with_tunables() {
+    let scratch = TempDir::new("py-tunables");
+    let baseline = {
+        let dir = scratch.path().join("glibc");
+        fs::create_dir_all(&dir).unwrap();
+        let mut cmd = python(&dir);
+        cmd.arg(script("py_threads.py"));
+        let run = run_on(
+            Alloc::Glibc,
+            "python3 py_threads.py",
+            &mut cmd,
+            None,
+            &dir.join("stats"),
+        );
+        run.assert_success();
+        run.out.stdout
+    };
+    // (name, environment, largest arena count allowed)
+    type Config<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<u64>);
+    let configs: &[Config] = &[
+        (
+            "arena_max=1",
+            &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")],
+            Some(1),
+        ),
+        ("MALLOC_ARENA_MAX=2", &[("MALLOC_ARENA_MAX", "2")], Some(2)),
+        (
+            "no tcache, no fastbins, perturb",
+            &[(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0:glibc.malloc.perturb=165",
+            )],
+            None,
+        ),
+        (
+            "low mmap and trim thresholds",
+            &[(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.mmap_threshold=16384:glibc.malloc.trim_threshold=0:\
+                 glibc.malloc.top_pad=0",
+            )],
+            None,
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (i, (name, env, max_arenas)) in configs.iter().enumerate() {
+        let what = format!("python3 py_threads.py [{name}]");
+        let dir = scratch.path().join(format!("rmalloc-{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        let stats_file = dir.join("stats");
+        let mut cmd = python(&dir);
+        cmd.arg(script("py_threads.py"));
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let run = run_on(Alloc::Rmalloc, &what, &mut cmd, None, &stats_file);
+        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run.assert_success();
+            assert_same_output(&what, &baseline, &run.out.stdout);
+            let stats = assert_served_by_rmalloc(&stats_file, &[(what.clone(), run.pid)]);
+            report_stats(&what, &stats, run.pid);
+            if let (Some(max), Some(s)) = (max_arenas, stats.iter().find(|s| s.pid == run.pid)) {
+                assert!(
+                    s.arenas <= *max,
+                    "{what}: {} arenas in the exit stats, the setting allows {max}",
+                    s.arenas
+                );
+            }
+        }));
+        if let Err(e) = verdict {
+            problems.push(panic_message(e));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} tunable settings failed:\n\n{}",
+        problems.len(),
+        configs.len(),
+        problems.join("\n\n")
+    );
+}
+
+fn panic_message(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 #[test]
 fn python_test_suites_containers() {
     python_test_suites(PYTHON_SUITES_CONTAINERS);
@@ -424,14 +517,7 @@ fn python_test_suites(suites: &[&str]) {
             .to_string();
         match verdict {
             Ok(()) => eprintln!("[programs] {what}: same results ({summary})"),
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                problems.push(msg);
-            }
+            Err(e) => problems.push(panic_message(e)),
         }
     }
     assert!(
