@@ -135,6 +135,18 @@ fn run_ok(name: &str, args: &[&str], timeout: Duration) -> Output {
 
 #[track_caller]
 fn run_ok_env(name: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    run_ok_stats(name, args, env, timeout).0
+}
+
+/// [`run_ok_env`], also returning rmalloc's exit-stats lines (none against
+/// glibc).
+#[track_caller]
+fn run_ok_stats(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (Output, Vec<support::ExitStats>) {
     let program = c_program(name);
     let tmp = TempDir::new(name);
     let stats = tmp.path().join("stats");
@@ -146,8 +158,8 @@ fn run_ok_env(name: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration
         "no PASS line\n{}",
         out.describe()
     );
-    support::assert_rmalloc_was_used(&stats);
-    out
+    let lines = support::assert_rmalloc_was_used(&stats);
+    (out, lines)
 }
 
 fn api_case(case: &str) -> Output {
@@ -337,12 +349,31 @@ fn config_arena_max() {
     let heaps: u32 = probe(&["heaps", "8"], &[], "heaps").parse().unwrap();
     assert!(heaps > 1, "8 concurrent threads share {heaps} arena(s)");
     // ...unless the arena limit says otherwise.
-    for (var, val, want) in [
-        ("MALLOC_ARENA_MAX", "1", "1"),
-        ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2", "2"),
+    for (probe_name, var, val, want) in [
+        ("heaps", "MALLOC_ARENA_MAX", "1", 1),
+        ("heaps", "GLIBC_TUNABLES", "glibc.malloc.arena_max=2", 2),
+        ("heaps_mallopt", "", "", 2),
     ] {
-        let got = probe(&["heaps", "8"], &[(var, val)], "heaps");
-        assert_eq!(got, want, "heaps with {var}={val}");
+        let env: Vec<(&str, &str)> = if var.is_empty() {
+            vec![]
+        } else {
+            vec![(var, val)]
+        };
+        let (out, stats) =
+            run_ok_stats("config", &[probe_name, "8"], &env, support::DEFAULT_TIMEOUT);
+        let got = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("heaps="))
+            .unwrap_or_else(|| panic!("no heaps= line\n{}", out.describe()));
+        assert_eq!(got, want.to_string(), "{probe_name} with {var}={val}");
+        // rmalloc's own count agrees.
+        for s in &stats {
+            assert!(
+                s.arenas <= want,
+                "{probe_name} with {var}={val}: exit stats {s:?}"
+            );
+        }
     }
 }
 

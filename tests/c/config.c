@@ -3,6 +3,7 @@
  * Usage:
  *   config heaps N      start N threads that allocate at the same time, then
  *                       print "heaps=<number of <heap> elements in malloc_info>"
+ *   config heaps_mallopt N  the same after mallopt(M_ARENA_MAX, 2)
  *   config mmapped SIZE print "mmapped=<1 if two malloc(SIZE) made an mmapped
  *                       chunk>" (two, so that the second one cannot come from
  *                       the initial top chunk)
@@ -40,7 +41,10 @@ static int count_heaps(void) {
 int main(int argc, char **argv) {
   t_start();
   REQUIRE(argc >= 2);
-  if (strcmp(argv[1], "heaps") == 0) {
+  int via_mallopt = strcmp(argv[1], "heaps_mallopt") == 0;
+  if (via_mallopt)
+    REQUIRE(mallopt(M_ARENA_MAX, 2) == 1);
+  if (strcmp(argv[1], "heaps") == 0 || via_mallopt) {
     REQUIRE(argc == 3);
     int n = atoi(argv[2]);
     REQUIRE(n > 0 && n <= 64);
