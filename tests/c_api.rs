@@ -52,6 +52,12 @@ const CFLAGS: &[&str] = &[
 
 /// Compile `tests/c/<name>.c` (once per test run) and return the binary.
 fn c_program(name: &str) -> PathBuf {
+    build_program(name)
+}
+
+/// Compile `tests/c/<name>.c`, or `<name>.cpp` with the C++ compiler
+/// (`$CXX`, default `c++`), once per test run.
+fn build_program(name: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let map = built.get_or_insert_with(HashMap::new);
@@ -60,11 +66,27 @@ fn c_program(name: &str) -> PathBuf {
     }
     let dir = build_dir();
     std::fs::create_dir_all(&dir).expect("create build dir");
-    let src = c_dir().join(format!("{name}.c"));
     let exe = dir.join(name);
-    let mut cmd = Command::new(cc());
-    cmd.args(CFLAGS)
-        .arg("-I")
+    let c_src = c_dir().join(format!("{name}.c"));
+    let (src, mut cmd) = if c_src.is_file() {
+        let mut cmd = Command::new(cc());
+        cmd.args(CFLAGS);
+        (c_src, cmd)
+    } else {
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+        let mut cmd = Command::new(cxx);
+        cmd.args([
+            "-std=c++17",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+        ]);
+        (c_dir().join(format!("{name}.cpp")), cmd)
+    };
+    cmd.arg("-I")
         .arg(c_dir())
         .arg("-o")
         .arg(&exe)
@@ -463,6 +485,12 @@ fn thread_churn_5000_threads() {
 #[test]
 fn whole_api_from_many_threads_with_heap_queries() {
     run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
+}
+
+#[test]
+fn cxx_new_delete_exceptions_thread_locals() {
+    let out = run_ok("cxx_app", &[], HEAVY_TIMEOUT);
+    assert!(out.stdout.contains("in use before"), "{}", out.describe());
 }
 
 #[test]
