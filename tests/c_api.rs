@@ -706,3 +706,17 @@ fn runner_reports_abort_and_stderr() {
     let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
     assert_eq!((out.code(), out.stdout.as_str()), (Some(3), "out\n"));
 }
+
+#[test]
+fn exit_stats_to_an_unwritable_path_is_harmless() {
+    let program = c_program("api");
+    let mut cmd = c_command_env(
+        &program,
+        &["malloc_zero"],
+        Path::new("/nonexistent-dir/stats"),
+        &[],
+    );
+    let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+    out.assert_success();
+    assert_allocator(&out);
+}
