@@ -70,7 +70,7 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
         av = arena_get_retry(av, bytes);
         p = int_malloc(av, bytes, nb, tc);
     }
-    (*av).mutex.unlock();
+    (*av).unlock();
     if p.is_null() {
         return enomem();
     }
@@ -194,9 +194,9 @@ pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
         return newmem;
     }
     let av = arena_for_chunk(oldp);
-    (*av).mutex.lock();
+    (*av).lock();
     let newp = int_realloc(av, oldp, oldsize, nb);
-    (*av).mutex.unlock();
+    (*av).unlock();
     if !newp.is_null() {
         return newp;
     }
@@ -249,7 +249,7 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
         av = arena_get_retry(av, bytes);
         p = int_memalign(av, alignment, nb);
     }
-    (*av).mutex.unlock();
+    (*av).unlock();
     if p.is_null() {
         return enomem();
     }

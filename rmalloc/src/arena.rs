@@ -123,11 +123,42 @@ impl Arena {
         self.top = self.initial_top();
     }
 
+    /// Take the arena lock, unless the process has a single thread: then
+    /// nobody can contend, and glibc skips the lock the same way.  The
+    /// process cannot become multi-threaded between `lock` and `unlock`
+    /// (only the calling thread could create a thread, and it is inside the
+    /// allocator), so both calls always agree.
+    #[inline(always)]
+    pub(crate) fn lock(&self) {
+        if !single_threaded() {
+            self.mutex.lock();
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        if !single_threaded() {
+            self.mutex.unlock();
+        }
+    }
+
     pub(crate) fn note_system_mem(&mut self) {
         if self.system_mem > self.max_system_mem {
             self.max_system_mem = self.system_mem;
         }
     }
+}
+
+extern "C" {
+    /// glibc (>= 2.32) keeps this non-zero until the first thread is created.
+    static __libc_single_threaded: core::ffi::c_char;
+}
+
+#[inline(always)]
+pub(crate) fn single_threaded() -> bool {
+    // SAFETY: a plain byte that libc only ever writes from the thread that
+    // creates the process's second thread, before that thread exists.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(__libc_single_threaded)) != 0 }
 }
 
 // The main arena lives in the library's .bss; `ARENA_STORAGE` is accessed
@@ -179,7 +210,7 @@ pub(crate) fn for_each_arena(mut f: impl FnMut(*mut Arena)) {
 pub(crate) unsafe fn arena_get(bytes: usize) -> *mut Arena {
     let a = tls::get::<{ tls::ARENA }>() as *mut Arena;
     if !a.is_null() {
-        (*a).mutex.lock();
+        (*a).lock();
         return a;
     }
     arena_get2(bytes, null_mut())
@@ -188,10 +219,10 @@ pub(crate) unsafe fn arena_get(bytes: usize) -> *mut Arena {
 /// After a failed allocation in `a` (locked), unlock it and return another
 /// arena, locked, to retry in (glibc's `arena_get_retry`).
 pub(crate) unsafe fn arena_get_retry(a: *mut Arena, bytes: usize) -> *mut Arena {
-    (*a).mutex.unlock();
+    (*a).unlock();
     if a != main_arena() {
         let m = main_arena();
-        (*m).mutex.lock();
+        (*m).lock();
         m
     } else {
         arena_get2(bytes, a)
@@ -283,7 +314,7 @@ unsafe fn get_free_list() -> Option<*mut Arena> {
         return None;
     }
     tls::set::<{ tls::ARENA }>(a as usize);
-    (*a).mutex.lock();
+    (*a).lock();
     Some(a)
 }
 
@@ -327,7 +358,7 @@ unsafe fn new_arena(size: usize) -> *mut Arena {
     FREE_LIST_LOCK.lock();
     detach(replaced);
     FREE_LIST_LOCK.unlock();
-    (*a).mutex.lock();
+    (*a).lock();
     a
 }
 
@@ -337,8 +368,8 @@ unsafe fn reused_arena(avoid: *mut Arena) -> *mut Arena {
         start = main_arena();
     }
     let mut result = start;
-    let mut locked = false;
-    loop {
+    let mut locked = single_threaded();
+    while !locked {
         if (*result).mutex.try_lock() {
             locked = true;
             break;
@@ -352,7 +383,7 @@ unsafe fn reused_arena(avoid: *mut Arena) -> *mut Arena {
         if result == avoid {
             result = (*result).next.load(Ordering::Acquire);
         }
-        (*result).mutex.lock();
+        (*result).lock();
     }
     FREE_LIST_LOCK.lock();
     detach(tls::get::<{ tls::ARENA }>() as *mut Arena);

@@ -59,9 +59,9 @@ pub(crate) unsafe fn unlink_chunk(_av: *mut Arena, p: ChunkPtr) {
 pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
     let size = chunk::size(p);
     check_pointer(p, size);
-    (*av).mutex.lock();
+    (*av).lock();
     free_into_arena(av, p, size);
-    (*av).mutex.unlock();
+    (*av).unlock();
 }
 
 /// Free heap chunk `p` of arena `av`, whose lock the caller holds.

@@ -60,7 +60,7 @@ unsafe fn init_tcache() -> *mut Tcache {
         }
     }
     if !av.is_null() {
-        (*av).mutex.unlock();
+        (*av).unlock();
     }
     if mem.is_null() {
         return core::ptr::null_mut();
