@@ -843,7 +843,10 @@ impl RedisServer {
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .args(["--protected-mode", "yes", "--databases", "4", "--dir"])
                 .arg(dir)
-                .args(["--logfile", ""]);
+                .args(["--logfile", ""])
+                // The lazy-free thread frees what FLUSHDB ASYNC drops.  (No
+                // --io-threads: they busy-wait, far too slow on 2 loaded cores.)
+                .args(["--lazyfree-lazy-user-flush", "yes"]);
             let pid_file = prepare(&mut cmd, alloc, stats_file);
             let logf = fs::File::create(&log).unwrap();
             cmd.stdin(Stdio::null())
@@ -1140,11 +1143,37 @@ fn redis_run(alloc: Alloc, scratch: &Path, data: &RedisData, stats_file: &Path) 
         }
     }
 
-    // 3. Read everything back.
+    // 3. Drop the benchmark's data in the background (freed by the lazy-free
+    //    thread, allocated by the main thread), then read everything back.
+    let flushed = server.cli(&["-n", "1", "FLUSHDB", "ASYNC"], None);
+    assert_eq!(flushed.stdout.trim(), "OK", "{}", flushed.describe());
+    let before = server.cli(&["INFO", "memory"], None).stdout;
     let verified = server.cli(&["--raw", "-n", "0"], Some(data.verify.as_bytes()));
 
+    // The lazy-free thread must finish (a thread stuck in free() would not).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let info = loop {
+        let info = server.cli(&["INFO", "memory"], None).stdout;
+        if info_u64(&info, "lazyfree_pending_objects") == 0 {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis' lazy-free thread has not freed the flushed database after 120 s \
+             on {} (stuck in free()?)\n{info}\n--- server log ---\n{}",
+            alloc.name(),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "[programs] redis on {}: FLUSHDB ASYNC: used_memory {} -> {}",
+        alloc.name(),
+        info_u64(&before, "used_memory"),
+        info_u64(&info, "used_memory"),
+    );
+
     // 4. Which allocator does redis think it has, and who holds the data?
-    let info = server.cli(&["INFO", "memory"], None).stdout;
     let result = RedisResult {
         verified: verified.stdout,
         benchmarks,
