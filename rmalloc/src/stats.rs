@@ -35,6 +35,8 @@ pub(crate) struct ArenaInfo {
     /// Free chunks in bins (not counting top).
     pub nblocks: usize,
     pub binavail: usize,
+    /// The same, summing raw size fields (what `malloc_info` prints).
+    pub binraw: usize,
     pub top_size: usize,
     pub is_main: bool,
     pub heap_size: usize,
@@ -53,6 +55,7 @@ pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
         fastavail: 0,
         nblocks: 0,
         binavail: 0,
+        binraw: 0,
         top_size: chunk::size((*a).top),
         is_main: (*a).is_main(),
         heap_size: 0,
@@ -92,18 +95,21 @@ pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
             ..Default::default()
         };
         while p != bin {
-            let s = chunk::size(p);
+            // malloc_info reports the raw size field, flag bits included,
+            // as glibc does; mallinfo counts plain sizes.
+            let s = chunk::size_nomask(p);
             sc.count += 1;
             sc.total += s;
             sc.from = sc.from.min(s);
             sc.to = sc.to.max(s);
+            info.binavail += chunk::size(p);
             p = (*p).fd;
         }
         if sc.count == 0 {
             sc.from = 0;
         }
         info.nblocks += sc.count;
-        info.binavail += sc.total;
+        info.binraw += sc.total;
         info.sizes[NFASTBINS - 1 + i] = sc;
     }
     if !info.is_main {
@@ -199,9 +205,20 @@ pub fn mallinfo() -> Mallinfo {
     }
 }
 
-/// `malloc_stats`: per-arena and total figures on stderr.
+extern "C" {
+    static stderr: *mut libc::FILE;
+}
+
+/// `malloc_stats`: per-arena and total figures on the `stderr` stream (so a
+/// program that reopens or replaces `stderr` sees them where glibc's go).
 pub fn malloc_stats() {
-    let mut out = Out::<1024>::new(Sink::Fd(2));
+    // SAFETY: libc's `stderr` is initialised before any user code runs.
+    let err = unsafe { stderr };
+    let mut out = Out::<1024>::new(if err.is_null() {
+        Sink::Fd(2)
+    } else {
+        Sink::File(err)
+    });
     let (mut system, mut in_use) = (0usize, 0usize);
     let mut n = 0;
     for_each_info(|i| {
@@ -227,17 +244,22 @@ pub fn malloc_stats() {
     );
 }
 
-/// `malloc_info(0, fp)`: glibc's XML description of every arena.
+/// `malloc_info(0, fp)`: glibc's XML description of every arena; any
+/// other `options` value is refused with `EINVAL` (returned, as glibc).
 ///
 /// # Safety
 /// `fp` must be an open stdio stream.
 pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
     if options != 0 {
-        crate::api::set_errno(libc::EINVAL);
-        return -1;
+        // glibc returns the error number itself and leaves errno alone.
+        return libc::EINVAL;
     }
     let mut out = Out::<2048>::new(Sink::File(fp));
     let _ = out.write_str("<malloc version=\"1\">\n");
+    // Like glibc, emit the header before looking at the arenas: a stream's
+    // first write allocates its buffer, and that allocation belongs in the
+    // picture.
+    out.flush();
     let (mut tf, mut tfs, mut tn, mut ta, mut ts, mut tms, mut tsp, mut tmp) =
         (0, 0, 0, 0, 0, 0, 0, 0);
     let mut n = 0;
@@ -264,7 +286,7 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
         let _ = write!(
             out,
             "</sizes>\n<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n",
-            i.nfast, i.fastavail, i.nblocks, i.binavail, i.system_mem, i.max_system_mem
+            i.nfast, i.fastavail, i.nblocks + 1, i.binraw + i.top_size, i.system_mem, i.max_system_mem
         );
         if i.is_main {
             let _ = write!(
@@ -286,8 +308,9 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
         let _ = out.write_str("</heap>\n");
         tf += i.nfast;
         tfs += i.fastavail;
-        tn += i.nblocks;
-        ta += i.binavail;
+        // "rest" includes the top chunk, which always exists.
+        tn += i.nblocks + 1;
+        ta += i.binraw + i.top_size;
         ts += i.system_mem;
         tms += i.max_system_mem;
     });
