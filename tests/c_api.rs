@@ -720,3 +720,64 @@ fn exit_stats_to_an_unwritable_path_is_harmless() {
     out.assert_success();
     assert_allocator(&out);
 }
+
+/// The same deterministic allocation history under glibc and rmalloc gives
+/// byte-identical output: every block's offset from the first, usable sizes,
+/// `mallinfo2`, `malloc_info`, `malloc_stats` and `malloc_trim`'s result.
+/// This holds rmalloc to ptmalloc's placement policy, not just its API.
+#[test]
+fn heap_layout_and_statistics_match_glibc() {
+    let program = c_program("same_as_glibc");
+    let tmp = TempDir::new("same_as_glibc");
+    let stats = tmp.path().join("stats");
+    let plain = |cmd: &mut Command| {
+        for var in [
+            "GLIBC_TUNABLES",
+            "MALLOC_PERTURB_",
+            "MALLOC_ARENA_MAX",
+            "MALLOC_TOP_PAD_",
+            "LD_PRELOAD",
+        ] {
+            cmd.env_remove(var);
+        }
+    };
+    let mut glibc = Command::new(&program);
+    plain(&mut glibc);
+    let reference = support::run(&mut glibc, support::DEFAULT_TIMEOUT);
+    reference.assert_success();
+    assert!(
+        reference.stdout.contains("<malloc version=\"1\">"),
+        "{}",
+        reference.describe()
+    );
+    if against_glibc() {
+        return;
+    }
+    let mut ours = Command::new(&program);
+    plain(&mut ours);
+    support::set_exit_stats(&mut ours, &stats);
+    support::preload(&mut ours);
+    let got = support::run(&mut ours, support::DEFAULT_TIMEOUT);
+    got.assert_success();
+    support::assert_rmalloc_was_used(&stats);
+    if got.stdout != reference.stdout || got.stderr != reference.stderr {
+        let first = reference
+            .stdout
+            .lines()
+            .zip(got.stdout.lines())
+            .position(|(a, b)| a != b)
+            .map(|i| {
+                format!(
+                    "first difference at stdout line {}: glibc {:?}, rmalloc {:?}",
+                    i + 1,
+                    reference.stdout.lines().nth(i).unwrap_or(""),
+                    got.stdout.lines().nth(i).unwrap_or("")
+                )
+            })
+            .unwrap_or_else(|| "stdout equal; stderr (malloc_stats) differs".to_string());
+        panic!(
+            "rmalloc's heap diverged from glibc's\n{first}\n--- glibc stderr ---\n{}\n--- rmalloc stderr ---\n{}",
+            reference.stderr, got.stderr
+        );
+    }
+}

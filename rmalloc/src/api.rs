@@ -63,12 +63,12 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     init::ensure();
-    let tc = thread::tcache_or_init();
+    thread::tcache_or_init();
     let mut av = arena_get(bytes);
-    let mut p = int_malloc(av, bytes, nb, tc);
+    let mut p = int_malloc(av, bytes, nb);
     if p.is_null() {
         av = arena_get_retry(av, bytes);
-        p = int_malloc(av, bytes, nb, tc);
+        p = int_malloc(av, bytes, nb);
     }
     (*av).unlock();
     if p.is_null() {
@@ -116,27 +116,17 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
         PARAMS.note_mmapped_free(raw);
         mmap_chunk::unmap_chunk(p);
     } else {
-        let size = raw & !SIZE_BITS;
-        check_pointer(p, size);
-        let tc = thread::tcache_or_init();
-        let idx = csize2tidx(size);
-        if !tc.is_null()
-            && idx < PARAMS.tcache_bins()
-            && ((*tc).counts[idx] as usize) < PARAMS.tcache_count()
-        {
-            let e = chunk2mem(p) as *mut Entry;
-            if (*e).key == tcache::key() {
-                tcache::check_double_free(tc, e, idx);
-            }
-            tcache::put(tc, p, idx);
-        } else {
-            int_free(arena_for_chunk(p), p);
-        }
+        check_pointer(p, raw & !SIZE_BITS);
+        // A thread's first free creates its cache, as its first malloc would;
+        // int_free then caches the chunk if there is room.
+        thread::tcache_or_init();
+        int_free(arena_for_chunk(p), p);
     }
     set_errno(saved);
 }
 
-/// `calloc`.
+/// `calloc`.  Like glibc's, it goes straight to the arena (not the thread
+/// cache) and skips clearing memory that is fresh from the kernel.
 ///
 /// # Safety
 /// Always safe to call.
@@ -144,16 +134,59 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
     let Some(bytes) = n.checked_mul(size) else {
         return enomem();
     };
-    let mem = malloc(bytes);
+    let Some(nb) = checked_request2size(bytes) else {
+        return enomem();
+    };
+    init::ensure();
+    thread::tcache_or_init();
+    let mut av = arena_get(bytes);
+    let (mut oldtop, mut fresh_from) = fresh_memory(av);
+    let mut mem = int_malloc(av, bytes, nb);
     if mem.is_null() {
-        return mem;
+        av = arena_get_retry(av, bytes);
+        (oldtop, fresh_from) = fresh_memory(av);
+        mem = int_malloc(av, bytes, nb);
+    }
+    (*av).unlock();
+    if mem.is_null() {
+        return enomem();
     }
     let p = mem2chunk(mem);
-    // Fresh mappings are already zero.
-    if !chunk::is_mmapped(p) || PARAMS.perturb_enabled() {
-        core::ptr::write_bytes(mem, 0, chunk::usable_size(p));
+    let perturb = PARAMS.perturb_enabled();
+    if chunk::is_mmapped(p) {
+        // Fresh mappings are already zero.
+        if perturb {
+            core::ptr::write_bytes(mem, 0, bytes);
+        }
+        return mem;
     }
+    let mut csz = chunk::size(p);
+    if !perturb && p == oldtop && (p as usize) + csz > fresh_from {
+        csz = fresh_from - p as usize;
+    }
+    core::ptr::write_bytes(mem, 0, csz - SIZE_SZ);
     mem
+}
+
+/// The top chunk of `av` (locked) and the address from which the memory
+/// beyond it has never been handed out since the kernel supplied it (so is
+/// still zero).  Conservative: without a single contiguous main heap, only
+/// the top chunk's end counts as fresh.
+unsafe fn fresh_memory(av: *mut arena::Arena) -> (chunk::ChunkPtr, usize) {
+    let top = (*av).top;
+    let end = top as usize + chunk::size(top);
+    if (*av).is_main() {
+        if (*av).contiguous()
+            && crate::top::NREGIONS.load(core::sync::atomic::Ordering::Relaxed) == 1
+        {
+            let base = crate::top::SBRK_BASE.load(core::sync::atomic::Ordering::Relaxed);
+            return (top, end.max(base + (*av).max_system_mem));
+        }
+        (top, end)
+    } else {
+        let h = crate::heap::heap_for_ptr(top as usize);
+        (top, end.max(h as usize + (*h).mprotect_size))
+    }
 }
 
 /// `realloc`.
@@ -302,10 +335,8 @@ pub unsafe fn usable_size(mem: *mut u8) -> usize {
         return 0;
     }
     let p = mem2chunk(mem);
-    if chunk::is_mmapped(p) {
-        chunk::size(p) - chunk::HDR
-    } else if chunk::inuse(p) {
-        chunk::size(p) - SIZE_SZ
+    if chunk::is_mmapped(p) || chunk::inuse(p) {
+        chunk::usable_size(p)
     } else {
         0
     }

@@ -12,6 +12,9 @@ use crate::bins::*;
 use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, MINSIZE, PREV_INUSE, SIZE_SZ};
 use crate::error::malloc_printerr;
 use crate::options::PARAMS;
+use crate::tcache::{self, Tcache};
+use crate::thread::TCACHE_DISABLED;
+use crate::tls;
 use crate::top;
 
 #[inline(always)]
@@ -55,20 +58,53 @@ pub(crate) unsafe fn unlink_chunk(_av: *mut Arena, p: ChunkPtr) {
     }
 }
 
-/// Free heap chunk `p` of arena `av`, taking the arena lock.
+/// Free heap chunk `p` of arena `av`, taking the arena lock if the chunk
+/// does not fit in the thread's cache.
 pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
     let size = chunk::size(p);
     check_pointer(p, size);
+    if cache(p, size) {
+        return;
+    }
     (*av).lock();
     free_into_arena(av, p, size);
     (*av).unlock();
 }
 
-/// Free heap chunk `p` of arena `av`, whose lock the caller holds.
+/// Free heap chunk `p` of arena `av`, whose lock the caller holds.  Like
+/// glibc, internal frees (memalign's trimmed ends, realloc's old block and
+/// remainders) go to the thread's cache first too, which decides where the
+/// next allocations land.
 pub(crate) unsafe fn int_free_locked(av: *mut Arena, p: ChunkPtr) {
     let size = chunk::size(p);
     check_pointer(p, size);
+    if cache(p, size) {
+        return;
+    }
     free_into_arena(av, p, size);
+}
+
+/// Put `p` in the calling thread's cache if it has room for its size.
+#[inline]
+unsafe fn cache(p: ChunkPtr, size: usize) -> bool {
+    let t = tls::get::<{ tls::TCACHE }>();
+    if t <= TCACHE_DISABLED {
+        return false;
+    }
+    let tc = t as *mut Tcache;
+    let idx = tcache::csize2tidx(size);
+    if idx >= PARAMS.tcache_bins() {
+        return false;
+    }
+    let e = chunk::chunk2mem(p) as *mut tcache::Entry;
+    if (*e).key == tcache::key() {
+        tcache::check_double_free(tc, e, idx);
+    }
+    if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+        tcache::put(tc, p, idx);
+        return true;
+    }
+    false
 }
 
 /// glibc's first checks on any pointer given to `free`.

@@ -14,6 +14,8 @@ use crate::error::malloc_printerr;
 use crate::free::{malloc_consolidate, unlink_chunk};
 use crate::options::PARAMS;
 use crate::tcache::{self, Tcache};
+use crate::thread::TCACHE_DISABLED;
+use crate::tls;
 use crate::top;
 
 #[inline(always)]
@@ -40,13 +42,16 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
 }
 
 /// Allocate `nb` (a padded chunk size) from `av`, locked.  `bytes` is the
-/// user's request (for perturbing).  `tc` is the thread's tcache or null.
-pub(crate) unsafe fn int_malloc(
-    av: *mut Arena,
-    bytes: usize,
-    nb: usize,
-    tc: *mut Tcache,
-) -> *mut u8 {
+/// user's request (for perturbing).  Spare chunks of the same size found on
+/// the way go to the calling thread's cache, whatever the caller (malloc,
+/// calloc, realloc, memalign), as in glibc.
+pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
+    let t = tls::get::<{ tls::TCACHE }>();
+    let tc = if t > TCACHE_DISABLED {
+        t as *mut Tcache
+    } else {
+        core::ptr::null_mut()
+    };
     let tc_idx = tcache::csize2tidx(nb);
     let can_stash = !tc.is_null() && tc_idx < PARAMS.tcache_bins();
     let flag = (*av).chunk_flag();
@@ -292,7 +297,7 @@ unsafe fn use_top(av: *mut Arena, nb: usize, bytes: usize) -> *mut u8 {
     if (*av).have_fastchunks.load(Ordering::Relaxed) {
         // Freed fast chunks may coalesce into something that fits.
         malloc_consolidate(av);
-        return int_malloc(av, bytes, nb, core::ptr::null_mut());
+        return int_malloc(av, bytes, nb);
     }
     let p = top::sysmalloc(nb, av);
     if !p.is_null() {

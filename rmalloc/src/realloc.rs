@@ -44,7 +44,7 @@ pub(crate) unsafe fn int_realloc(
         newp = oldp;
         newsize = oldsize + nextsize;
     } else {
-        let newmem = int_malloc(av, nb - ALIGN_MASK, nb, core::ptr::null_mut());
+        let newmem = int_malloc(av, nb - ALIGN_MASK, nb);
         if newmem.is_null() {
             return core::ptr::null_mut();
         }
@@ -80,7 +80,7 @@ pub(crate) unsafe fn int_memalign(av: *mut Arena, alignment: usize, nb: usize) -
     let Some(want) = nb.checked_add(alignment + MINSIZE) else {
         return core::ptr::null_mut();
     };
-    let m = int_malloc(av, want, chunk::request2size(want), core::ptr::null_mut());
+    let m = int_malloc(av, want, chunk::request2size(want));
     if m.is_null() {
         return core::ptr::null_mut();
     }

@@ -52,11 +52,11 @@ unsafe fn init_tcache() -> *mut Tcache {
     let bytes = core::mem::size_of::<Tcache>();
     let nb = chunk::request2size(bytes);
     let mut av = arena::arena_get(bytes);
-    let mut mem = int_malloc(av, bytes, nb, core::ptr::null_mut());
+    let mut mem = int_malloc(av, bytes, nb);
     if mem.is_null() {
         av = arena::arena_get_retry(av, bytes);
         if !av.is_null() {
-            mem = int_malloc(av, bytes, nb, core::ptr::null_mut());
+            mem = int_malloc(av, bytes, nb);
         }
     }
     if !av.is_null() {
