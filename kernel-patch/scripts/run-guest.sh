@@ -25,7 +25,8 @@ loud() {
 	} >&2
 }
 
-kdir=$("$here/scripts/build-kernel.sh" | tail -1)
+# KAL_KDIR: use an already built kernel directory (same layout as the cache).
+kdir=${KAL_KDIR:-$("$here/scripts/build-kernel.sh" | tail -1)}
 "$repo/scripts/need-apt" qemu-system-x86 build-essential cpio gzip >&2 || true
 qemu=$(command -v qemu-system-x86_64 || true)
 if [ -z "$qemu" ] || ! "$qemu" --version >/dev/null 2>&1; then
