@@ -144,7 +144,7 @@ unsafe fn free_into_arena(av: *mut Arena, p: ChunkPtr, size: usize) {
 
 /// Coalesce `p` with free neighbours and put the result in the unsorted bin
 /// or top; then consolidate and trim if the freed block is large.
-unsafe fn merge_chunk(av: *mut Arena, mut p: ChunkPtr, mut size: usize) {
+unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize) {
     let next = chunk::at_offset(p, size);
     if p == (*av).top {
         malloc_printerr("double free or corruption (top)");
@@ -164,43 +164,7 @@ unsafe fn merge_chunk(av: *mut Arena, mut p: ChunkPtr, mut size: usize) {
     }
     free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
 
-    if !chunk::prev_inuse(p) {
-        let prevsize = chunk::prev_size(p);
-        size += prevsize;
-        p = chunk::at_offset(p, 0usize.wrapping_sub(prevsize));
-        if chunk::size(p) != prevsize {
-            malloc_printerr("corrupted size vs. prev_size while consolidating");
-        }
-        unlink_chunk(av, p);
-    }
-    if next != (*av).top {
-        if !chunk::inuse_bit_at_offset(next, nextsize) {
-            unlink_chunk(av, next);
-            size += nextsize;
-        } else {
-            chunk::clear_inuse_bit_at_offset(next, 0);
-        }
-        let bck = (*av).unsorted();
-        let fwd = (*bck).fd;
-        if (*fwd).bk != bck {
-            malloc_printerr("free(): corrupted unsorted chunks");
-        }
-        (*p).fd = fwd;
-        (*p).bk = bck;
-        if !in_smallbin_range(size) {
-            (*p).fd_nextsize = core::ptr::null_mut();
-            (*p).bk_nextsize = core::ptr::null_mut();
-        }
-        (*bck).fd = p;
-        (*fwd).bk = p;
-        chunk::set_head(p, size | PREV_INUSE);
-        chunk::set_foot(p, size);
-    } else {
-        size += nextsize;
-        chunk::set_head(p, size | PREV_INUSE);
-        (*av).top = p;
-    }
-
+    let size = coalesce(av, p, size, next, nextsize, Check::Strict);
     if size >= FASTBIN_CONSOLIDATION_THRESHOLD {
         if (*av).have_fastchunks.load(Ordering::Relaxed) {
             malloc_consolidate(av);
@@ -215,7 +179,6 @@ unsafe fn merge_chunk(av: *mut Arena, mut p: ChunkPtr, mut size: usize) {
 /// unsorted bin (or top).  Caller holds the arena lock.
 pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
     (*av).have_fastchunks.store(false, Ordering::Relaxed);
-    let unsorted = (*av).unsorted();
     for idx in 0..NFASTBINS {
         let mut p = core::mem::replace(&mut (*av).fastbins[idx], core::ptr::null_mut());
         while !p.is_null() {
@@ -229,42 +192,72 @@ pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
                 core::ptr::addr_of!((*p).fd) as *const u8,
                 (*p).fd as *mut u8,
             ) as ChunkPtr;
-            let mut size = chunk::size(p);
+            let size = chunk::size(p);
             let next = chunk::at_offset(p, size);
-            let nextsize = chunk::size(next);
-            if !chunk::prev_inuse(p) {
-                let prevsize = chunk::prev_size(p);
-                size += prevsize;
-                p = chunk::at_offset(p, 0usize.wrapping_sub(prevsize));
-                if chunk::size(p) != prevsize {
-                    malloc_printerr("corrupted size vs. prev_size in fastbins");
-                }
-                unlink_chunk(av, p);
-            }
-            if next != (*av).top {
-                if !chunk::inuse_bit_at_offset(next, nextsize) {
-                    size += nextsize;
-                    unlink_chunk(av, next);
-                } else {
-                    chunk::clear_inuse_bit_at_offset(next, 0);
-                }
-                let first = (*unsorted).fd;
-                (*unsorted).fd = p;
-                (*first).bk = p;
-                if !in_smallbin_range(size) {
-                    (*p).fd_nextsize = core::ptr::null_mut();
-                    (*p).bk_nextsize = core::ptr::null_mut();
-                }
-                chunk::set_head(p, size | PREV_INUSE);
-                (*p).bk = unsorted;
-                (*p).fd = first;
-                chunk::set_foot(p, size);
-            } else {
-                size += nextsize;
-                chunk::set_head(p, size | PREV_INUSE);
-                (*av).top = p;
-            }
+            coalesce(av, p, size, next, chunk::size(next), Check::Fastbins);
             p = nextp;
         }
     }
+}
+
+/// Which of glibc's messages a failed check reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `free`: also verifies the unsorted list's head.
+    Strict,
+    /// `malloc_consolidate`.
+    Fastbins,
+}
+
+/// Merge free chunk `p` (`size` bytes, followed by `next` of `nextsize`)
+/// with its free neighbours, then put the result at the head of the unsorted
+/// bin, or make it the new top if it touches top.  Returns the merged size.
+unsafe fn coalesce(
+    av: *mut Arena,
+    mut p: ChunkPtr,
+    mut size: usize,
+    next: ChunkPtr,
+    nextsize: usize,
+    check: Check,
+) -> usize {
+    if !chunk::prev_inuse(p) {
+        let prevsize = chunk::prev_size(p);
+        size += prevsize;
+        p = chunk::at_offset(p, 0usize.wrapping_sub(prevsize));
+        if chunk::size(p) != prevsize {
+            malloc_printerr(match check {
+                Check::Strict => "corrupted size vs. prev_size while consolidating",
+                Check::Fastbins => "corrupted size vs. prev_size in fastbins",
+            });
+        }
+        unlink_chunk(av, p);
+    }
+    if next == (*av).top {
+        size += nextsize;
+        chunk::set_head(p, size | PREV_INUSE);
+        (*av).top = p;
+        return size;
+    }
+    if !chunk::inuse_bit_at_offset(next, nextsize) {
+        unlink_chunk(av, next);
+        size += nextsize;
+    } else {
+        chunk::clear_inuse_bit_at_offset(next, 0);
+    }
+    let bck = (*av).unsorted();
+    let fwd = (*bck).fd;
+    if check == Check::Strict && (*fwd).bk != bck {
+        malloc_printerr("free(): corrupted unsorted chunks");
+    }
+    (*p).fd = fwd;
+    (*p).bk = bck;
+    if !in_smallbin_range(size) {
+        (*p).fd_nextsize = core::ptr::null_mut();
+        (*p).bk_nextsize = core::ptr::null_mut();
+    }
+    (*bck).fd = p;
+    (*fwd).bk = p;
+    chunk::set_head(p, size | PREV_INUSE);
+    chunk::set_foot(p, size);
+    size
 }
