@@ -161,11 +161,53 @@ def churn_threads():
     print("churn threads=%d checksum=%d" % (len(results), sum(results)))
 
 
+def fork_phase():
+    """fork() while other threads are busy in malloc/free: the child must not
+    deadlock on an allocator lock held by a thread that does not exist in it."""
+    import os
+
+    stop = threading.Event()
+
+    def busy(seed):
+        rng = random.Random(seed)
+        keep = []
+        while not stop.is_set():
+            keep.append(bytes(rng.randrange(1, 70000)))
+            if len(keep) > 50:
+                del keep[: rng.randrange(1, 50)]
+            json.dumps([str(x) for x in range(rng.randrange(1, 300))])
+
+    workers = [threading.Thread(target=busy, args=(s,)) for s in range(3)]
+    for t in workers:
+        t.start()
+    ok = 0
+    for i in range(20):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: allocate, report, leave without cleanup
+            os.close(r)
+            data = json.dumps({str(j): "x" * (j % 300) for j in range(3000)})
+            big = bytearray(1 << 20)
+            os.write(w, hashlib.sha1(data.encode() + bytes(big)).hexdigest().encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            answer = f.read()
+        _, status = os.waitpid(pid, 0)
+        if status == 0 and len(answer) == 40:
+            ok += 1
+    stop.set()
+    for t in workers:
+        t.join()
+    print("fork children=20 ok=%d" % ok)
+
+
 def main():
     print("python %d.%d" % sys.version_info[:2])
     pool_phase()
     queue_phase()
     churn_threads()
+    fork_phase()
     print("done")
 
 
