@@ -18,7 +18,7 @@ use core::ptr::{addr_of_mut, null_mut};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::bins::{BINMAPSIZE, NBINS, NFASTBINS};
-use crate::chunk::{self, ChunkPtr, ALIGN, ALIGN_MASK, MINSIZE, PREV_INUSE};
+use crate::chunk::{self, Chunk, ChunkPtr, ALIGN, ALIGN_MASK, MINSIZE, PREV_INUSE};
 use crate::heap::{self, HeapInfo};
 use crate::lock::Mutex;
 use crate::options::PARAMS;
@@ -32,7 +32,9 @@ pub(crate) struct Arena {
     pub mutex: Mutex,
     pub flags: u32,
     pub have_fastchunks: AtomicBool,
-    pub fastbins: [ChunkPtr; NFASTBINS],
+    /// Pushed without the lock by `free` (compare-and-swap), popped only
+    /// with the lock held, so a pop never races another pop (no ABA).
+    pub fastbins: [AtomicPtr<Chunk>; NFASTBINS],
     pub top: ChunkPtr,
     pub last_remainder: ChunkPtr,
     pub bins: [ChunkPtr; NBINS * 2 - 2],
@@ -40,7 +42,9 @@ pub(crate) struct Arena {
     pub next: AtomicPtr<Arena>,
     pub next_free: *mut Arena,
     pub attached_threads: usize,
-    pub system_mem: usize,
+    /// Bytes obtained from the kernel for this arena's heap.  Atomic because
+    /// `free` reads it without the lock in its sanity check of fast chunks.
+    pub system_mem: AtomicUsize,
     pub max_system_mem: usize,
 }
 
@@ -50,7 +54,7 @@ impl Arena {
             mutex: Mutex::new(),
             flags: 0,
             have_fastchunks: AtomicBool::new(false),
-            fastbins: [null_mut(); NFASTBINS],
+            fastbins: [const { AtomicPtr::new(null_mut()) }; NFASTBINS],
             top: null_mut(),
             last_remainder: null_mut(),
             bins: [null_mut(); NBINS * 2 - 2],
@@ -58,7 +62,7 @@ impl Arena {
             next: AtomicPtr::new(null_mut()),
             next_free: null_mut(),
             attached_threads: 1,
-            system_mem: 0,
+            system_mem: AtomicUsize::new(0),
             max_system_mem: 0,
         }
     }
@@ -142,9 +146,24 @@ impl Arena {
         }
     }
 
+    #[inline(always)]
+    pub(crate) fn system_mem(&self) -> usize {
+        self.system_mem.load(Ordering::Relaxed)
+    }
+
+    /// Changes happen under the arena lock; the atomic only makes unlocked
+    /// readers well defined.
+    pub(crate) fn add_system_mem(&self, n: usize) {
+        self.system_mem.store(self.system_mem() + n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_system_mem(&self, n: usize) {
+        self.system_mem.store(self.system_mem() - n, Ordering::Relaxed);
+    }
+
     pub(crate) fn note_system_mem(&mut self) {
-        if self.system_mem > self.max_system_mem {
-            self.max_system_mem = self.system_mem;
+        if self.system_mem() > self.max_system_mem {
+            self.max_system_mem = self.system_mem();
         }
     }
 }
@@ -333,7 +352,7 @@ unsafe fn new_arena(size: usize) -> *mut Arena {
     (*h).ar_ptr = a;
     (*a).init_state();
     (*a).attached_threads = 1;
-    (*a).system_mem = (*h).size;
+    (*a).system_mem.store((*h).size, Ordering::Relaxed);
     (*a).max_system_mem = (*h).size;
     // The top chunk starts after the arena, aligned so its user pointer is.
     let mut top = (a as *mut u8).add(core::mem::size_of::<Arena>());

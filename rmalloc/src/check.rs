@@ -96,7 +96,7 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
     }
     // Fastbins: right sizes, chunks look in use.
     for i in 0..NFASTBINS {
-        let mut p: ChunkPtr = (*av).fastbins[i];
+        let mut p: ChunkPtr = (*av).fastbins[i].load(core::sync::atomic::Ordering::Acquire);
         let mut guard = 0usize;
         while !p.is_null() {
             if !chunk::aligned_ok(p as usize) || bins::fastbin_index(chunk::size(p)) != i {

@@ -66,8 +66,12 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
     if cache(p, size) {
         return;
     }
+    if size <= PARAMS.max_fast() {
+        fastbin_push(av, p, size, false);
+        return;
+    }
     (*av).lock();
-    free_into_arena(av, p, size);
+    merge_chunk(av, p, size);
     (*av).unlock();
 }
 
@@ -81,7 +85,11 @@ pub(crate) unsafe fn int_free_locked(av: *mut Arena, p: ChunkPtr) {
     if cache(p, size) {
         return;
     }
-    free_into_arena(av, p, size);
+    if size <= PARAMS.max_fast() {
+        fastbin_push(av, p, size, true);
+    } else {
+        merge_chunk(av, p, size);
+    }
 }
 
 /// Put `p` in the calling thread's cache if it has room for its size.
@@ -118,28 +126,46 @@ pub(crate) unsafe fn check_pointer(p: ChunkPtr, size: usize) {
     }
 }
 
-unsafe fn free_into_arena(av: *mut Arena, p: ChunkPtr, size: usize) {
-    if size <= PARAMS.max_fast() {
-        let next = chunk::at_offset(p, size);
-        if chunk::size_nomask(next) <= 2 * SIZE_SZ || chunk::size(next) >= (*av).system_mem {
+/// Push a fast chunk onto its fastbin.  Without the arena lock this is a
+/// compare-and-swap loop, as in glibc, so frees of small chunks from other
+/// threads do not contend with the owner's allocations.
+unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool) {
+    let next = chunk::at_offset(p, size);
+    let bad_next = || {
+        chunk::size_nomask(next) <= 2 * SIZE_SZ || chunk::size(next) >= (*av).system_mem()
+    };
+    if bad_next() {
+        // Without the lock the neighbour may be changing under us: look
+        // again while holding it before calling this corruption.
+        let fail = have_lock || {
+            (*av).lock();
+            let f = bad_next();
+            (*av).unlock();
+            f
+        };
+        if fail {
             malloc_printerr("free(): invalid next size (fast)");
         }
-        free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
-        (*av).have_fastchunks.store(true, Ordering::Relaxed);
-        let idx = fastbin_index(size);
-        let old = (*av).fastbins[idx];
+    }
+    free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
+    (*av).have_fastchunks.store(true, Ordering::Relaxed);
+    let idx = fastbin_index(size);
+    let fb = &(*av).fastbins[idx];
+    let mut old = fb.load(Ordering::Relaxed);
+    loop {
         if old == p {
             malloc_printerr("double free or corruption (fasttop)");
         }
-        if !old.is_null() && fastbin_index(chunk::size(old)) != idx {
-            malloc_printerr("invalid fastbin entry (free)");
-        }
         (*p).fd =
             protect_ptr(core::ptr::addr_of!((*p).fd) as *const u8, old as *mut u8) as ChunkPtr;
-        (*av).fastbins[idx] = p;
-        return;
+        match fb.compare_exchange_weak(old, p, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(cur) => old = cur,
+        }
     }
-    merge_chunk(av, p, size);
+    if have_lock && !old.is_null() && fastbin_index(chunk::size(old)) != idx {
+        malloc_printerr("invalid fastbin entry (free)");
+    }
 }
 
 /// Coalesce `p` with free neighbours and put the result in the unsorted bin
@@ -159,7 +185,7 @@ unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize) {
         malloc_printerr("double free or corruption (!prev)");
     }
     let nextsize = chunk::size(next);
-    if chunk::size_nomask(next) <= 2 * SIZE_SZ || nextsize >= (*av).system_mem {
+    if chunk::size_nomask(next) <= 2 * SIZE_SZ || nextsize >= (*av).system_mem() {
         malloc_printerr("free(): invalid next size (normal)");
     }
     free_perturb(chunk::chunk2mem(p), size - chunk::HDR);
@@ -180,7 +206,7 @@ unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize) {
 pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
     (*av).have_fastchunks.store(false, Ordering::Relaxed);
     for idx in 0..NFASTBINS {
-        let mut p = core::mem::replace(&mut (*av).fastbins[idx], core::ptr::null_mut());
+        let mut p = (*av).fastbins[idx].swap(core::ptr::null_mut(), Ordering::Acquire);
         while !p.is_null() {
             if !chunk::aligned_ok(p as usize) {
                 malloc_printerr("malloc_consolidate(): unaligned fastbin chunk detected");

@@ -162,7 +162,7 @@ pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
         {
             break;
         }
-        (*a).system_mem -= (*h).size;
+        (*a).sub_system_mem((*h).size);
         delete_heap(h);
         h = prev_heap;
         if !chunk::prev_inuse(p) {
@@ -185,7 +185,7 @@ pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
     if extra == 0 || !shrink_heap(h, extra) {
         return false;
     }
-    (*a).system_mem -= extra;
+    (*a).sub_system_mem(extra);
     chunk::set_head(top, (top_size - extra) | PREV_INUSE);
     true
 }

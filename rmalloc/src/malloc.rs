@@ -28,17 +28,24 @@ unsafe fn alloc_perturb(p: *mut u8, n: usize) {
 
 #[inline(always)]
 unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
-    let v = (*av).fastbins[idx];
-    if !v.is_null() {
+    let fb = &(*av).fastbins[idx];
+    let mut v = fb.load(Ordering::Acquire);
+    loop {
+        if v.is_null() {
+            return v;
+        }
         if !chunk::aligned_ok(v as usize) {
             malloc_printerr("malloc(): unaligned fastbin chunk detected");
         }
-        (*av).fastbins[idx] = reveal_ptr(
-            core::ptr::addr_of!((*v).fd) as *const u8,
-            (*v).fd as *mut u8,
-        ) as ChunkPtr;
+        let next =
+            reveal_ptr(core::ptr::addr_of!((*v).fd) as *const u8, (*v).fd as *mut u8) as ChunkPtr;
+        // Only lock holders pop, so `v` cannot be popped and pushed back
+        // meanwhile; a failed exchange means a `free` pushed onto the bin.
+        match fb.compare_exchange_weak(v, next, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return v,
+            Err(cur) => v = cur,
+        }
     }
-    v
 }
 
 /// Allocate `nb` (a padded chunk size) from `av`, locked.  `bytes` is the
@@ -133,10 +140,10 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
         let bck = (*victim).bk;
         let size = chunk::size(victim);
         let next = chunk::at_offset(victim, size);
-        if size <= 2 * SIZE_SZ || size > (*av).system_mem {
+        if size <= 2 * SIZE_SZ || size > (*av).system_mem() {
             malloc_printerr("malloc(): invalid size (unsorted)");
         }
-        if chunk::size_nomask(next) < 2 * SIZE_SZ || chunk::size_nomask(next) > (*av).system_mem {
+        if chunk::size_nomask(next) < 2 * SIZE_SZ || chunk::size_nomask(next) > (*av).system_mem() {
             malloc_printerr("malloc(): invalid next size (unsorted)");
         }
         if chunk::prev_size(next) & !chunk::SIZE_BITS != size {
@@ -286,7 +293,7 @@ fn next_bin(b: ChunkPtr) -> ChunkPtr {
 unsafe fn use_top(av: *mut Arena, nb: usize, bytes: usize) -> *mut u8 {
     let victim = (*av).top;
     let size = chunk::size(victim);
-    if size > (*av).system_mem {
+    if size > (*av).system_mem() {
         malloc_printerr("malloc(): corrupted top size");
     }
     if size >= nb + MINSIZE {

@@ -17,13 +17,13 @@ pub(crate) unsafe fn int_realloc(
     oldsize: usize,
     nb: usize,
 ) -> *mut u8 {
-    if chunk::size_nomask(oldp) <= 2 * SIZE_SZ || oldsize >= (*av).system_mem {
+    if chunk::size_nomask(oldp) <= 2 * SIZE_SZ || oldsize >= (*av).system_mem() {
         malloc_printerr("realloc(): invalid old size");
     }
     let flag = (*av).chunk_flag();
     let next = chunk::at_offset(oldp, oldsize);
     let nextsize = chunk::size(next);
-    if chunk::size_nomask(next) <= 2 * SIZE_SZ || nextsize >= (*av).system_mem {
+    if chunk::size_nomask(next) <= 2 * SIZE_SZ || nextsize >= (*av).system_mem() {
         malloc_printerr("realloc(): invalid next size");
     }
 

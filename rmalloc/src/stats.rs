@@ -49,7 +49,7 @@ pub(crate) struct ArenaInfo {
 /// Summarise `a`.  Caller holds its lock.
 pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
     let mut info = ArenaInfo {
-        system_mem: (*a).system_mem,
+        system_mem: (*a).system_mem(),
         max_system_mem: (*a).max_system_mem,
         nfast: 0,
         fastavail: 0,
@@ -64,7 +64,7 @@ pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
         sizes: [SizeClass::default(); NFASTBINS + NBINS - 1],
     };
     for i in 0..NFASTBINS {
-        let mut p: ChunkPtr = (*a).fastbins[i];
+        let mut p: ChunkPtr = (*a).fastbins[i].load(core::sync::atomic::Ordering::Acquire);
         let mut size = 0;
         let mut count = 0;
         while !p.is_null() {

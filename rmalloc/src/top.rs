@@ -91,7 +91,7 @@ unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
     let old_heap_size = (*h).size;
     let need = (MINSIZE + nb) as isize - old_size as isize;
     if need > 0 && heap::grow_heap(h, need) {
-        (*av).system_mem += (*h).size - old_heap_size;
+        (*av).add_system_mem((*h).size - old_heap_size);
         chunk::set_head(
             old_top,
             (h as usize + (*h).size - old_top as usize) | PREV_INUSE,
@@ -107,7 +107,7 @@ unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
     }
     (*nh).ar_ptr = av;
     (*nh).prev = h;
-    (*av).system_mem += (*nh).size;
+    (*av).add_system_mem((*nh).size);
     let top = (nh as *mut u8).add(core::mem::size_of::<heap::HeapInfo>()) as ChunkPtr;
     (*av).top = top;
     chunk::set_head(
@@ -134,7 +134,7 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
         if !first && cur == old_end {
             let size = os::align_up(nb + PARAMS.top_pad() + MINSIZE - old_size, page);
             if os::sbrk_from(cur, size as isize).is_some() {
-                (*av).system_mem += size;
+                (*av).add_system_mem(size);
                 chunk::set_head(old_top, (old_size + size) | PREV_INUSE);
                 return true;
             }
@@ -149,7 +149,7 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
                 if SBRK_BASE.load(Ordering::Relaxed) == 0 {
                     SBRK_BASE.store(cur, Ordering::Relaxed);
                 }
-                (*av).system_mem += end - cur;
+                (*av).add_system_mem(end - cur);
                 new_region(av, start, end, old_top, old_size);
                 return true;
             }
@@ -164,7 +164,7 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
         return false;
     };
     (*av).flags |= NONCONTIGUOUS;
-    (*av).system_mem += len;
+    (*av).add_system_mem(len);
     new_region(av, m as usize, m as usize + len, old_top, old_size);
     true
 }
@@ -211,7 +211,7 @@ pub(crate) unsafe fn systrim(av: *mut Arena, pad: usize) -> bool {
     if os::sbrk_from(cur, -(extra as isize)).is_none() {
         return false;
     }
-    (*av).system_mem -= extra;
+    (*av).sub_system_mem(extra);
     chunk::set_head(top, (top_size - extra) | PREV_INUSE);
     true
 }
