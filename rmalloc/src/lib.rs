@@ -48,6 +48,7 @@ mod tcache;
 mod thread;
 mod tls;
 mod top;
+mod tunables;
 mod walk;
 
 #[cfg(test)]

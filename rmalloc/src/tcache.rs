@@ -13,7 +13,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, ALIGN, MINSIZE};
+use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, ALIGN, MINSIZE, SIZE_SZ};
 use crate::error::malloc_printerr;
 
 pub(crate) const TCACHE_MAX_BINS: usize = 64;
@@ -70,6 +70,12 @@ pub(crate) fn init_key() {
 #[inline(always)]
 pub(crate) const fn csize2tidx(sz: usize) -> usize {
     sz.wrapping_sub(MINSIZE).div_ceil(ALIGN)
+}
+
+/// Largest request served by cache bin `idx` (glibc's `tidx2usize`).
+#[inline(always)]
+pub(crate) const fn tidx2usize(idx: usize) -> usize {
+    idx * ALIGN + MINSIZE - SIZE_SZ
 }
 
 /// Pop from bin `idx`, which must be non-empty.
