@@ -781,3 +781,11 @@ fn heap_layout_and_statistics_match_glibc() {
         );
     }
 }
+
+/// A program that moves the break itself between allocations, then runs
+/// into RLIMIT_DATA: the heap continues past the program's memory and then
+/// in mmap regions, with every block intact and the heap consistent.
+#[test]
+fn foreign_sbrk_and_brk_exhaustion() {
+    run_ok("foreign_sbrk", &[], support::DEFAULT_TIMEOUT);
+}

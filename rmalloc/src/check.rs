@@ -26,7 +26,9 @@ macro_rules! fail {
 /// Check one arena.  Caller holds its lock.
 pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
     let mut free_in_heap = 0usize;
-    let mut prev_free = false;
+    // End of the previous chunk if it was free (regions are not adjacent,
+    // so a free chunk that ends one region says nothing about the next).
+    let mut prev_free_end = 0usize;
     let mut problem: Option<Problem> = None;
     let flag = (*av).chunk_flag();
     let walked = walk_arena(av, &mut |p, size, kind| {
@@ -39,7 +41,7 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         } else if kind != Kind::Top && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0 {
             let _ = write!(b, "heap chunk {:p} marked mmapped", p);
         } else if kind == Kind::Free {
-            if prev_free {
+            if prev_free_end == p as usize {
                 let _ = write!(b, "two adjacent free chunks at {:p}", p);
             } else if chunk::prev_size(chunk::at_offset(p, size)) != size {
                 let _ = write!(
@@ -57,7 +59,7 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         if b.len > 0 {
             problem = Some(b);
         }
-        prev_free = kind == Kind::Free;
+        prev_free_end = if kind == Kind::Free { p as usize + size } else { 0 };
     });
     if let Some(b) = problem {
         return Err(b);

@@ -1,10 +1,10 @@
 //! The allocator's interface to the kernel: page size, the program break
 //! for the main arena, and anonymous mappings.
 //!
-//! `brk` is driven through the raw system call with the allocator's own view
-//! of the current break, so that a program's own `sbrk` calls show up as a
-//! break that moved under us (handled by the caller as a foreign region,
-//! like glibc does), never as silent overlap.
+//! The break is moved with libc's `sbrk`, which keeps libc's cached break
+//! in step with ours, so that a program's own `sbrk` calls see our heap and
+//! show up to us as a break that moved (handled by the caller as a foreign
+//! region, like glibc does), never as an overlap.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 use rmalloc_sys as sys;
@@ -38,20 +38,26 @@ pub(crate) const fn align_down(x: usize, a: usize) -> usize {
 
 /// Current program break.
 pub(crate) fn current_brk() -> usize {
-    // SAFETY: brk(0) only queries.
-    unsafe { sys::brk(0) }
+    sbrk(0).unwrap_or(0)
 }
 
-/// Move the break from `cur` by `delta` (positive grows).  Returns the old
-/// break on success, `None` if the kernel refused (e.g. `RLIMIT_DATA`,
-/// `RLIMIT_AS`, or a mapping in the way).
-pub(crate) unsafe fn sbrk_from(cur: usize, delta: isize) -> Option<usize> {
-    let want = (cur as isize).checked_add(delta)? as usize;
-    let got = sys::brk(want);
-    if got == want {
-        Some(cur)
-    } else {
+/// Move the break by `delta` bytes (negative shrinks) through libc's `sbrk`,
+/// returning the old break, or `None` if the kernel refused (`RLIMIT_DATA`,
+/// `RLIMIT_AS`, a mapping in the way).
+///
+/// libc's `sbrk` is used rather than the raw system call because libc caches
+/// the break: a program's own `sbrk` computes from that cache, so moving the
+/// break behind libc's back would make the program's next `sbrk` shrink it
+/// onto the heap.
+pub(crate) fn sbrk(delta: isize) -> Option<usize> {
+    // SAFETY: sbrk only moves the data segment's end; growing hands us new
+    // memory, and the callers shrink only memory they own (the top chunk's
+    // tail at the end of the break).
+    let old = unsafe { libc::sbrk(delta) };
+    if old as isize == -1 {
         None
+    } else {
+        Some(old as usize)
     }
 }
 

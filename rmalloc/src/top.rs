@@ -131,26 +131,32 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
     // Try to continue the current brk region.
     if (*av).contiguous() {
         let cur = os::current_brk();
+        if !first && cur < old_end {
+            malloc_printerr("break adjusted to free malloc space");
+        }
         if !first && cur == old_end {
             let size = os::align_up(nb + PARAMS.top_pad() + MINSIZE - old_size, page);
-            if os::sbrk_from(cur, size as isize).is_some() {
-                (*av).add_system_mem(size);
-                chunk::set_head(old_top, (old_size + size) | PREV_INUSE);
-                return true;
-            }
-        } else if !first && cur < old_end {
-            malloc_printerr("break adjusted to free malloc space");
-        } else {
-            // First region, or someone else moved the break: start a new
-            // region at the current break.
-            let start = os::align_up(cur, chunk::ALIGN);
-            let end = os::align_up(start + nb + PARAMS.top_pad() + MINSIZE, page);
-            if os::sbrk_from(cur, (end - cur) as isize).is_some() {
-                if SBRK_BASE.load(Ordering::Relaxed) == 0 {
-                    SBRK_BASE.store(cur, Ordering::Relaxed);
+            match os::sbrk(size as isize) {
+                Some(old) if old == cur => {
+                    (*av).add_system_mem(size);
+                    chunk::set_head(old_top, (old_size + size) | PREV_INUSE);
+                    return true;
                 }
-                (*av).add_system_mem(end - cur);
-                new_region(av, start, end, old_top, old_size);
+                // Another thread of the program moved the break meanwhile:
+                // what we got is a region of its own.
+                Some(old) => {
+                    start_brk_region(av, old, size, old_top, old_size);
+                    return true;
+                }
+                None => {}
+            }
+        } else {
+            // First region, or the program moved the break: start a new
+            // region at the current break, ending on a page boundary.
+            let start = os::align_up(cur, chunk::ALIGN);
+            let size = os::align_up(start + nb + PARAMS.top_pad() + MINSIZE, page) - cur;
+            if let Some(old) = os::sbrk(size as isize) {
+                start_brk_region(av, old, size, old_top, old_size);
                 return true;
             }
         }
@@ -167,6 +173,27 @@ unsafe fn grow_main(av: *mut Arena, nb: usize) -> bool {
     (*av).add_system_mem(len);
     new_region(av, m as usize, m as usize + len, old_top, old_size);
     true
+}
+
+/// `[old, old + size)` came from `sbrk` and does not continue the top.
+unsafe fn start_brk_region(
+    av: *mut Arena,
+    old: usize,
+    size: usize,
+    old_top: ChunkPtr,
+    old_size: usize,
+) {
+    if SBRK_BASE.load(Ordering::Relaxed) == 0 {
+        SBRK_BASE.store(old, Ordering::Relaxed);
+    }
+    (*av).add_system_mem(size);
+    new_region(
+        av,
+        os::align_up(old, chunk::ALIGN),
+        old + size,
+        old_top,
+        old_size,
+    );
 }
 
 /// Make `[start, end)` the new top, closing the old top with fenceposts.
@@ -204,11 +231,8 @@ pub(crate) unsafe fn systrim(av: *mut Arena, pad: usize) -> bool {
     if extra == 0 {
         return false;
     }
-    let cur = os::current_brk();
-    if cur != top as usize + top_size {
-        return false;
-    }
-    if os::sbrk_from(cur, -(extra as isize)).is_none() {
+    // Only a top that ends at the break can give memory back through it.
+    if os::current_brk() != top as usize + top_size || os::sbrk(-(extra as isize)).is_none() {
         return false;
     }
     (*av).sub_system_mem(extra);
