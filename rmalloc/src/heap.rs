@@ -207,3 +207,34 @@ pub(crate) unsafe fn fence_old_top(old_top: ChunkPtr, old_size: usize, flag: usi
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heaps_are_aligned_grow_and_shrink() {
+        // SAFETY: the heap is private to this test and deleted at the end;
+        // only its accessible part is written.
+        unsafe {
+            let h = new_heap(100_000, 0);
+            assert!(!h.is_null());
+            assert_eq!(h as usize % HEAP_MAX_SIZE, 0);
+            assert_eq!((*h).size % os::pagesize(), 0);
+            assert!((*h).size >= 100_000);
+            let inside = h as usize + (*h).size - 1;
+            assert_eq!(heap_for_ptr(inside), h);
+            let before = (*h).size;
+            assert!(grow_heap(h, 1 << 20));
+            assert!((*h).size >= before + (1 << 20));
+            // The new part is writable.
+            ((h as usize + (*h).size - 8) as *mut u64).write(42);
+            assert!(!grow_heap(h, HEAP_MAX_SIZE as isize));
+            assert!(shrink_heap(h, 1 << 20));
+            assert_eq!((*h).size, before);
+            assert!((*h).mprotect_size >= before + (1 << 20));
+            assert!(new_heap(HEAP_MAX_SIZE + 1, 0).is_null());
+            delete_heap(h);
+        }
+    }
+}

@@ -11,7 +11,8 @@
 //! - allocation and free inside an arena: `malloc`, `free`, `realloc`;
 //! - growing and trimming the heap: `top`; mmapped chunks: `mmap_chunk`;
 //! - the per-thread cache: `tcache`, its TLS slot: `tls`, thread exit: `thread`;
-//! - parameters (`mallopt`, `GLIBC_TUNABLES`, `MALLOC_*_`): [`options`];
+//! - parameters and `mallopt`: [`options`]; reading them from `GLIBC_TUNABLES`
+//!   and `MALLOC_*_`: `tunables`;
 //! - statistics (`mallinfo2`, `malloc_stats`, `malloc_info`): [`stats`];
 //! - heap walking and consistency checks: `walk`, `check`;
 //! - initialisation and fork handling: `init`, `fork`.

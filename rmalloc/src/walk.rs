@@ -86,3 +86,42 @@ unsafe fn walk_region(
         p = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api;
+
+    #[test]
+    fn walk_finds_every_live_block_of_a_thread_arena() {
+        // A fresh thread works in an arena of its own once the main arena is
+        // taken, so the walk sees exactly what this thread allocated.
+        std::thread::spawn(|| {
+            // SAFETY: blocks are freed once, after the walk.
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..50).map(|i| api::malloc(2000 + i * 16)).collect();
+                let a = crate::arena::arena_for_chunk(chunk::mem2chunk(blocks[0]));
+                (*a).mutex.lock();
+                let mut seen = Vec::new();
+                let mut tops = 0;
+                let complete = walk_arena(a, &mut |p, _size, kind| match kind {
+                    Kind::InUse => seen.push(chunk::chunk2mem(p)),
+                    Kind::Top => tops += 1,
+                    Kind::Free => {}
+                })
+                .expect("heap walk failed");
+                (*a).mutex.unlock();
+                assert!(complete);
+                assert_eq!(tops, 1);
+                for b in &blocks {
+                    assert!(seen.contains(b), "block {:p} not found by the walk", b);
+                }
+                for b in blocks {
+                    api::free(b);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
