@@ -83,32 +83,57 @@ static void *spinner(void *arg)
 	return NULL;
 }
 
-/* p50/p99 of kal_snapshot (STOP_THREADS) and fork() for one region. */
+static double time_kal(struct kal_range *r)
+{
+	double t0, t1;
+	int fd;
+
+	t0 = now_us();
+	fd = syscall(__NR_kal_snapshot, r, 1, KAL_SNAPSHOT_STOP_THREADS);
+	t1 = now_us();
+	if (fd < 0) {
+		perror("kal_snapshot");
+		exit(1);
+	}
+	close(fd);
+	return t1 - t0;
+}
+
+static double time_fork(void)
+{
+	double t0, t1;
+	pid_t pid;
+
+	t0 = now_us();
+	pid = fork();
+	if (pid == 0)
+		_exit(0);
+	t1 = now_us();
+	waitpid(pid, NULL, 0);
+	return t1 - t0;
+}
+
+/*
+ * p50/p99 of kal_snapshot (STOP_THREADS) and fork() for one region; the
+ * order alternates so that neither always runs right after the other's
+ * teardown.
+ */
 static void measure(struct kal_range *r, int reps, double *k, double *f)
 {
 	for (int i = -2; i < reps; i++) {
-		double t0, t1;
-		pid_t pid;
-		int fd;
+		double tk, tf;
 
-		t0 = now_us();
-		fd = syscall(__NR_kal_snapshot, r, 1, KAL_SNAPSHOT_STOP_THREADS);
-		t1 = now_us();
-		if (fd < 0) {
-			perror("kal_snapshot");
-			exit(1);
+		if (i & 1) {
+			tf = time_fork();
+			tk = time_kal(r);
+		} else {
+			tk = time_kal(r);
+			tf = time_fork();
 		}
-		close(fd);
-		if (i >= 0)
-			k[i] = t1 - t0;
-		t0 = now_us();
-		pid = fork();
-		if (pid == 0)
-			_exit(0);
-		t1 = now_us();
-		waitpid(pid, NULL, 0);
-		if (i >= 0)
-			f[i] = t1 - t0;
+		if (i >= 0) {
+			k[i] = tk;
+			f[i] = tf;
+		}
 	}
 }
 
