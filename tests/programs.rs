@@ -1268,3 +1268,61 @@ fn redis_server_with_redis_benchmark() {
         );
     }
 }
+
+/// cargo under rmalloc builds and runs a small crate; the program it built
+/// (also on rmalloc, as a child) must print what the glibc-built one does.
+/// cargo is a multithreaded Rust program on the system allocator (job
+/// server, worker threads, a file-lock and fingerprint layer full of small
+/// strings): a classic allocator breaker.  rustc itself carries jemalloc
+/// and defines `malloc` in its own binary, so the preload does not reach it;
+/// the check is that cargo (the main process) and the built program ran on
+/// rmalloc.
+#[test]
+fn cargo_builds_and_runs_a_crate() {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc is needed to build this project");
+    assert!(sysroot.status.success());
+    let bin = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin");
+    let cargo = bin.join("cargo").to_str().expect("utf-8 path").to_string();
+    let rustc = bin.join("rustc");
+    require_program(&cargo);
+    let scratch = TempDir::new("cargo");
+    let (_, rm, _) = compare_runs("cargo run", scratch.path(), None, |_, dir| {
+        fs::create_dir_all(dir.join("src")).unwrap();
+        fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"prog\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        )
+        .unwrap();
+        fs::write(dir.join("src/main.rs"), CARGO_PROGRAM).unwrap();
+        let mut cmd = command(&cargo, dir);
+        cmd.args(["run", "-q", "--release", "--offline"])
+            .env("CARGO_HOME", dir.join(".cargo"))
+            .env("RUSTC", &rustc)
+            .env("CARGO_TERM_COLOR", "never");
+        cmd
+    });
+    assert!(
+        rm.out.stdout.starts_with("5003 200000"),
+        "{}",
+        rm.out.describe()
+    );
+}
+
+const CARGO_PROGRAM: &str = r#"use std::collections::{BTreeMap, HashMap};
+fn main() {
+    let mut words: HashMap<String, usize> = HashMap::new();
+    let mut order = BTreeMap::new();
+    for i in 0..200_000u64 {
+        let w = format!("w{}", (i * 2654435761) % 5003);
+        *words.entry(w.clone()).or_default() += 1;
+        order.insert(w, i);
+    }
+    let mut v: Vec<_> = words.into_iter().collect();
+    v.sort();
+    let sum: usize = v.iter().map(|(_, c)| *c).sum();
+    println!("{} {} {:?} {:?}", v.len(), sum, v.first(), order.iter().next_back());
+}
+"#;
