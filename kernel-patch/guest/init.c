@@ -105,8 +105,14 @@ int main(void)
 		char *kself[] = { "/kal_snapshot_test", NULL };
 		char *extra[] = { "/kal_guest_test", NULL };
 
+		char *rust[] = { "/rmalloc_sys_test", "--test-threads=1", NULL };
+
 		failed |= run(kself, 900) != 0;
 		failed |= run(extra, 600) != 0;
+		if (access(rust[0], X_OK) == 0)
+			failed |= run(rust, 300) != 0;
+		else
+			printf("kal-init: WARNING: %s missing, Rust sys tests not run\n", rust[0]);
 	}
 	printf("KAL-RESULT: %s\n", failed ? "FAIL" : "PASS");
 	fflush(stdout);

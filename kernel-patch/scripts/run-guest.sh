@@ -43,6 +43,26 @@ gcc "${cflags[@]}" -o "$root/init" "$here/guest/init.c"
 gcc "${cflags[@]}" -o "$root/kal_snapshot_test" "$kdir/selftests/kal/kal_snapshot_test.c"
 gcc "${cflags[@]}" -o "$root/kal_guest_test" "$here/guest/kal_guest_test.c"
 gcc "${cflags[@]}" -o "$root/kal_bench" "$here/guest/kal_bench.c"
+# The sys crate's unit tests, linked statically, run against the real call.
+if [ "$mode" = test ] && command -v cargo >/dev/null 2>&1; then
+	rtarget="$(dirname "$kdir")/rust-static-target"
+	rbin=$(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$rtarget" \
+		cargo test -p rmalloc-sys --release --no-run --target x86_64-unknown-linux-gnu \
+		--message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "rmalloc_sys":
+        print(m["executable"])' | tail -1) || true
+	if [ -n "$rbin" ] && [ -x "$rbin" ]; then
+		cp "$rbin" "$root/rmalloc_sys_test"
+	else
+		echo "kernel-test: WARNING: could not build the static rmalloc-sys tests; they will not run in the guest" >&2
+	fi
+fi
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$tmp/initramfs.gz"
 
 case "$mode" in
@@ -57,7 +77,7 @@ timeout --foreground -k 10 "$timeout_s" "$qemu" -accel tcg -smp 2 -m "$mem" \
 	-kernel "$kdir/bzImage" -initrd "$tmp/initramfs.gz" \
 	-append "console=ttyS0 panic=-1 oops=panic kal.mode=$mode" \
 	-nographic -no-reboot -monitor none -serial stdio </dev/null 2>"$tmp/qemu.err" \
-	| tee "$log" | grep --line-buffered -E '^(kal-init|KAL-|ok |not ok |#|\[ *[0-9.]+\] (BUG|WARNING|Kernel panic|Oops))' || true
+	| tee "$log" | grep --line-buffered -E '^(kal-init|KAL-|ok |not ok |#|test |\[ *[0-9.]+\] (BUG|WARNING|Kernel panic|Oops))' || true
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
