@@ -97,7 +97,7 @@ if grep -qE "BUG:|WARNING:|Kernel panic|Oops" "$log"; then
 fi
 if [ "$mode" = bench ]; then
 	out="$(dirname "$kdir")/bench-$(basename "$kdir").md"
-	sed -n 's/^KAL-BENCH: //p' "$log" | tr -d '\r' > "$out"
+	sed -n 's/^KAL-BENCH: \{0,1\}//p' "$log" | tr -d '\r' > "$out"
 	cat "$out"
 	echo "kernel-bench: table saved to $out" >&2
 fi
