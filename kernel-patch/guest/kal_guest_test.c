@@ -2,12 +2,15 @@
 /*
  * Project-side guest checks that need more than the kselftest assumes about
  * the machine: memory cgroup charging of images (cgroup v2 mounted by us),
- * and the uapi as the Rust sys crate mirrors it (struct sizes).
+ * the uapi as the Rust sys crate mirrors it (struct sizes), and stress:
+ * snapshots with STOP_THREADS while threads are created and exit and while
+ * the address space is remapped.
  *
  * Prints TAP-like "ok"/"not ok" lines; exit status 0 only if all pass.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -210,11 +213,91 @@ static void test_limit(int with_image)
 	close(down[1]);
 }
 
+/* Stress: thread churn and mmap churn while STOP_THREADS snapshots run. */
+static volatile int churn_stop;
+static unsigned long churn_words[4][512];
+
+static void *short_lived(void *arg)
+{
+	unsigned long *w = arg;
+
+	for (int i = 0; i < 512; i++)
+		w[i]++;
+	return NULL;
+}
+
+static void *thread_churn(void *arg)
+{
+	unsigned long *w = arg;
+
+	while (!churn_stop) {
+		pthread_t t;
+
+		if (pthread_create(&t, NULL, short_lived, w) == 0)
+			pthread_join(t, NULL);
+	}
+	return NULL;
+}
+
+static void *map_churn(void *arg)
+{
+	while (!churn_stop) {
+		char *p = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p != MAP_FAILED) {
+			memset(p, 1, 1 << 20);
+			mprotect(p, 4096, PROT_READ);
+			munmap(p, 1 << 20);
+		}
+	}
+	return NULL;
+}
+
+static void test_churn(void)
+{
+	char *heap = mmap(NULL, 8 << 20, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int i, ok = 0, again = 0, other = 0;
+	pthread_t t[3];
+
+	memset(heap, 7, 8 << 20);
+	churn_stop = 0;
+	pthread_create(&t[0], NULL, thread_churn, churn_words[0]);
+	pthread_create(&t[1], NULL, thread_churn, churn_words[1]);
+	pthread_create(&t[2], NULL, map_churn, NULL);
+	for (i = 0; i < 300; i++) {
+		int fd = kal1(heap, 8 << 20, KAL_SNAPSHOT_STOP_THREADS);
+		struct kal_meta m;
+
+		if (fd >= 0) {
+			if (pread(fd, &m, sizeof(m), KAL_META_OFFSET) == sizeof(m) &&
+			    m.magic == KAL_META_MAGIC && m.nr_threads >= 1)
+				ok++;
+			else
+				other++;
+			close(fd);
+		} else if (errno == EAGAIN) {
+			again++;
+		} else {
+			printf("# churn: kal_snapshot: %s\n", strerror(errno));
+			other++;
+		}
+	}
+	churn_stop = 1;
+	for (i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	munmap(heap, 8 << 20);
+	printf("# churn: %d snapshots, %d EAGAIN, %d other\n", ok, again, other);
+	result(other == 0 && ok > 0, "stop_threads_under_thread_and_mmap_churn");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	result(sizeof(struct kal_range) == 16 && sizeof(struct kal_meta) == 48 &&
 	       sizeof(struct kal_thread) == 168, "uapi_sizes_match_rust");
+	test_churn();
 	if (setup_cgroup()) {
 		result(0, "memcg_setup");
 	} else {
