@@ -1273,10 +1273,12 @@ fn redis_server_with_redis_benchmark() {
 /// (also on rmalloc, as a child) must print what the glibc-built one does.
 /// cargo is a multithreaded Rust program on the system allocator (job
 /// server, worker threads, a file-lock and fingerprint layer full of small
-/// strings): a classic allocator breaker.  rustc itself carries jemalloc
-/// and defines `malloc` in its own binary, so the preload does not reach it;
-/// the check is that cargo (the main process) and the built program ran on
-/// rmalloc.
+/// strings): a classic allocator breaker.  cargo imports `malloc` from libc,
+/// so the preload serves it; rustc carries jemalloc and defines `malloc` in
+/// its own binary, so the preload does not reach it.  On Unix `cargo run`
+/// execs the built program in cargo's own process, so the exit-stats line
+/// checked for the main pid is the program's, written in the same process
+/// (and environment) that cargo ran in.
 #[test]
 fn cargo_builds_and_runs_a_crate() {
     let sysroot = Command::new("rustc")
