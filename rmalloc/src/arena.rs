@@ -154,11 +154,13 @@ impl Arena {
     /// Changes happen under the arena lock; the atomic only makes unlocked
     /// readers well defined.
     pub(crate) fn add_system_mem(&self, n: usize) {
-        self.system_mem.store(self.system_mem() + n, Ordering::Relaxed);
+        self.system_mem
+            .store(self.system_mem() + n, Ordering::Relaxed);
     }
 
     pub(crate) fn sub_system_mem(&self, n: usize) {
-        self.system_mem.store(self.system_mem() - n, Ordering::Relaxed);
+        self.system_mem
+            .store(self.system_mem() - n, Ordering::Relaxed);
     }
 
     pub(crate) fn note_system_mem(&mut self) {

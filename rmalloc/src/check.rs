@@ -59,7 +59,11 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         if b.len > 0 {
             problem = Some(b);
         }
-        prev_free_end = if kind == Kind::Free { p as usize + size } else { 0 };
+        prev_free_end = if kind == Kind::Free {
+            p as usize + size
+        } else {
+            0
+        };
     });
     if let Some(b) = problem {
         return Err(b);

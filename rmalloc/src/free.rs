@@ -131,9 +131,8 @@ pub(crate) unsafe fn check_pointer(p: ChunkPtr, size: usize) {
 /// threads do not contend with the owner's allocations.
 unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool) {
     let next = chunk::at_offset(p, size);
-    let bad_next = || {
-        chunk::size_nomask(next) <= 2 * SIZE_SZ || chunk::size(next) >= (*av).system_mem()
-    };
+    let bad_next =
+        || chunk::size_nomask(next) <= 2 * SIZE_SZ || chunk::size(next) >= (*av).system_mem();
     if bad_next() {
         // Without the lock the neighbour may be changing under us: look
         // again while holding it before calling this corruption.

@@ -37,8 +37,10 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
         if !chunk::aligned_ok(v as usize) {
             malloc_printerr("malloc(): unaligned fastbin chunk detected");
         }
-        let next =
-            reveal_ptr(core::ptr::addr_of!((*v).fd) as *const u8, (*v).fd as *mut u8) as ChunkPtr;
+        let next = reveal_ptr(
+            core::ptr::addr_of!((*v).fd) as *const u8,
+            (*v).fd as *mut u8,
+        ) as ChunkPtr;
         // Only lock holders pop, so `v` cannot be popped and pushed back
         // meanwhile; a failed exchange means a `free` pushed onto the bin.
         match fb.compare_exchange_weak(v, next, Ordering::Acquire, Ordering::Acquire) {
