@@ -173,13 +173,7 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
             (*av).last_remainder = rem;
             (*rem).bk = unsorted;
             (*rem).fd = unsorted;
-            if !in_smallbin_range(rsize) {
-                (*rem).fd_nextsize = core::ptr::null_mut();
-                (*rem).bk_nextsize = core::ptr::null_mut();
-            }
-            chunk::set_head(victim, nb | PREV_INUSE | flag);
-            chunk::set_head(rem, rsize | PREV_INUSE);
-            chunk::set_foot(rem, rsize);
+            set_split_heads(victim, nb, flag, rem, rsize);
             let p = chunk2mem(victim);
             alloc_perturb(p, bytes);
             return p;
@@ -346,17 +340,24 @@ unsafe fn finish_split(
         if set_last && in_smallbin_range(nb) {
             (*av).last_remainder = rem;
         }
-        if !in_smallbin_range(rsize) {
-            (*rem).fd_nextsize = core::ptr::null_mut();
-            (*rem).bk_nextsize = core::ptr::null_mut();
-        }
-        chunk::set_head(victim, nb | PREV_INUSE | flag);
-        chunk::set_head(rem, rsize | PREV_INUSE);
-        chunk::set_foot(rem, rsize);
+        set_split_heads(victim, nb, flag, rem, rsize);
     }
     let p = chunk2mem(victim);
     alloc_perturb(p, bytes);
     p
+}
+
+/// Headers of a split: `victim` keeps `nb` bytes and is in use; `rem`, the
+/// free rest of `rsize` bytes, is already linked into the unsorted bin.
+#[inline(always)]
+unsafe fn set_split_heads(victim: ChunkPtr, nb: usize, flag: usize, rem: ChunkPtr, rsize: usize) {
+    if !in_smallbin_range(rsize) {
+        (*rem).fd_nextsize = core::ptr::null_mut();
+        (*rem).bk_nextsize = core::ptr::null_mut();
+    }
+    chunk::set_head(victim, nb | PREV_INUSE | flag);
+    chunk::set_head(rem, rsize | PREV_INUSE);
+    chunk::set_foot(rem, rsize);
 }
 
 /// Put a free chunk taken off the unsorted list into its small or large

@@ -72,6 +72,7 @@ fn no_overlap(live: &[Block]) -> Result<(), TestCaseError> {
     let mut spans: Vec<(usize, usize)> = live
         .iter()
         .map(|b| {
+            // SAFETY: every block in `live` is allocated and not yet freed.
             (
                 b.ptr as usize,
                 b.ptr as usize + unsafe { api::usable_size(b.ptr) },
