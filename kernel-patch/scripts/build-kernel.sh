@@ -21,7 +21,7 @@ die() { echo "kernel: ERROR: $*" >&2; exit 1; }
 [ -f "$patch" ] || die "missing $patch"
 [ -f "$frag" ] || die "missing $frag"
 "$repo/scripts/need-apt" linux-source-6.12 build-essential flex bison bc \
-	libelf-dev libssl-dev cpio xz-utils gzip git >&2
+	libelf-dev libssl-dev cpio xz-utils gzip git rsync >&2
 
 hash=$(cat "$patch" "$frag" | sha256sum | cut -c1-16)
 out="$cache/$hash"
