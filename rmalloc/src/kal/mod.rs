@@ -21,6 +21,9 @@
 //! thread not stopped, a thread inside the allocator, a lock held, a root
 //! source unreadable) discards the snapshot.
 
+// The entry points are called from the C exports, which unit tests leave out.
+#![cfg_attr(test, allow(dead_code))]
+
 pub mod dissect;
 pub mod fork_backend;
 pub mod mark;

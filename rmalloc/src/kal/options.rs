@@ -51,6 +51,8 @@ pub struct Options {
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
     pub leak_check_at_exit: bool,
+    /// Scanner at SCHED_IDLE rather than SCHED_BATCH nice 19.
+    pub sched_idle: bool,
 }
 
 impl Options {
@@ -74,6 +76,7 @@ impl Options {
             stop_signal: 61,
             stop_timeout_ms: 100,
             leak_check_at_exit: true,
+            sched_idle: false,
         }
     }
 
@@ -194,6 +197,7 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
             b"use_tls" => o.use_tls = flag(key, v)?,
             b"use_globals" => o.use_globals = flag(key, v)?,
             b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
+            b"sched_idle" => o.sched_idle = flag(key, v)?,
             b"log_path" => {
                 if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
                     return Err(err(format_args!(

@@ -108,7 +108,7 @@ pub fn enqueue(chunk: usize, size: usize, arena: *mut Arena) -> bool {
     QLOCK.unlock();
     if ok {
         if arena.is_null() {
-            arena::for_each_arena(|a| set_pending(a));
+            arena::for_each_arena(set_pending);
         } else {
             set_pending(arena);
         }
