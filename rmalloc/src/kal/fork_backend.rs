@@ -90,7 +90,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
         let t0 = task::now_ns();
         match stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000) {
             Ok(_) => {}
-            Err(StopError::Timeout) | Err(StopError::Threads) => {
+            Err(StopError::Timeout) | Err(StopError::Threads) | Err(StopError::Blocked) => {
                 return Err(Discard::Stop);
             }
         }
@@ -121,6 +121,10 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
         let pid = unsafe { task::fork_raw() };
         match pid {
             Ok(0) => {
+                // Drop the inherited descriptors at once: a copy of a pipe's
+                // write end would delay the EOF its reader waits for.
+                // SAFETY: close_range only closes this child's fds.
+                let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
                 background(o.sched_idle);
                 let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
                 // SAFETY: this is the snapshot child: nothing else runs.

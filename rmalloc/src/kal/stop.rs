@@ -230,6 +230,69 @@ pub enum StopError {
     Timeout,
     /// Too many threads, or the thread list could not be read.
     Threads,
+    /// A thread blocks the stop signal (or waits for it in sigwait).
+    Blocked,
+}
+
+/// Does thread `tid` block signal `sig` (its `SigBlk` mask)?  A status
+/// that cannot be parsed counts as blocking: then no signal is sent.
+fn blocks(tid: i32, sig: i32) -> bool {
+    let mut path = [0u8; 48];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut k = digits.len();
+    let mut v = tid as u32;
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[k..] {
+        path[len] = d;
+        len += 1;
+    }
+    for &b in b"/status\0" {
+        path[len] = b;
+        len += 1;
+    }
+    let Ok(cpath) = core::ffi::CStr::from_bytes_with_nul(&path[..len]) else {
+        return true;
+    };
+    let Ok(fd) = sys::open_rdonly(cpath) else {
+        // Gone already: the signal will fail with ESRCH, which is handled.
+        return false;
+    };
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(sys::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    sys::close(fd);
+    let text = &buf[..got];
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(hex) = line.strip_prefix(b"SigBlk:") {
+            let mut mask = 0u64;
+            for &c in hex.iter().filter(|c| !c.is_ascii_whitespace()) {
+                match (c as char).to_digit(16) {
+                    Some(d) => mask = (mask << 4) | d as u64,
+                    None => return true,
+                }
+            }
+            return mask & (1u64 << (sig - 1)) != 0;
+        }
+    }
+    // The mask sits in the first 2 KiB; not finding it means we cannot tell.
+    true
 }
 
 /// List the process's thread ids (other than `me`) into `out`.
@@ -320,6 +383,12 @@ pub fn stop_all(sig: i32, timeout_ns: u64) -> Result<usize, StopError> {
         }
         for i in signalled..n {
             let tid = slots_upto(n)[i].tid.load(Ordering::Relaxed);
+            if blocks(tid, sig) {
+                // Queued to a thread that blocks it, the signal would stay
+                // pending, and a thread in sigwait() would receive it.
+                release_gen(gen);
+                return Err(StopError::Blocked);
+            }
             let val = ((gen as usize) << 32) | i;
             if let Err(e) = task::tgsigqueue(pid, tid, sig, val) {
                 if e != task::ESRCH {
