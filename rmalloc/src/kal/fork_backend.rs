@@ -90,9 +90,13 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
         let t0 = task::now_ns();
         match stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000) {
             Ok(_) => {}
-            Err(StopError::Timeout) | Err(StopError::Threads) | Err(StopError::Blocked) => {
-                return Err(Discard::Stop);
+            // A thread being created runs with every signal blocked for a
+            // moment: worth a few more tries.
+            Err(StopError::Blocked) if attempt < 4 => {
+                task::sleep_ns(1_000_000 * (attempt + 1));
+                continue;
             }
+            Err(_) => return Err(Discard::Stop),
         }
         if heap_busy() {
             stop::release();
@@ -102,6 +106,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             task::sleep_ns(200_000 * (attempt + 1));
             continue;
         }
+        let t_stop = task::now_ns();
         *incomplete_roots = false;
         if let Err(e) = roots::kernel_roots(f.kroots, f.proc_text, o.stop_signal) {
             if o.mode == Mode::Reclaim {
@@ -116,6 +121,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             *incomplete_roots = true;
         }
         f.results.reset();
+        let t_roots = task::now_ns();
         // SAFETY: the child only scans (raw system calls, memory it maps
         // itself, the shared result area) and ends with exit_now.
         let pid = unsafe { task::fork_raw() };
@@ -133,8 +139,19 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                 task::exit_now(0);
             }
             Ok(pid) => {
+                let t_fork = task::now_ns();
                 stop::release();
                 stats::note_pause(task::now_ns() - t0);
+                super::report::log(
+                    o.verbosity,
+                    2,
+                    format_args!(
+                        "pause: stop {} us, kernel roots {} us, fork {} us",
+                        (t_stop - t0) / 1000,
+                        (t_roots - t_stop) / 1000,
+                        (t_fork - t_roots) / 1000
+                    ),
+                );
                 return match task::wait_clone(pid) {
                     Ok(0) => f.results.outcome(),
                     _ => Err(Discard::Resources),
