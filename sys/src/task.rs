@@ -58,6 +58,14 @@ pub fn now_ns() -> u64 {
     ts[0] as u64 * 1_000_000_000 + ts[1] as u64
 }
 
+/// CPU time of the calling thread in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    // SAFETY: `ts` is a valid `struct timespec` to write.
+    let _ = unsafe { syscall!(Sysno::clock_gettime, 3usize, ts.as_mut_ptr() as usize) };
+    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
+}
+
 /// Sleep for `ns` nanoseconds (returns early on a signal).
 pub fn sleep_ns(ns: u64) {
     let ts = [(ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64];
