@@ -165,55 +165,6 @@ pub enum DissectError {
     NoMemory,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn find_agrees_with_a_plain_search() {
-        let mut h = Heap::new();
-        let mut x = 7usize;
-        let mut p = 0x10_0000usize;
-        for i in 0..3_000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let size = 32 + ((x >> 33) % 64) * 16;
-            if i % 1000 == 999 {
-                p += 8 << 20; // a gap that starts a new segment
-            }
-            h.chunks.push((p, size));
-            h.flags
-                .push(if i % 97 == 0 { CAND | MMAPPED } else { CAND });
-            p += size + if (x >> 20) % 7 == 0 { 4096 } else { 0 };
-        }
-        assert!(h.index());
-        let naive = |a: usize| {
-            h.chunks
-                .as_slice()
-                .iter()
-                .enumerate()
-                .find_map(|(i, &(c, s))| {
-                    let end = if h.flags.as_slice()[i] & MMAPPED != 0 {
-                        c + s
-                    } else {
-                        c + s + 8
-                    };
-                    (c + HDR <= a && a <= end).then_some(i)
-                })
-        };
-        let (lo, hi) = (0x10_0000 - 64, p + 64);
-        let mut a = lo;
-        while a < hi {
-            assert_eq!(h.find(a), naive(a), "address {a:#x}");
-            a += 8 + (a >> 3) % 3 * 8;
-            if a % 65536 < 24 {
-                a += 4096; // sample, so the naive search stays affordable
-            }
-        }
-    }
-}
-
 /// Build `h` from the current (frozen) heap.  `mmapped` is the registry of
 /// mmapped chunks (address -> size), `probation` the chunks held in
 /// probation (address -> saved word).
@@ -430,4 +381,53 @@ unsafe fn exclude_fastbins(h: &mut Heap, av: *mut Arena) -> Result<(), DissectEr
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_agrees_with_a_plain_search() {
+        let mut h = Heap::new();
+        let mut x = 7usize;
+        let mut p = 0x10_0000usize;
+        for i in 0..3_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = 32 + ((x >> 33) % 64) * 16;
+            if i % 1000 == 999 {
+                p += 8 << 20; // a gap that starts a new segment
+            }
+            h.chunks.push((p, size));
+            h.flags
+                .push(if i % 97 == 0 { CAND | MMAPPED } else { CAND });
+            p += size + if (x >> 20).is_multiple_of(7) { 4096 } else { 0 };
+        }
+        assert!(h.index());
+        let naive = |a: usize| {
+            h.chunks
+                .as_slice()
+                .iter()
+                .enumerate()
+                .find_map(|(i, &(c, s))| {
+                    let end = if h.flags.as_slice()[i] & MMAPPED != 0 {
+                        c + s
+                    } else {
+                        c + s + 8
+                    };
+                    (c + HDR <= a && a <= end).then_some(i)
+                })
+        };
+        let (lo, hi) = (0x10_0000 - 64, p + 64);
+        let mut a = lo;
+        while a < hi {
+            assert_eq!(h.find(a), naive(a), "address {a:#x}");
+            a += 8 + (a >> 3) % 3 * 8;
+            if a % 65536 < 24 {
+                a += 4096; // sample, so the naive search stays affordable
+            }
+        }
+    }
 }
