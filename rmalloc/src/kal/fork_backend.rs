@@ -16,12 +16,17 @@ use sys::task;
 
 use crate::arena;
 
-use super::options::{Mode, Options};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use super::options::{Mode, Options, StopMethod};
 use super::roots;
 use super::scan::{self, Scratch};
 use super::snapshot::{Discard, Results};
 use super::stats;
 use super::stop::{self, StopError};
+
+/// `stop=auto` found ptrace refused once: use signals from then on.
+static PTRACE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The scanner's state that the child needs.
 pub struct Frozen<'a> {
@@ -88,7 +93,35 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
     let o = f.opts;
     for attempt in 0..5u64 {
         let t0 = task::now_ns();
-        match stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000) {
+        let use_ptrace = match o.stop {
+            StopMethod::Signal => false,
+            StopMethod::Ptrace => true,
+            StopMethod::Auto => !PTRACE_REFUSED.load(Ordering::Relaxed),
+        };
+        let stopped = if use_ptrace {
+            match super::ptrace::stop_all(o.stop_timeout_ms * 1_000_000) {
+                Err(StopError::NotPermitted) if o.stop == StopMethod::Auto => {
+                    PTRACE_REFUSED.store(true, Ordering::Relaxed);
+                    super::report::log(
+                        o.verbosity,
+                        1,
+                        format_args!("ptrace not permitted here; stopping threads with signals"),
+                    );
+                    continue;
+                }
+                r => r,
+            }
+        } else {
+            stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000)
+        };
+        let release = || {
+            if use_ptrace {
+                super::ptrace::release()
+            } else {
+                stop::release()
+            }
+        };
+        match stopped {
             Ok(_) => {}
             // A thread being created runs with every signal blocked for a
             // moment: worth a few more tries.
@@ -99,7 +132,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             Err(_) => return Err(Discard::Stop),
         }
         if heap_busy() {
-            stop::release();
+            release();
             if attempt == 4 {
                 return Err(Discard::Heap);
             }
@@ -110,7 +143,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
         *incomplete_roots = false;
         if let Err(e) = roots::kernel_roots(f.kroots, f.proc_text, o.stop_signal) {
             if o.mode == Mode::Reclaim {
-                stop::release();
+                release();
                 super::report::log(
                     o.verbosity,
                     1,
@@ -140,7 +173,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             }
             Ok(pid) => {
                 let t_fork = task::now_ns();
-                stop::release();
+                release();
                 stats::note_pause(task::now_ns() - t0);
                 super::report::log(
                     o.verbosity,
@@ -158,7 +191,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                 };
             }
             Err(_) => {
-                stop::release();
+                release();
                 return Err(Discard::Resources);
             }
         }

@@ -29,6 +29,7 @@ pub mod fork_backend;
 pub mod mark;
 pub mod mem;
 pub mod options;
+pub mod ptrace;
 pub mod reclaim;
 pub mod registry;
 pub mod report;
@@ -125,6 +126,7 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         return false;
     };
     e.results = r;
+    ptrace::init();
     if !stop::init() || !find_text() {
         return false;
     }
@@ -227,6 +229,7 @@ pub fn after_fork_child() {
         return;
     }
     stop::reset_after_fork();
+    ptrace::reset_after_fork();
     registry::reset_after_fork();
     reclaim::reset_after_fork();
     stats::reset();

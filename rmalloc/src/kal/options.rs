@@ -21,6 +21,15 @@ pub enum Mode {
     Reclaim = 2,
 }
 
+/// How threads are stopped for the snapshot instant (fork backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMethod {
+    /// ptrace where permitted, else the signal handshake.
+    Auto,
+    Ptrace,
+    Signal,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Auto,
@@ -48,6 +57,7 @@ pub struct Options {
     pub use_stacks: bool,
     pub use_tls: bool,
     pub use_globals: bool,
+    pub stop: StopMethod,
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
     pub leak_check_at_exit: bool,
@@ -73,6 +83,7 @@ impl Options {
             use_stacks: true,
             use_tls: true,
             use_globals: true,
+            stop: StopMethod::Auto,
             stop_signal: 61,
             stop_timeout_ms: 100,
             leak_check_at_exit: true,
@@ -178,6 +189,19 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
                     _ => {
                         return Err(err(format_args!(
                             "KAL: bad value '{}' for backend (expected auto, fork or kernel); KAL stays off",
+                            Shown(v)
+                        )))
+                    }
+                }
+            }
+            b"stop" => {
+                o.stop = match v {
+                    b"auto" => StopMethod::Auto,
+                    b"ptrace" => StopMethod::Ptrace,
+                    b"signal" => StopMethod::Signal,
+                    _ => {
+                        return Err(err(format_args!(
+                            "KAL: bad value '{}' for stop (expected auto, ptrace or signal); KAL stays off",
                             Shown(v)
                         )))
                     }

@@ -54,9 +54,9 @@ pub struct Slot {
 pub const REG_RSP: usize = 15;
 pub const REG_RIP: usize = 16;
 
-static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
-static NSLOTS: AtomicUsize = AtomicUsize::new(0);
-static GEN: AtomicU32 = AtomicU32::new(0);
+pub(super) static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
+pub(super) static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static GEN: AtomicU32 = AtomicU32::new(0);
 static RELEASED: AtomicU32 = AtomicU32::new(0);
 /// Wake-up hint for the scanner; correctness rests on the slots' `state`.
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -85,7 +85,7 @@ pub fn remove_waiter(tid: i32) {
     }
 }
 
-fn is_waiter(tid: i32) -> bool {
+pub(super) fn is_waiter(tid: i32) -> bool {
     WAITERS.iter().any(|w| w.load(Ordering::Acquire) == tid)
 }
 /// The allocator's own code, [start, end).
@@ -115,12 +115,12 @@ pub fn slots() -> &'static [Slot] {
     unsafe { core::slice::from_raw_parts(p, NSLOTS.load(Ordering::Acquire)) }
 }
 
-fn slot_mut(i: usize) -> *mut Slot {
+pub(super) fn slot_mut(i: usize) -> *mut Slot {
     SLOTS.load(Ordering::Acquire).wrapping_add(i)
 }
 
 #[inline(always)]
-fn thread_pointer() -> u64 {
+pub(super) fn thread_pointer() -> u64 {
     let v: u64;
     // SAFETY: on x86-64 Linux, %fs:0 holds the TCB's own address (glibc's
     // `tcbhead_t.tcb`); the load has no side effects.
@@ -232,6 +232,8 @@ pub enum StopError {
     Threads,
     /// A thread blocks the stop signal (or waits for it in sigwait).
     Blocked,
+    /// `ptrace` is not permitted here.
+    NotPermitted,
 }
 
 /// Does thread `tid` block signal `sig` (its `SigBlk` mask)?  A status
@@ -296,7 +298,7 @@ fn blocks(tid: i32, sig: i32) -> bool {
 }
 
 /// List the process's thread ids (other than `me`) into `out`.
-fn list_tasks(me: i32, mut f: impl FnMut(i32) -> bool) -> bool {
+pub(super) fn list_tasks(me: i32, mut f: impl FnMut(i32) -> bool) -> bool {
     let Ok(fd) = task::open_dir(c"/proc/self/task") else {
         return false;
     };
@@ -421,7 +423,7 @@ pub fn stop_all(sig: i32, timeout_ns: u64) -> Result<usize, StopError> {
     Err(StopError::Threads)
 }
 
-fn slots_upto(n: usize) -> &'static [Slot] {
+pub(super) fn slots_upto(n: usize) -> &'static [Slot] {
     let p = SLOTS.load(Ordering::Acquire);
     // SAFETY: as in `slots`, with n <= MAX_THREADS.
     unsafe { core::slice::from_raw_parts(p, n) }
