@@ -211,6 +211,12 @@ pub unsafe fn claim(p: ChunkPtr) -> bool {
     reclaim::any_in_probation() && unsafe { reclaim::claim(p) }
 }
 
+/// For the heap check: a heap chunk with the `IS_MMAPPED` bit is fine when
+/// KAL holds it in probation.
+pub fn in_probation(p: ChunkPtr) -> bool {
+    reclaim::holds(p)
+}
+
 /// A chunk was mapped, or moved by `mremap` (then call `mmapped_removed`
 /// for the old address first).
 #[inline]

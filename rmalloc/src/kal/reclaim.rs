@@ -350,6 +350,18 @@ pub unsafe fn claim(p: ChunkPtr) -> bool {
     false
 }
 
+/// Is heap chunk `p` held in probation (its header bit is KAL's)?
+pub fn holds(p: ChunkPtr) -> bool {
+    if !any_in_probation() {
+        return false;
+    }
+    PLOCK.lock();
+    // SAFETY: PLOCK is held.
+    let r = unsafe { (*PROBATION.0.get()).get(p as usize) }.is_some();
+    PLOCK.unlock();
+    r
+}
+
 /// After `fork`: the child keeps the parent's probation (the chunks are
 /// allocated in its copy too) but gets fresh locks.  Pending items stay
 /// valid: they name chunks of the child's copy.
