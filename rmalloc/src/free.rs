@@ -13,8 +13,8 @@ use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, MINSIZE, PREV_INUSE,
 use crate::error::malloc_printerr;
 use crate::options::PARAMS;
 use crate::tcache::{self, Tcache};
-use crate::thread::TCACHE_DISABLED;
 use crate::tls;
+use crate::tls::TCACHE_DISABLED;
 use crate::top;
 
 #[inline(always)]
@@ -70,9 +70,9 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
         fastbin_push(av, p, size, false);
         return;
     }
-    (*av).lock();
+    let held = (*av).lock();
     merge_chunk(av, p, size);
-    (*av).unlock();
+    (*av).unlock(held);
 }
 
 /// Free heap chunk `p` of arena `av`, whose lock the caller holds.  Like
@@ -137,9 +137,9 @@ unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool
         // Without the lock the neighbour may be changing under us: look
         // again while holding it before calling this corruption.
         let fail = have_lock || {
-            (*av).lock();
+            let held = (*av).lock();
             let f = bad_next();
-            (*av).unlock();
+            (*av).unlock(held);
             f
         };
         if fail {

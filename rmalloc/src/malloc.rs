@@ -14,8 +14,8 @@ use crate::error::malloc_printerr;
 use crate::free::{malloc_consolidate, unlink_chunk};
 use crate::options::PARAMS;
 use crate::tcache::{self, Tcache};
-use crate::thread::TCACHE_DISABLED;
 use crate::tls;
+use crate::tls::TCACHE_DISABLED;
 use crate::top;
 
 #[inline(always)]

@@ -4,9 +4,11 @@
  * handler, so all of these may call malloc; an allocator that registers
  * atfork handlers of its own must give the same guarantee.
  *
- * Handlers are registered twice: from a constructor(101), which runs before
- * anything else in this program (and so, with a preloaded allocator that
- * registers late, before it), and from main (after).  Every handler
+ * Handlers are registered three times: from .preinit_array, which runs
+ * before any shared library's constructor (so before a preloaded
+ * allocator's, unless the allocator initialised while the loader was still
+ * at work); from a constructor(101), the earliest point for most programs;
+ * and from main.  Every handler
  * allocates sizes no thread cache serves (large, mmapped, aligned, calloc,
  * realloc) and queries the heap.  A busy thread keeps the process
  * multithreaded and the arenas contended.  A hang is turned into a failure
@@ -47,12 +49,23 @@ static void allocate_everything(int k) {
   atomic_fetch_add(&handler_calls, 1);
 }
 
+static void first_prepare(void) { allocate_everything(7); }
+static void first_parent(void) { allocate_everything(8); }
+static void first_child(void) { allocate_everything(9); }
 static void early_prepare(void) { allocate_everything(1); }
 static void early_parent(void) { allocate_everything(2); }
 static void early_child(void) { allocate_everything(3); }
 static void late_prepare(void) { allocate_everything(4); }
 static void late_parent(void) { allocate_everything(5); }
 static void late_child(void) { allocate_everything(6); }
+
+static void first(int argc, char **argv, char **envp) {
+  (void)argc, (void)argv, (void)envp;
+  if (pthread_atfork(first_prepare, first_parent, first_child) != 0)
+    abort();
+}
+__attribute__((used, section(".preinit_array"))) static void (*preinit)(int, char **,
+                                                                       char **) = first;
 
 __attribute__((constructor(101))) static void early(void) {
   if (pthread_atfork(early_prepare, early_parent, early_child) != 0)
@@ -77,8 +90,8 @@ static int fork_once(int k) {
   if (pid < 0)
     return 1;
   if (pid == 0) {
-    /* Both child handlers ran (after the two prepare handlers). */
-    if (atomic_load(&handler_calls) != before + 4)
+    /* The three child handlers ran (after the three prepare handlers). */
+    if (atomic_load(&handler_calls) != before + 6)
       _exit(5);
     allocate_everything(k);
     _exit(0);
@@ -88,8 +101,8 @@ static int fork_once(int k) {
     fprintf(stderr, "fork %d: child status %#x\n", k, st);
     return 1;
   }
-  /* Two prepare and two parent handlers ran in the parent. */
-  return atomic_load(&handler_calls) == before + 4 ? 0 : 1;
+  /* Three prepare and three parent handlers ran in the parent. */
+  return atomic_load(&handler_calls) == before + 6 ? 0 : 1;
 }
 
 static void *forking_thread(void *arg) {
