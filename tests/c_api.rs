@@ -517,7 +517,14 @@ fn thread_churn_5000_threads() {
 
 #[test]
 fn whole_api_from_many_threads_with_heap_queries() {
-    run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
+    let out = run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
+    // stderr stays connected during the threaded phase (an abort message
+    // there must reach the report): malloc_stats' output arrives.
+    assert!(
+        out.stderr.contains("Total (incl. mmap):"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
