@@ -74,33 +74,6 @@ pub(crate) const fn idx2bit(i: usize) -> u32 {
     1u32 << (i & ((1 << BINMAPSHIFT) - 1))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn indices_match_glibc_tables() {
-        assert_eq!(NFASTBINS, 10);
-        assert_eq!(fastbin_index(32), 0);
-        assert_eq!(fastbin_index(128), 6);
-        assert_eq!(smallbin_index(32), 2);
-        assert_eq!(smallbin_index(1008), 63);
-        assert!(!in_smallbin_range(1024));
-        assert_eq!(largebin_index(1024), 64);
-        assert_eq!(largebin_index(3072), 96);
-        assert_eq!(largebin_index(1 << 20), 126);
-        // Large bins are monotone in size and stay below NBINS.
-        let mut last = 0;
-        let mut sz = 1024;
-        while sz < (1 << 24) {
-            let i = largebin_index(sz);
-            assert!(i >= last && i < NBINS - 1);
-            last = i;
-            sz += 16;
-        }
-    }
-}
-
 /// Number of thread-cache size classes (one per 16 bytes up to 1032).
 pub(crate) const TCACHE_MAX_BINS: usize = 64;
 
@@ -146,6 +119,33 @@ pub(crate) unsafe fn unlink_chunk(p: ChunkPtr) {
         } else {
             (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
             (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_match_glibc_tables() {
+        assert_eq!(NFASTBINS, 10);
+        assert_eq!(fastbin_index(32), 0);
+        assert_eq!(fastbin_index(128), 6);
+        assert_eq!(smallbin_index(32), 2);
+        assert_eq!(smallbin_index(1008), 63);
+        assert!(!in_smallbin_range(1024));
+        assert_eq!(largebin_index(1024), 64);
+        assert_eq!(largebin_index(3072), 96);
+        assert_eq!(largebin_index(1 << 20), 126);
+        // Large bins are monotone in size and stay below NBINS.
+        let mut last = 0;
+        let mut sz = 1024;
+        while sz < (1 << 24) {
+            let i = largebin_index(sz);
+            assert!(i >= last && i < NBINS - 1);
+            last = i;
+            sz += 16;
         }
     }
 }
