@@ -127,6 +127,35 @@ pub extern "C" fn rmalloc_kal_mode() -> *const c_char {
     MODE_NAMES[crate::kal::mode() as usize].as_ptr().cast()
 }
 
+/// `sigaltstack`, passed to the kernel unchanged; the stacks registered are
+/// remembered as roots for KAL (the kernel holds the only reference to a
+/// heap-allocated signal stack, and no interface reads another thread's).
+#[no_mangle]
+pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::stack_t) -> c_int {
+    // SAFETY: the kernel validates both pointers (EFAULT); the caller's
+    // contract is sigaltstack(2)'s.
+    let r = unsafe {
+        rmalloc_sys::task::raw(
+            libc::SYS_sigaltstack as usize,
+            [ss as usize, old as usize, 0, 0, 0, 0],
+        )
+    };
+    match r {
+        Ok(_) => {
+            // SAFETY: the kernel accepted `ss`, so it is readable.
+            if !ss.is_null() && unsafe { (*ss).ss_flags } & libc::SS_DISABLE == 0 {
+                // SAFETY: as above.
+                crate::kal::note_altstack(unsafe { (*ss).ss_sp } as usize);
+            }
+            0
+        }
+        Err(e) => {
+            api::set_errno(e);
+            -1
+        }
+    }
+}
+
 /// One scan now; see rmalloc.h.
 #[no_mangle]
 pub extern "C" fn rmalloc_kal_scan_now() -> c_int {

@@ -36,6 +36,9 @@ pub(crate) fn register() {
 
 extern "C" fn prepare() {
     if arena::single_threaded() {
+        // KAL's scanner is a thread glibc does not count: its locks are
+        // taken whatever glibc believes (see `kal::fork_prepare`).
+        crate::kal::fork_prepare();
         return;
     }
     LIST_LOCK.lock();
@@ -47,9 +50,11 @@ extern "C" fn prepare() {
     arena::for_each_arena(|a| unsafe { (*a).mutex.lock() });
     lock::set_fork_owner(true);
     LOCKED.store(true, Ordering::Relaxed);
+    crate::kal::fork_prepare();
 }
 
 extern "C" fn parent() {
+    crate::kal::fork_parent();
     if !LOCKED.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -61,6 +66,7 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
+    crate::kal::after_fork_child();
     if !LOCKED.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -68,5 +74,4 @@ extern "C" fn child() {
     // were taken by it in `prepare` (or by threads that are gone).
     unsafe { arena::reinit_after_fork() };
     lock::set_fork_owner(false);
-    crate::kal::after_fork_child();
 }

@@ -30,6 +30,9 @@ pub const MMAPPED: u8 = 8;
 pub const PROBATION: u8 = 16;
 /// Unreachable, but reachable from another unreachable chunk.
 pub const INDIRECT: u8 = 32;
+/// Put in tentative probation at this very instant: a candidate whose
+/// verdict decides whether it is held.
+pub const TENTATIVE: u8 = 64;
 
 pub struct Heap {
     /// (chunk address, chunk size), sorted by address after [`dissect`].
@@ -257,11 +260,19 @@ pub unsafe fn dissect(
     if !h.index() {
         return Err(DissectError::NoMemory);
     }
-    // Probation chunks: kept, and roots.
+    // Held probation chunks: kept, and roots.  Tentative ones: candidates
+    // whose verdict this snapshot gives.
     let mut missing = false;
-    probation.for_each(|a, _| match h.find(a + HDR) {
-        Some(i) if h.chunks.as_slice()[i].0 == a => h.flags.as_mut_slice()[i] = PROBATION,
-        _ => missing = true,
+    probation.for_each(|a, v| {
+        let held = super::reclaim::value_is_held(v);
+        match h.find(a + HDR) {
+            Some(i) if h.chunks.as_slice()[i].0 == a => {
+                let f = &mut h.flags.as_mut_slice()[i];
+                *f = if held { PROBATION } else { *f | TENTATIVE };
+            }
+            // A tentative chunk that is no chunk here is simply refuted.
+            _ => missing |= held,
+        }
     });
     if missing {
         return Err(DissectError::Inconsistent);

@@ -38,6 +38,56 @@ pub struct Frozen<'a> {
     pub kroots: &'a mut super::mem::MVec<u64>,
     pub proc_text: &'a mut super::mem::MVec<u8>,
     pub results: &'a mut Results,
+    /// Chunks to put in tentative probation at this instant (reclaim).
+    pub due: &'a [super::reclaim::Due],
+    /// Copies of the writable shared mappings at the instant:
+    /// bytes, and (start, length, offset in the bytes) per mapping.
+    pub shared_copy: &'a mut super::mem::MVec<u8>,
+    pub shared_index: &'a mut super::mem::MVec<(usize, usize, usize)>,
+}
+
+/// Most bytes of shared memory copied per snapshot; beyond that a reclaim
+/// scan is discarded (its roots could not be frozen).
+const SHARED_COPY_MAX: usize = 256 << 20;
+
+/// Copy every writable shared mapping (not the engine's own) while the
+/// threads are stopped: fork does not copy them on write, so the child
+/// would read them live.  False if they could not all be copied.
+fn copy_shared(f: &mut Frozen) -> bool {
+    f.shared_copy.clear();
+    f.shared_index.clear();
+    if roots::read_file(c"/proc/self/maps", f.proc_text).is_err() {
+        return false;
+    }
+    let mut ok = true;
+    let mut total = 0usize;
+    let text = f.proc_text.as_slice();
+    for line in text.split(|&b| b == b'\n') {
+        let Some(m) = roots::parse_maps_line(line) else {
+            continue;
+        };
+        let perms = line.split(|&b| b == b' ').nth(1).unwrap_or(b"");
+        if !(m.read && m.write && perms.get(3) == Some(&b's')) {
+            continue;
+        }
+        let mut internal = false;
+        super::mem::for_each_internal(|a, b| internal |= a < m.end && m.start < b);
+        if internal {
+            continue;
+        }
+        let len = m.end - m.start;
+        total += len;
+        if total > SHARED_COPY_MAX || !f.shared_copy.reserve(len) {
+            ok = false;
+            break;
+        }
+        let off = f.shared_copy.len();
+        // SAFETY: a readable mapping of this process, stable while every
+        // other thread is stopped; the buffer has room for `len` more bytes.
+        let src = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
+        ok &= f.shared_copy.extend_from_slice(src) && f.shared_index.push((m.start, len, off));
+    }
+    ok
 }
 
 const SCHED_BATCH: usize = 3;
@@ -166,6 +216,16 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             }
             *incomplete_roots = true;
         }
+        let shared_ok = copy_shared(f);
+        if !shared_ok && o.mode == Mode::Reclaim {
+            release();
+            return Err(Discard::Roots);
+        }
+        if o.mode == Mode::Reclaim && !*incomplete_roots {
+            // SAFETY: every other thread is stopped and no allocator lock
+            // is held (checked above).
+            unsafe { super::reclaim::flip_due(f.due) };
+        }
         f.results.reset();
         let t_roots = task::now_ns();
         // SAFETY: the child only scans (raw system calls, memory it maps
@@ -180,7 +240,18 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                 background(o.sched_idle);
                 let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
                 // SAFETY: this is the snapshot child: nothing else runs.
-                let r = unsafe { scan::run(f.scratch, o, f.kroots.as_slice(), f.results) };
+                let shared =
+                    shared_ok.then(|| (f.shared_copy.as_slice(), f.shared_index.as_slice()));
+                let r = unsafe {
+                    scan::run(
+                        f.scratch,
+                        o,
+                        f.kroots.as_slice(),
+                        shared,
+                        f.proc_text.as_slice(),
+                        f.results,
+                    )
+                };
                 f.results.finish(r);
                 task::exit_now(0);
             }

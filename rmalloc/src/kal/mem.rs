@@ -151,6 +151,18 @@ impl<T: Copy> MVec<T> {
         true
     }
 
+    /// Append a whole slice; false (nothing stored) when memory is refused.
+    pub fn extend_from_slice(&mut self, src: &[T]) -> bool {
+        if !self.reserve(src.len()) {
+            return false;
+        }
+        // SAFETY: room for `src.len()` more elements after `reserve`; the
+        // source cannot overlap our own mapping's unused tail.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(self.len), src.len()) };
+        self.len += src.len();
+        true
+    }
+
     pub fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;

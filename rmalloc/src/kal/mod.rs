@@ -185,6 +185,31 @@ fn find_text() -> bool {
     }
 }
 
+/// Alternate signal stacks the program registered (through the
+/// `sigaltstack` we export): the kernel holds them, and under the ptrace
+/// stop nothing else tells where they are.  Stale entries only keep memory.
+const ALTSTACKS: usize = 1024;
+static ALTSTACK: [core::sync::atomic::AtomicUsize; ALTSTACKS] =
+    [const { core::sync::atomic::AtomicUsize::new(0) }; ALTSTACKS];
+static ALTSTACK_N: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Record a registered alternate signal stack.
+pub fn note_altstack(sp: usize) {
+    if sp == 0 || ALTSTACK.iter().any(|a| a.load(Ordering::Relaxed) == sp) {
+        return;
+    }
+    let i = ALTSTACK_N.fetch_add(1, Ordering::Relaxed) % ALTSTACKS;
+    ALTSTACK[i].store(sp, Ordering::Relaxed);
+}
+
+/// Every alternate signal stack ever registered (for the mark).
+pub fn altstacks() -> impl Iterator<Item = usize> {
+    ALTSTACK
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .filter(|&v| v != 0)
+}
+
 /// Arena hook: `av` (locked, or the process is single-threaded) has work
 /// queued by the scanner.  Called from the allocation slow path only.
 ///
@@ -229,8 +254,61 @@ pub fn mmapped_removed(p: ChunkPtr) {
     registry::removed(p);
 }
 
-/// Fork child handler: the scanner did not survive the fork.
+/// Which of KAL's locks `fork_prepare` took (bit per lock).
+static FORK_HELD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+const ALL_FORK_LOCKS: u8 = 0b111;
+
+/// Take `m` within about 10 ms, or give up (a signal handler that forks
+/// may have interrupted this very thread inside a KAL lock).
+fn take_for_fork(m: &crate::lock::Mutex) -> bool {
+    for _ in 0..10_000 {
+        if m.try_lock() {
+            return true;
+        }
+        sys::task::sleep_ns(1_000);
+    }
+    false
+}
+
+/// Fork prepare handler (after the arena locks): KAL's own locks, so the
+/// child never inherits a half-updated queue, probation map or registry.
+pub fn fork_prepare() {
+    if mode() == Mode::Off {
+        return;
+    }
+    let mut held = 0u8;
+    for (bit, m) in [
+        (1u8, reclaim::queue_lock()),
+        (2, reclaim::probation_lock()),
+        (4, &registry::LOCK),
+    ] {
+        if take_for_fork(m) {
+            held |= bit;
+        }
+    }
+    FORK_HELD.store(held, Ordering::Relaxed);
+}
+
+/// Fork parent handler.
+pub fn fork_parent() {
+    let held = FORK_HELD.swap(0, Ordering::Relaxed);
+    for (bit, m) in [
+        (1u8, reclaim::queue_lock()),
+        (2, reclaim::probation_lock()),
+        (4, &registry::LOCK),
+    ] {
+        if held & bit != 0 {
+            m.unlock();
+        }
+    }
+}
+
+/// Fork child handler: the scanner did not survive the fork.  The child
+/// gets fresh state and a result area of its own (the inherited one is
+/// shared with the parent); if KAL's structures could not be frozen for
+/// the fork, KAL is turned off in the child rather than trust them.
 pub fn after_fork_child() {
+    let held = FORK_HELD.swap(0, Ordering::Relaxed);
     if mode() == Mode::Off {
         return;
     }
@@ -242,7 +320,18 @@ pub fn after_fork_child() {
     // SAFETY: only this thread exists in the child.
     unsafe { scanner::reset_after_fork() };
     // SAFETY: as above.
-    report::reopen_after_fork(unsafe { scanner::engine() }.opts.log_path());
+    let e = unsafe { scanner::engine() };
+    let fresh = snapshot::Results::map();
+    if held != ALL_FORK_LOCKS || fresh.is_none() {
+        MODE.store(Mode::Off as u8, Ordering::Release);
+        registry::ON.store(false, Ordering::Release);
+        return;
+    }
+    e.results.forget();
+    if let Some(r) = fresh {
+        e.results = r;
+    }
+    report::reopen_after_fork(e.opts.log_path());
     RESTART.store(true, Ordering::Release);
     arena::for_each_arena(|a| {
         // SAFETY: arenas are never freed.

@@ -1,22 +1,28 @@
-//! Reclaim: handing confirmed-unreachable chunks back to the allocator, at
-//! arena boundaries, through probation.
+//! Reclaim: handing confirmed-unreachable chunks back to the allocator,
+//! through probation, without ever racing the program.
 //!
-//! The scanner queues a chunk once it was unreachable in `confirm_scans`
-//! consecutive snapshots.  A program thread that takes the chunk's arena
-//! (the `kal_pending` hint on the arena) drains a bounded batch: each
-//! queued chunk is revalidated (its header still says in use with the same
-//! size, it is not in a thread cache, its size class is not quarantined)
-//! and put in probation; a chunk whose probation has run out is freed.
+//! 1. The scanner lists as *due* the chunks unreachable in `confirm_scans`
+//!    consecutive snapshots (and for `min_free_age_ms`).
+//! 2. At the next snapshot instant, with every thread stopped and the heap
+//!    at rest, [`flip_due`] revalidates each due chunk (still mapped in its
+//!    heap, header unchanged and in use, not in a thread cache or fastbin,
+//!    size class not quarantined) and puts it in *tentative* probation: its
+//!    header gets the `IS_MMAPPED` bit (heap chunks), so any later `free`,
+//!    `realloc` or `malloc_usable_size` by the program takes the slow path,
+//!    where [`claim`] sees it.
+//! 3. The snapshot taken at that same instant must prove it unreachable
+//!    again ([`verify`]); then it is *held*, else it is put back.
+//! 4. Program threads that take the chunk's arena (the `kal_pending` hint)
+//!    free held chunks whose `probation_ms` has run out, and put back the
+//!    refuted ones, a bounded batch at a time, under the arena lock.
 //!
-//! Probation: the chunk stays allocated, its contents untouched, with the
-//! `IS_MMAPPED` bit set in its header (for heap chunks), so a later `free`
-//! or `realloc` of it by the program takes the allocator's slow path, where
-//! [`claim`] recognises it: a false reclaim.  It is reported loudly, the
-//! program's call is honoured once as an ordinary free or realloc, and
-//! reclaim of that size class stops for the rest of the run.
+//! A program that frees, resizes or measures a held chunk had a pointer KAL
+//! could not see: a false reclaim.  It is reported loudly, the call is
+//! honoured as for any live chunk, and reclaim of that size class stops.
 //!
-//! Lock order: arena, then `QLOCK`, then `PLOCK`, then the mmapped-chunk
-//! registry's lock.  `claim` takes only `PLOCK`.
+//! Every header change happens either with all threads stopped or under
+//! the chunk's arena lock.  Lock order: arena, `QLOCK`, `PLOCK`, then the
+//! mmapped-chunk registry's lock.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,35 +35,46 @@ use crate::tcache;
 use super::mem::{AddrMap, MVec};
 use super::stats::STATS;
 
+/// A chunk the scanner wants reclaimed: (chunk, size, arena or 0).
+#[derive(Clone, Copy)]
+pub struct Due {
+    pub chunk: usize,
+    pub size: usize,
+    pub arena: usize,
+}
+
+const TENTATIVE: u8 = 0;
+const HELD: u8 = 1;
+const REFUTED: u8 = 2;
+
 #[derive(Clone, Copy)]
 struct Item {
     chunk: usize,
     size: usize,
     /// Owning arena; 0 for an mmapped chunk.
     arena: usize,
-    /// When it entered probation (ms), for probation items.
+    /// When it was verified (ms).
     since_ms: u64,
+    state: u8,
 }
 
-struct Queues {
-    pending: MVec<Item>,
-    probation: MVec<Item>,
-}
+/// Probation map values: the size, plus these low bits.
+const V_MMAPPED: usize = 1;
+const V_HELD: usize = 2;
 
 struct Shared<T>(UnsafeCell<T>);
 // SAFETY: each instance is only accessed with its lock held (QLOCK for the
-// queues, PLOCK for the probation map), or in the frozen snapshot child.
+// items, PLOCK for the probation map), or in the frozen snapshot child.
 unsafe impl<T> Sync for Shared<T> {}
 
 static QLOCK: Mutex = Mutex::new();
-static QUEUES: Shared<Queues> = Shared(UnsafeCell::new(Queues {
-    pending: MVec::new(),
-    probation: MVec::new(),
-}));
+static ITEMS: Shared<MVec<Item>> = Shared(UnsafeCell::new(MVec::new()));
 static PLOCK: Mutex = Mutex::new();
 static PROBATION: Shared<AddrMap> = Shared(UnsafeCell::new(AddrMap::new()));
 /// Chunks in probation, read without the lock by the free slow path.
 static IN_PROBATION: AtomicUsize = AtomicUsize::new(0);
+/// Scratch: fastbin chunks at the instant (scanner only).
+static FASTBIN_SET: Shared<AddrMap> = Shared(UnsafeCell::new(AddrMap::new()));
 
 /// Size classes (16-byte steps, the last one open-ended) where a false
 /// reclaim happened: no more reclaim there.
@@ -78,6 +95,11 @@ fn now_ms() -> u64 {
     rmalloc_sys::task::now_ns() / 1_000_000
 }
 
+/// Probation map value: is this chunk held (verified), not just tentative?
+pub fn value_is_held(v: usize) -> bool {
+    v & V_HELD != 0
+}
+
 /// The probation map for the snapshot child.
 ///
 /// # Safety
@@ -87,33 +109,17 @@ pub unsafe fn frozen_probation() -> &'static AddrMap {
     unsafe { &*PROBATION.0.get() }
 }
 
+pub fn queue_lock() -> &'static Mutex {
+    &QLOCK
+}
+
+pub fn probation_lock() -> &'static Mutex {
+    &PLOCK
+}
+
 /// Are the engine's reclaim locks free (snapshot consistency check)?
 pub fn locks_free() -> bool {
     !QLOCK.is_locked() && !PLOCK.is_locked()
-}
-
-/// Queue `chunk` (of `size` bytes, in `arena` or mmapped when null) for
-/// reclaim.  Called by the scanner.  False when the queue is full.
-pub fn enqueue(chunk: usize, size: usize, arena: *mut Arena) -> bool {
-    QLOCK.lock();
-    // SAFETY: QLOCK is held.
-    let q = unsafe { &mut *QUEUES.0.get() };
-    let ok = q.pending.len() < 1 << 20
-        && q.pending.push(Item {
-            chunk,
-            size,
-            arena: arena as usize,
-            since_ms: 0,
-        });
-    QLOCK.unlock();
-    if ok {
-        if arena.is_null() {
-            arena::for_each_arena(set_pending);
-        } else {
-            set_pending(arena);
-        }
-    }
-    ok
 }
 
 fn set_pending(a: *mut Arena) {
@@ -121,21 +127,57 @@ fn set_pending(a: *mut Arena) {
     unsafe { (*a).kal_pending.store(true, Ordering::Release) };
 }
 
+fn pend(arena: usize) {
+    if arena == 0 {
+        arena::for_each_arena(set_pending);
+    } else {
+        set_pending(arena as *mut Arena);
+    }
+}
+
+/// Collect every fastbin chunk (the heap is at rest).  False if a list is
+/// malformed or too long to check: then nothing is flipped this time.
+///
+/// # Safety
+/// All other threads stopped, no allocator lock held.
+unsafe fn fastbin_chunks(set: &mut AddrMap) -> bool {
+    set.clear();
+    let mut ok = true;
+    let mut budget = 1usize << 16;
+    arena::for_each_arena(|av| {
+        // SAFETY: the heap is at rest (contract); arenas are never freed.
+        for b in unsafe { (*av).fastbins.iter() } {
+            let mut p = b.load(Ordering::Relaxed);
+            while ok && !p.is_null() {
+                if budget == 0 || !chunk::aligned_ok(p as usize) {
+                    ok = false;
+                    break;
+                }
+                budget -= 1;
+                ok &= set.insert(p as usize, 1);
+                // SAFETY: a fastbin chunk of a heap at rest.
+                let slot = unsafe { core::ptr::addr_of!((*p).fd) } as *const u8;
+                // SAFETY: as above.
+                p = chunk::reveal_ptr(slot, unsafe { (*p).fd } as *mut u8) as ChunkPtr;
+            }
+        }
+    });
+    ok
+}
+
 /// Is the chunk still the in-use chunk of `size` bytes that the scans saw?
 ///
 /// # Safety
-/// `it.chunk` must be a chunk address the scanner found in use; its arena
-/// (if any) is locked by the caller.
+/// The heap is at rest (threads stopped) or the chunk's arena is locked.
 unsafe fn still_leaked(it: &Item) -> bool {
     let p = it.chunk as ChunkPtr;
-    // The chunk was in use at the last snapshot, but if the program freed
-    // it after all (a pointer KAL could not see) the heap may have shrunk
-    // past it since: check that its memory is still part of the heap.
-    // SAFETY: arena and registry structures are valid; the arena is locked.
+    // If the program freed it after all (a pointer KAL could not see), the
+    // heap may have shrunk past it since: check that it is still mapped.
+    // SAFETY: forwarded contract.
     if !unsafe { still_mapped(it) } {
         return false;
     }
-    // SAFETY: mapped (just checked); the arena lock keeps the tags stable.
+    // SAFETY: mapped (just checked); the tags are stable (contract).
     unsafe {
         let raw = chunk::size_nomask(p);
         if raw & !SIZE_BITS != it.size {
@@ -202,8 +244,115 @@ unsafe fn still_mapped(it: &Item) -> bool {
     false
 }
 
-/// Drain up to `budget` items for arena `av` (locked by the caller, or the
-/// process is single-threaded).  Returns whether work remains for `av`.
+/// At a snapshot instant (all other threads stopped, no allocator lock
+/// held): put the due chunks in tentative probation.  The snapshot taken at
+/// this same instant then decides ([`verify`]).
+///
+/// # Safety
+/// Only from the scanner, between a successful stop and the release.
+pub unsafe fn flip_due(due: &[Due]) {
+    if due.is_empty() {
+        return;
+    }
+    // SAFETY: scanner only; the heap is at rest (contract).
+    let fast = unsafe { &mut *FASTBIN_SET.0.get() };
+    // SAFETY: as above.
+    if !unsafe { fastbin_chunks(fast) } {
+        return;
+    }
+    QLOCK.lock();
+    PLOCK.lock();
+    // SAFETY: both locks held.
+    let (items, map) = unsafe { (&mut *ITEMS.0.get(), &mut *PROBATION.0.get()) };
+    for d in due {
+        let it = Item {
+            chunk: d.chunk,
+            size: d.size,
+            arena: d.arena,
+            since_ms: 0,
+            state: TENTATIVE,
+        };
+        if quarantined(d.size) || map.get(d.chunk).is_some() || fast.get(d.chunk).is_some() {
+            continue;
+        }
+        // SAFETY: the heap is at rest (contract).
+        if !unsafe { still_leaked(&it) } {
+            continue;
+        }
+        let v = d.size | if d.arena == 0 { V_MMAPPED } else { 0 };
+        if !items.reserve(1) || !map.insert(d.chunk, v) {
+            break;
+        }
+        items.push(it);
+        if d.arena != 0 {
+            let p = d.chunk as ChunkPtr;
+            // SAFETY: an in-use chunk of a heap at rest.
+            unsafe { chunk::set_head(p, chunk::size_nomask(p) | IS_MMAPPED) };
+        }
+        IN_PROBATION.fetch_add(1, Ordering::Relaxed);
+    }
+    PLOCK.unlock();
+    QLOCK.unlock();
+}
+
+/// After the snapshot that saw the tentative chunks: hold those it proved
+/// unreachable (`unreachable(chunk)`), refute the others.  With no
+/// completed snapshot (`None`), they stay tentative for the next one.
+pub fn verify(unreachable: Option<&dyn Fn(usize) -> bool>) {
+    let Some(unreachable) = unreachable else {
+        return;
+    };
+    let now = now_ms();
+    QLOCK.lock();
+    PLOCK.lock();
+    // SAFETY: both locks held.
+    let (items, map) = unsafe { (&mut *ITEMS.0.get(), &mut *PROBATION.0.get()) };
+    for it in items.as_mut_slice() {
+        if it.state != TENTATIVE {
+            continue;
+        }
+        let Some(v) = map.get(it.chunk) else {
+            it.state = REFUTED; // claimed by the program meanwhile
+            continue;
+        };
+        if unreachable(it.chunk) {
+            it.state = HELD;
+            it.since_ms = now;
+            map.insert(it.chunk, v | V_HELD);
+            STATS.reclaimed_chunks.fetch_add(1, Ordering::Relaxed);
+            STATS
+                .reclaimed_bytes
+                .fetch_add(it.size as u64, Ordering::Relaxed);
+        } else {
+            it.state = REFUTED;
+        }
+        pend(it.arena);
+    }
+    PLOCK.unlock();
+    QLOCK.unlock();
+}
+
+/// Take `it` out of probation: restore its header (heap chunk).  Returns
+/// whether it was still held (not claimed by the program meanwhile).
+///
+/// # Safety
+/// The chunk's arena is locked by the caller; PLOCK is held.
+unsafe fn unflip(map: &mut AddrMap, it: &Item) -> bool {
+    if map.remove(it.chunk).is_none() {
+        return false;
+    }
+    IN_PROBATION.fetch_sub(1, Ordering::Relaxed);
+    if it.arena != 0 {
+        let p = it.chunk as ChunkPtr;
+        // SAFETY: a chunk KAL flipped; its arena is locked (contract).
+        unsafe { chunk::set_head(p, chunk::size_nomask(p) & !IS_MMAPPED) };
+    }
+    true
+}
+
+/// Drain up to `budget` items of arena `av` (locked by the caller, or the
+/// process is single-threaded): free held chunks whose probation ran out,
+/// put refuted ones back.
 ///
 /// # Safety
 /// `av` must be the caller's locked arena.
@@ -212,94 +361,43 @@ pub unsafe fn drain(av: *mut Arena, mut budget: usize) {
         return;
     }
     // SAFETY: QLOCK is held.
-    let q = unsafe { &mut *QUEUES.0.get() };
+    let items = unsafe { &mut *ITEMS.0.get() };
     let now = now_ms();
     let probation_ms = PROBATION_MS.load(Ordering::Relaxed) as u64;
     let mut left = false;
-    // Probation that has run out: free for real.
     let mut i = 0;
-    while i < q.probation.len() {
-        let it = q.probation.as_slice()[i];
+    while i < items.len() {
+        let it = items.as_slice()[i];
         let mine = it.arena == av as usize || it.arena == 0;
-        if !mine || budget == 0 {
-            left |= mine;
+        let ready = match it.state {
+            HELD => now >= it.since_ms + probation_ms,
+            REFUTED => true,
+            _ => false,
+        };
+        if !mine || !ready || budget == 0 {
+            left |= mine && it.state != TENTATIVE;
             i += 1;
             continue;
         }
-        if now < it.since_ms + probation_ms {
-            left = true;
-            i += 1;
-            continue;
-        }
-        swap_remove(&mut q.probation, i);
+        swap_remove(items, i);
         budget -= 1;
         PLOCK.lock();
-        // SAFETY: PLOCK is held.
-        let held = unsafe { (*PROBATION.0.get()).remove(it.chunk) }.is_some();
-        if held {
-            IN_PROBATION.fetch_sub(1, Ordering::Relaxed);
-        }
+        // SAFETY: PLOCK held; the arena of a heap chunk is `av`, locked.
+        let still = unsafe { unflip(&mut *PROBATION.0.get(), &it) };
         PLOCK.unlock();
-        if !held {
-            continue; // the program freed it itself (a false reclaim)
+        if !still || it.state != HELD {
+            continue;
         }
         let p = it.chunk as ChunkPtr;
-        // SAFETY: the chunk was in probation, so nobody else frees it; for
-        // a heap chunk its arena `av` is locked by the caller.
+        // SAFETY: a held chunk nobody else can free (the program would have
+        // claimed it); for a heap chunk its arena `av` is locked.
         unsafe {
             if it.arena == 0 {
                 crate::mmap_chunk::unmap_chunk(p);
             } else {
-                chunk::set_head_size(p, chunk::size_nomask(p) & !IS_MMAPPED);
                 crate::free::int_free_locked(av, p);
             }
         }
-    }
-    // Newly confirmed leaks: into probation.
-    let mut i = 0;
-    while i < q.pending.len() {
-        let it = q.pending.as_slice()[i];
-        let mine = it.arena == av as usize || it.arena == 0;
-        if !mine || budget == 0 {
-            left |= mine;
-            i += 1;
-            continue;
-        }
-        swap_remove(&mut q.pending, i);
-        budget -= 1;
-        // SAFETY: see `still_leaked`; `av` is locked for heap chunks.
-        if quarantined(it.size) || !unsafe { still_leaked(&it) } {
-            continue;
-        }
-        PLOCK.lock();
-        // SAFETY: PLOCK is held.
-        let m = unsafe { &mut *PROBATION.0.get() };
-        if m.get(it.chunk).is_none() && m.insert(it.chunk, it.size | (it.arena == 0) as usize) {
-            if it.arena != 0 {
-                let p = it.chunk as ChunkPtr;
-                // SAFETY: an in-use chunk of the locked arena `av`.
-                unsafe { chunk::set_head_size(p, chunk::size_nomask(p) | IS_MMAPPED) };
-            }
-            IN_PROBATION.fetch_add(1, Ordering::Relaxed);
-            let mut held = it;
-            held.since_ms = now;
-            if !q.probation.push(held) {
-                // Cannot track its expiry: give it back to the program.
-                m.remove(it.chunk);
-                IN_PROBATION.fetch_sub(1, Ordering::Relaxed);
-                if it.arena != 0 {
-                    let p = it.chunk as ChunkPtr;
-                    // SAFETY: as above.
-                    unsafe { chunk::set_head_size(p, chunk::size_nomask(p) & !IS_MMAPPED) };
-                }
-            } else {
-                STATS.reclaimed_chunks.fetch_add(1, Ordering::Relaxed);
-                STATS
-                    .reclaimed_bytes
-                    .fetch_add(it.size as u64, Ordering::Relaxed);
-            }
-        }
-        PLOCK.unlock();
     }
     if !left {
         // SAFETY: arenas are never freed.
@@ -315,42 +413,66 @@ fn swap_remove(v: &mut MVec<Item>, i: usize) {
     v.truncate(n - 1);
 }
 
-/// Is the chunk behind `p` one in probation?  Cheap when none is.
+/// Cheap test for the slow paths: is any chunk in probation at all?
 #[inline]
 pub fn any_in_probation() -> bool {
     IN_PROBATION.load(Ordering::Relaxed) != 0
 }
 
-/// The program freed, resized or measured chunk `p` that KAL had
-/// reclaimed: a false reclaim.  Restores the chunk (so the caller can
-/// proceed as with any live chunk) and returns true; false if `p` is not
-/// in probation.
+/// The program freed, resized or measured chunk `p`.  If KAL holds it in
+/// probation, restore it (so the caller proceeds as with any live chunk)
+/// and return true; a *held* chunk is a false reclaim and is reported.
 ///
 /// # Safety
-/// `p` is a chunk pointer the program passed to the allocator.
+/// `p` is a chunk pointer the program passed to the allocator, and the
+/// caller holds no arena lock.
 pub unsafe fn claim(p: ChunkPtr) -> bool {
     PLOCK.lock();
     // SAFETY: PLOCK is held.
-    let held = unsafe { (*PROBATION.0.get()).remove(p as usize) };
-    if let Some(v) = held {
-        let (size, mmapped) = (v & !1, v & 1 != 0);
+    let kind = unsafe { (*PROBATION.0.get()).get(p as usize) };
+    PLOCK.unlock();
+    let Some(kind) = kind else {
+        return false;
+    };
+    // The probation bit shares the size word with PREV_INUSE, which a free
+    // of the chunk below changes under the arena lock: take it too.
+    let av = if kind & V_MMAPPED == 0 {
+        // SAFETY: `p` is a heap chunk KAL flipped: its header is intact
+        // apart from that bit, so it names its arena.
+        unsafe { arena::arena_for_chunk(p) }
+    } else {
+        core::ptr::null_mut()
+    };
+    // SAFETY: arenas are never freed; the caller holds no arena lock.
+    let arena_held = (!av.is_null()).then(|| unsafe { (*av).lock() });
+    PLOCK.lock();
+    // SAFETY: PLOCK is held.
+    let v = unsafe { (*PROBATION.0.get()).remove(p as usize) };
+    if let Some(v) = v {
         IN_PROBATION.fetch_sub(1, Ordering::Relaxed);
-        if !mmapped {
-            // SAFETY: `p` is a heap chunk held in probation: allocated, and
-            // its header carries the probation bit.
-            unsafe { chunk::set_head_size(p, chunk::size_nomask(p) & !IS_MMAPPED) };
+        if v & V_MMAPPED == 0 {
+            // SAFETY: a heap chunk KAL flipped; its arena is locked.
+            unsafe { chunk::set_head(p, chunk::size_nomask(p) & !IS_MMAPPED) };
         }
-        QUARANTINE[class(size)].store(true, Ordering::Relaxed);
-        STATS.false_reclaims.fetch_add(1, Ordering::Relaxed);
-        PLOCK.unlock();
-        super::report::false_reclaim(p as usize + chunk::HDR, size);
-        return true;
     }
     PLOCK.unlock();
-    false
+    if let Some(h) = arena_held {
+        // SAFETY: locked above.
+        unsafe { (*av).unlock(h) };
+    }
+    let Some(v) = v else {
+        return false;
+    };
+    if value_is_held(v) {
+        let size = v & !(V_MMAPPED | V_HELD);
+        QUARANTINE[class(size)].store(true, Ordering::Relaxed);
+        STATS.false_reclaims.fetch_add(1, Ordering::Relaxed);
+        super::report::false_reclaim(p as usize + chunk::HDR, size);
+    }
+    true
 }
 
-/// Is heap chunk `p` held in probation (its header bit is KAL's)?
+/// Is chunk `p` held in probation (its header bit is KAL's)?
 pub fn holds(p: ChunkPtr) -> bool {
     if !any_in_probation() {
         return false;
@@ -362,9 +484,9 @@ pub fn holds(p: ChunkPtr) -> bool {
     r
 }
 
-/// After `fork`: the child keeps the parent's probation (the chunks are
-/// allocated in its copy too) but gets fresh locks.  Pending items stay
-/// valid: they name chunks of the child's copy.
+/// After `fork` (KAL's locks were taken for it, see `kal::fork_prepare`):
+/// the child keeps the parent's probation (the chunks are allocated in its
+/// copy too) and gets fresh locks.
 pub fn reset_after_fork() {
     QLOCK.reset();
     PLOCK.reset();

@@ -63,7 +63,7 @@ pub fn out() -> Out<1024> {
 pub fn log(verbosity: u32, need: u32, args: core::fmt::Arguments) {
     if verbosity >= need {
         let mut o = out();
-        let _ = writeln!(o, "==={}== KAL: {}", sys::getpid(), args);
+        let _ = writeln!(o, "=={}== KAL: {}", sys::getpid(), args);
         o.flush();
     }
 }

@@ -84,6 +84,78 @@ pub fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
     })
 }
 
+/// A mapping as `/proc/self/smaps` describes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Area {
+    pub start: usize,
+    pub end: usize,
+    pub read: bool,
+    pub write: bool,
+    /// No access at all (`---p`): a guard page or a reservation.
+    pub none: bool,
+    /// Backed by a file (a path starting with '/').
+    pub file: bool,
+    /// The main thread's `[stack]`.
+    pub main_stack: bool,
+    /// `MAP_SHARED`: not copied-on-write by fork.
+    pub shared: bool,
+    pub special: bool,
+    /// Resident and anonymous (copied-on-write, for a file mapping) bytes.
+    pub rss_kb: usize,
+    pub anon_kb: usize,
+    /// `VmFlags`: `wf` (wiped in a fork child), `dc` (absent from it).
+    pub wipe_on_fork: bool,
+    pub dont_fork: bool,
+}
+
+fn kb(line: &[u8], key: &[u8]) -> Option<usize> {
+    let rest = line.strip_prefix(key)?;
+    let digits: &[u8] = trim(rest).split(|&b| b == b' ').next().unwrap_or(b"");
+    dec(digits).map(|v| v as usize)
+}
+
+/// Every mapping of a `/proc/self/smaps` text, with its sizes and flags.
+pub fn for_each_area(text: &[u8], mut f: impl FnMut(Area)) {
+    let mut cur: Option<Area> = None;
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(m) = parse_maps_line(line) {
+            if let Some(a) = cur.take() {
+                f(a);
+            }
+            let mut fields = line.split(|&b| b == b' ').filter(|x| !x.is_empty());
+            let perms = fields.nth(1).unwrap_or(b"");
+            let path = fields.nth(3).unwrap_or(b"");
+            cur = Some(Area {
+                start: m.start,
+                end: m.end,
+                read: m.read,
+                write: m.write,
+                none: perms.starts_with(b"---"),
+                shared: perms.get(3) == Some(&b's'),
+                file: path.first() == Some(&b'/'),
+                main_stack: path == b"[stack]",
+                special: m.special,
+                ..Area::default()
+            });
+            continue;
+        }
+        let Some(a) = cur.as_mut() else { continue };
+        if let Some(v) = kb(line, b"Rss:") {
+            a.rss_kb = v;
+        } else if let Some(v) = kb(line, b"Anonymous:") {
+            a.anon_kb = v;
+        } else if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+            for fl in flags.split(|&b| b == b' ') {
+                a.wipe_on_fork |= fl == b"wf";
+                a.dont_fork |= fl == b"dc";
+            }
+        }
+    }
+    if let Some(a) = cur {
+        f(a);
+    }
+}
+
 /// Every mapping in a `/proc/self/maps` text.
 pub fn for_each_mapping(text: &[u8], mut f: impl FnMut(Mapping)) {
     for line in text.split(|&b| b == b'\n') {
@@ -218,7 +290,8 @@ pub fn kernel_roots(
                     result = Err(KernelRootsError::Epoll);
                     break 'outer;
                 };
-                let rest = &line[at + 7..];
+                // The value is right-aligned in a 16-character field.
+                let rest = trim(&line[at + 7..]);
                 let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
                 match hex(&rest[..end]) {
                     Some(v) => {

@@ -10,11 +10,11 @@
 
 use rmalloc_sys as sys;
 
-use super::dissect::{self, Heap, CAND, INDIRECT, MARKED, MMAPPED};
+use super::dissect::{self, Heap, CAND, INDIRECT, MARKED, MMAPPED, TENTATIVE};
 use super::mark::Marker;
 use super::mem::{self, MVec};
 use super::options::Options;
-use super::roots::{self, Mapping};
+use super::roots::{self, Area};
 use super::snapshot::{Discard, Found, Results};
 use super::stop::{self, Slot, REG_RSP};
 
@@ -37,6 +37,10 @@ impl Scratch {
     }
 }
 
+/// Copies of the writable shared mappings taken at the instant: the bytes,
+/// and (start, length, offset into the bytes) per mapping.
+pub type SharedCopy<'a> = (&'a [u8], &'a [(usize, usize, usize)]);
+
 /// Scan the frozen image.  `kroots` are the kernel-held pointers read at
 /// the instant.
 ///
@@ -46,8 +50,12 @@ pub unsafe fn run(
     s: &mut Scratch,
     o: &Options,
     kroots: &[u64],
+    shared: Option<SharedCopy>,
+    parent_maps: &[u8],
     results: &mut Results,
 ) -> Result<(), Discard> {
+    let shared_copied = shared.is_some();
+    let (shared_copy, shared_index) = shared.unwrap_or((&[], &[]));
     // CPU time, not wall time: the child runs at background priority, and
     // the mark rate is quoted per core.
     let t0 = sys::task::thread_cpu_ns();
@@ -65,7 +73,27 @@ pub unsafe fn run(
         dissect::DissectError::Inconsistent => Discard::Heap,
         dissect::DissectError::NoMemory => Discard::Resources,
     })?;
-    roots::read_file(c"/proc/self/maps", &mut s.maps).map_err(|_| Discard::Roots)?;
+    roots::read_file(c"/proc/self/smaps", &mut s.maps).map_err(|_| Discard::Roots)?;
+
+    // A mapping the parent had at the instant but this child lacks was
+    // marked MADV_DONTFORK: its contents cannot be scanned.
+    s.excluded.clear();
+    let mut ok = true;
+    roots::for_each_mapping(s.maps.as_slice(), |cm| {
+        ok &= s.excluded.push((cm.start, cm.end))
+    });
+    let mine = s.excluded.as_slice(); // sorted: the kernel lists by address
+    let mut missing = !ok;
+    roots::for_each_mapping(parent_maps, |pm| {
+        if missing || !pm.read || pm.special {
+            return;
+        }
+        let i = mine.partition_point(|&(_, e)| e <= pm.start);
+        missing |= !(i < mine.len() && mine[i].0 <= pm.start);
+    });
+    if missing {
+        return Err(Discard::Roots);
+    }
 
     // What is not a root: the heap, our own memory.
     s.excluded.clear();
@@ -74,6 +102,12 @@ pub unsafe fn run(
         ok &= s.excluded.push(r);
     }
     mem::for_each_internal(|a, b| ok &= s.excluded.push((a, b)));
+    // The main arena's own state (top, bins, last remainder) points at
+    // chunk boundaries, which would keep the chunk below each alive.
+    let ma = crate::arena::main_arena() as usize;
+    ok &= s
+        .excluded
+        .push((ma, ma + core::mem::size_of::<crate::arena::Arena>()));
     if !ok {
         return Err(Discard::Resources);
     }
@@ -99,21 +133,62 @@ pub unsafe fn run(
     for &v in kroots {
         m.root_value(h, v as usize);
     }
+    for v in super::altstacks() {
+        m.root_value(h, v);
+    }
+    // Shared mappings are not copied on write: their contents were copied
+    // at the instant, and the copies are the roots.
+    for &(start, len, off) in shared_index {
+        let _ = start;
+        let base = shared_copy.as_ptr() as usize + off;
+        // SAFETY: [base, base + len) lies inside the copy buffer.
+        unsafe { m.root_range(h, base, base + len) };
+    }
 
     let excluded = s.excluded.as_slice();
     let mut failed = false;
-    roots::for_each_mapping(s.maps.as_slice(), |map| {
-        if failed || !map.read || !map.write || map.special {
+    let mut prev = Area::default();
+    roots::for_each_area(s.maps.as_slice(), |map| {
+        let below = core::mem::replace(&mut prev, map);
+        if failed || map.special {
             return;
         }
-        let start = match stack_start(slots, &map) {
-            Some(_) if !o.use_stacks => return,
-            Some(sp) => sp,
-            None => map.start,
-        };
-        if !o.use_globals && stack_start(slots, &map).is_none() && is_file_backed(&s.maps, &map) {
+        if map.shared && map.write && shared_copied {
+            return; // scanned from its copy, above
+        }
+        // A mapping the fork child sees wiped cannot be read as it was.
+        if map.wipe_on_fork {
+            failed = true;
             return;
         }
+        // Anything that can hold a pointer: all anonymous memory, and the
+        // file mappings the process wrote to (data, bss, RELRO) or may
+        // write to.  Read-only and no-access memory counts too: a program
+        // may mprotect its tables after filling them.
+        if map.file && !map.write && map.anon_kb == 0 {
+            return;
+        }
+        if !map.read {
+            if map.rss_kb == 0 {
+                return; // nothing was ever put there
+            }
+            // This child's copy only: make it readable to scan it.
+            // SAFETY: mprotect of a mapping of this (snapshot) process.
+            let r =
+                unsafe { sys::mprotect(map.start as *mut u8, map.end - map.start, sys::PROT_READ) };
+            if r.is_err() {
+                failed = true;
+                return;
+            }
+        }
+        let stack = stack_start(slots, &map, &below);
+        if stack.is_some() && !o.use_stacks {
+            return;
+        }
+        if !o.use_globals && stack.is_none() && map.file {
+            return;
+        }
+        let start = stack.unwrap_or(map.start);
         // Scan the parts of [start, end) outside the excluded ranges.
         let mut at = start;
         let i0 = excluded.partition_point(|&(_, e)| e <= at);
@@ -163,7 +238,7 @@ pub unsafe fn run(
             results.push(Found {
                 chunk: p as u64,
                 size: size as u64,
-                flags: (f & (MMAPPED | INDIRECT)) as u64,
+                flags: (f & (MMAPPED | INDIRECT | TENTATIVE)) as u64,
                 arena,
             });
         }
@@ -172,29 +247,28 @@ pub unsafe fn run(
     Ok(())
 }
 
-/// If `map` holds a stopped thread's stack pointer, where its live part
-/// starts (the lowest such pointer, less the red zone).
-fn stack_start(slots: &[Slot], map: &Mapping) -> Option<usize> {
+/// If `map` is a thread's stack, where its live part starts: 128 bytes
+/// (the red zone) below the lowest stack pointer of a stopped thread in it.
+/// Only real stacks are trimmed: the main thread's `[stack]`, and a glibc
+/// thread stack, recognised by its guard page right below and the thread's
+/// own TCB at its top.  A stack the program placed inside its data or
+/// inside a larger mapping is scanned whole, since the memory below it is
+/// not dead stack.
+fn stack_start(slots: &[Slot], map: &Area, below: &Area) -> Option<usize> {
     let mut lo = None::<usize>;
     for t in slots.iter().filter(|t| stop::stopped(t)) {
         let sp = t.gregs[REG_RSP] as usize;
-        if map.start <= sp && sp < map.end {
-            let s = sp.saturating_sub(128).max(map.start);
-            lo = Some(lo.map_or(s, |l| l.min(s)));
+        if !(map.start <= sp && sp < map.end) {
+            continue;
         }
+        let fs = t.fs as usize;
+        let glibc_stack =
+            !map.file && below.none && below.end == map.start && sp <= fs && fs < map.end;
+        if !(map.main_stack || glibc_stack) {
+            return None;
+        }
+        let s = sp.saturating_sub(128).max(map.start);
+        lo = Some(lo.map_or(s, |l| l.min(s)));
     }
-    // The scanning thread itself runs on the engine's own stack, which is
-    // excluded as internal memory.
     lo
-}
-
-fn is_file_backed(maps: &MVec<u8>, map: &Mapping) -> bool {
-    for line in maps.as_slice().split(|&b| b == b'\n') {
-        if let Some(m) = roots::parse_maps_line(line) {
-            if m.start == map.start {
-                return line.contains(&b'/');
-            }
-        }
-    }
-    false
 }

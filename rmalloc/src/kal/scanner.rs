@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use rmalloc_sys as sys;
 use sys::task;
 
-use super::dissect::{INDIRECT, MMAPPED};
+use super::dissect::{INDIRECT, TENTATIVE};
 use super::fork_backend::{self, Frozen};
 use super::mem::{self, AddrMap, MVec};
 use super::options::{Mode, Options};
@@ -42,7 +42,6 @@ struct Track {
 }
 
 const REPORTED: u32 = 1;
-const QUEUED: u32 = 2;
 const IS_INDIRECT: u32 = 4;
 
 pub struct Engine {
@@ -57,6 +56,10 @@ pub struct Engine {
     next_index: AddrMap,
     leaks: MVec<Leak>,
     groups: MVec<(bool, usize, usize, usize)>,
+    due: MVec<reclaim::Due>,
+    tentative: AddrMap,
+    shared_copy: MVec<u8>,
+    shared_index: MVec<(usize, usize, usize)>,
     warned_handler: bool,
 }
 
@@ -76,6 +79,10 @@ pub static ENGINE: EngineCell = EngineCell(UnsafeCell::new(Engine {
     next_index: AddrMap::new(),
     leaks: MVec::new(),
     groups: MVec::new(),
+    due: MVec::new(),
+    tentative: AddrMap::new(),
+    shared_copy: MVec::new(),
+    shared_index: MVec::new(),
     warned_handler: false,
 }));
 
@@ -113,7 +120,8 @@ extern "C" fn main(_: usize) -> ! {
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;
-    let mut handled = REQ.load(Ordering::Acquire);
+    // Requests made before this thread ran are still to be served.
+    let mut handled = DONE.load(Ordering::Acquire);
     loop {
         let r = REQ.load(Ordering::Acquire);
         if r == handled {
@@ -200,12 +208,26 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
             kroots: &mut e.kroots,
             proc_text: &mut e.proc_text,
             results: &mut e.results,
+            due: e.due.as_slice(),
+            shared_copy: &mut e.shared_copy,
+            shared_index: &mut e.shared_index,
         };
         fork_backend::take(&mut f, &mut incomplete)
     };
+    e.due.clear();
     if let Err(d) = r {
+        reclaim::verify(None);
         return discard(e, d);
     }
+    // The verdict on the chunks put in tentative probation at this instant.
+    e.tentative.clear();
+    for f in e.results.found() {
+        if f.flags & TENTATIVE as u64 != 0 {
+            e.tentative.insert(f.chunk as usize, 1);
+        }
+    }
+    let tentative = &e.tentative;
+    reclaim::verify(Some(&|c| tentative.get(c).is_some()));
     let h = e.results.header();
     let (chunks, scanned, mark_ns, truncated) = (h.chunks, h.scanned, h.mark_ns, h.truncated);
     STATS.scans.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +265,9 @@ fn track(e: &mut Engine) {
     e.next_index.clear();
     let (mut n, mut bytes) = (0u64, 0u64);
     for f in e.results.found() {
+        if f.flags & TENTATIVE as u64 != 0 {
+            continue; // KAL's own, in probation
+        }
         let (chunk, size) = (f.chunk as usize, f.size as usize);
         let mut t = Track {
             chunk,
@@ -261,10 +286,9 @@ fn track(e: &mut Engine) {
             if old.size == size && old.arena == t.arena {
                 t.first_ms = old.first_ms;
                 t.streak = old.streak.saturating_add(1);
-                t.flags |= old.flags & (REPORTED | QUEUED);
+                t.flags |= old.flags & REPORTED;
             }
         }
-        let _ = f.flags & MMAPPED as u64;
         if e.next_track.push(t) {
             e.next_index.insert(chunk, e.next_track.len() - 1);
         }
@@ -318,19 +342,22 @@ fn report_new(e: &mut Engine, last: bool) {
     STATS.leaks_reported.fetch_add(objects, Ordering::Relaxed);
 }
 
-/// Queue for reclaim what has been unreachable long enough.
+/// List what has been unreachable long enough: put in tentative probation
+/// at the next snapshot instant, held if that snapshot agrees.
 fn queue_due(e: &mut Engine) {
     let now = task::now_ns() / 1_000_000;
     let (confirm, age) = (e.opts.confirm_scans, e.opts.min_free_age_ms);
-    for t in e.track.as_mut_slice() {
-        if t.flags & QUEUED != 0 || t.streak < confirm || now < t.first_ms + age {
+    e.due.clear();
+    for t in e.track.as_slice() {
+        if t.streak < confirm || now < t.first_ms + age || reclaim::quarantined(t.size) {
             continue;
         }
-        if reclaim::quarantined(t.size) {
-            continue;
-        }
-        if reclaim::enqueue(t.chunk, t.size, t.arena as *mut crate::arena::Arena) {
-            t.flags |= QUEUED;
+        if !e.due.push(reclaim::Due {
+            chunk: t.chunk,
+            size: t.size,
+            arena: t.arena,
+        }) {
+            break;
         }
     }
 }

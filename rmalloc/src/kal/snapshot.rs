@@ -48,6 +48,8 @@ pub const ST_FAILED: u32 = 2;
 /// Header of the result area.
 #[repr(C)]
 pub struct Header {
+    /// Process whose scanner owns the area (set before each snapshot).
+    pub owner: u32,
     pub status: AtomicU32,
     /// A [`Discard`] as u32 when status is ST_FAILED.
     pub reason: u32,
@@ -85,11 +87,27 @@ impl Results {
 
     /// Map the shared area (once per process).
     pub fn map() -> Option<Results> {
-        let len = core::mem::size_of::<Header>() + CAPACITY * core::mem::size_of::<Found>();
+        let len = (core::mem::size_of::<Header>()
+            + CAPACITY * core::mem::size_of::<Found>()
+            + sys::PAGE_SIZE
+            - 1)
+            & !(sys::PAGE_SIZE - 1);
         // SAFETY: a fresh shared mapping we own for the process's life.
         let p = unsafe { sys::task::mmap_shared(len) }.ok()?;
         mem::note_internal(p as usize, len);
         Some(Results { base: p })
+    }
+
+    /// Drop this process's view of the area (a fork child's copy of the
+    /// parent's shared mapping), leaving the parent's untouched.
+    pub fn forget(&mut self) {
+        if !self.base.is_null() {
+            let len = core::mem::size_of::<Header>() + CAPACITY * core::mem::size_of::<Found>();
+            // SAFETY: unmapping our view of a shared mapping affects this
+            // process only; nothing here uses it afterwards.
+            let _ = unsafe { sys::munmap(self.base, len) };
+            self.base = core::ptr::null_mut();
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -108,6 +126,7 @@ impl Results {
 
     pub fn reset(&mut self) {
         let h = self.header_mut();
+        h.owner = sys::getpid() as u32;
         h.status.store(ST_RUNNING, Ordering::Relaxed);
         h.reason = 0;
         h.found = 0;
@@ -149,6 +168,9 @@ impl Results {
 
     pub fn outcome(&self) -> Result<(), Discard> {
         let h = self.header();
+        if h.owner != sys::getpid() as u32 {
+            return Err(Discard::Resources);
+        }
         match h.status.load(Ordering::Acquire) {
             ST_DONE => Ok(()),
             ST_FAILED => Err(match h.reason {
