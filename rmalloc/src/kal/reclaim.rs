@@ -298,7 +298,10 @@ pub unsafe fn flip_due(due: &[Due]) {
 /// After the snapshot that saw the tentative chunks: hold those it proved
 /// unreachable (`unreachable(chunk)`), refute the others.  With no
 /// completed snapshot (`None`), they stay tentative for the next one.
-pub fn verify(unreachable: Option<&dyn Fn(usize) -> bool>) {
+pub fn verify(
+    unreachable: Option<&dyn Fn(usize) -> bool>,
+    on_held: &mut dyn FnMut(usize, usize, bool),
+) {
     let Some(unreachable) = unreachable else {
         return;
     };
@@ -323,6 +326,7 @@ pub fn verify(unreachable: Option<&dyn Fn(usize) -> bool>) {
             STATS
                 .reclaimed_bytes
                 .fetch_add(it.size as u64, Ordering::Relaxed);
+            on_held(it.chunk, it.size, it.arena == 0);
         } else {
             it.state = REFUTED;
         }

@@ -138,12 +138,12 @@ pub fn leak_report(
         }
         let what = match (reclaiming, g.0) {
             (true, _) => "Reclaimed",
-            (false, false) => "Direct leak",
-            (false, true) => "Indirect leak",
+            (false, false) => "Direct leak of",
+            (false, true) => "Indirect leak of",
         };
         let _ = writeln!(
             o,
-            "{what} of {} byte(s) in {} object(s) allocated from:\n    \
+            "{what} {} byte(s) in {} object(s) allocated from:\n    \
              #0 (allocation stacks are not recorded yet)\n",
             g.1 * g.2,
             g.2

@@ -216,7 +216,7 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
     };
     e.due.clear();
     if let Err(d) = r {
-        reclaim::verify(None);
+        reclaim::verify(None, &mut |_, _, _| {});
         return discard(e, d);
     }
     // The verdict on the chunks put in tentative probation at this instant.
@@ -227,7 +227,29 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
         }
     }
     let tentative = &e.tentative;
-    reclaim::verify(Some(&|c| tentative.get(c).is_some()));
+    let leaks = &mut e.leaks;
+    leaks.clear();
+    reclaim::verify(
+        Some(&|c| tentative.get(c).is_some()),
+        &mut |chunk, size, mmapped| {
+            let usable = size - if mmapped { 2 } else { 1 } * crate::chunk::SIZE_SZ;
+            leaks.push(Leak {
+                addr: chunk + crate::chunk::HDR,
+                size: usable,
+                indirect: false,
+            });
+        },
+    );
+    if !e.leaks.is_empty() {
+        let (_, objects) = report::leak_report(
+            &mut e.leaks,
+            &mut e.groups,
+            true,
+            e.opts.report_objects,
+            e.opts.max_leaks,
+        );
+        STATS.leaks_reported.fetch_add(objects, Ordering::Relaxed);
+    }
     let h = e.results.header();
     let (chunks, scanned, mark_ns, truncated) = (h.chunks, h.scanned, h.mark_ns, h.truncated);
     STATS.scans.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +334,11 @@ fn usable(t: &Track) -> usize {
 
 /// Report leaks confirmed for the first time (or, at exit, all of them).
 fn report_new(e: &mut Engine, last: bool) {
+    // In reclaim mode, what is reclaimed is reported as such (`verify`);
+    // only the exit report lists what is still leaked.
+    if e.opts.mode == Mode::Reclaim && !last {
+        return;
+    }
     let confirm = e.opts.confirm_scans;
     e.leaks.clear();
     for t in e.track.as_mut_slice() {
