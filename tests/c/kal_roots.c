@@ -1041,6 +1041,7 @@ static void case_false_reclaim(void) {
   kal_print_stats("live");
   char *p = (char *)(g_hidden[0] ^ HIDE_KEY);
   char *q = (char *)(g_hidden[1] ^ HIDE_KEY);
+  printf("hidden 0 %p %zu\nhidden 1 %p %zu\n", (void *)p, hid_size[0], (void *)q, hid_size[1]);
   /* The program does not know; it frees and resizes as it always would. */
   printf("pattern of hidden 0 after reclaim: %s\n",
          check_fill(p, hid_size[0], hid_seed[0]) ? "intact" : "damaged");
