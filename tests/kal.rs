@@ -229,6 +229,17 @@ fn false_reclaim_lines(out: &Output) -> Vec<&str> {
 /// completed and freed nothing.
 #[track_caller]
 fn assert_nothing_lost(case: &str, out: &Output) {
+    assert_program_kept_everything(case, out);
+    if against_glibc() {
+        return;
+    }
+    assert_kal_freed_nothing(case, out);
+}
+
+/// The program's own view: clean exit, PASS, every `intact` line complete,
+/// no false reclaim reported.
+#[track_caller]
+fn assert_program_kept_everything(case: &str, out: &Output) {
     let ctx = || format!("case {case}\n{}", out.describe());
     assert!(
         out.success(),
@@ -266,9 +277,12 @@ fn assert_nothing_lost(case: &str, out: &Output) {
         "KAL reported a false reclaim of a live object: {fr:?}\n{}",
         ctx()
     );
-    if against_glibc() {
-        return;
-    }
+}
+
+/// KAL's counters: scans completed, nothing reclaimed, no false reclaim.
+#[track_caller]
+fn assert_kal_freed_nothing(case: &str, out: &Output) {
+    let ctx = || format!("case {case}\n{}", out.describe());
     let live = require_stats(out, "live");
     let end = require_stats(out, "end");
     assert!(
@@ -1297,6 +1311,31 @@ g rev-list --all --count
         cmd.args(["-c", script]);
         cmd
     });
+}
+
+/// Self-test of the harness: a live object freed behind the program's back
+/// (what a wrong reclaim does) must fail `assert_nothing_lost`.  Runs the
+/// program without the preload, so it also works before the engine exists.
+#[test]
+fn harness_notices_a_live_object_freed_behind_the_programs_back() {
+    let mut cmd = Command::new(&programs().roots);
+    cmd.arg("global")
+        .env_remove("LD_PRELOAD")
+        .env_remove("KAL_OPTIONS")
+        .env("KAL_TEST_SABOTAGE", "1");
+    let out = support::run(&mut cmd, TIMEOUT);
+    assert!(
+        out.stdout.contains("sabotage: freeing"),
+        "{}",
+        out.describe()
+    );
+    // Only the program-level checks: there is no KAL here.
+    let verdict = std::panic::catch_unwind(|| assert_program_kept_everything("global", &out));
+    assert!(
+        verdict.is_err(),
+        "a freed live object went unnoticed\n{}",
+        out.describe()
+    );
 }
 
 /// Self-check of the report parser on LeakSanitizer's documented shape.

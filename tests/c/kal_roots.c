@@ -16,6 +16,9 @@
  *   KAL_TEST_ROUNDS=N       rmalloc_kal_scan_now() calls in the scan phase (30)
  *   KAL_TEST_MUTATE=0       no mutation (the driver's negative controls)
  *   KAL_TEST_DSO=PATH       kal_dso.so, for the dlopen cases
+ *   KAL_TEST_SABOTAGE=1     (global cases) free a live object behind the
+ *                           program's back, as a wrong reclaim would: the
+ *                           harness's self-test that the checks can fail
  *   KAL_TEST_DENY_PTRACE=1  a seccomp filter makes ptrace() fail with EPERM
  *                           in every thread (and in helpers they start)
  *
@@ -370,6 +373,15 @@ static void case_global_enc(int enc, const char *name) {
   scrub_stack();
   scan_phase_mutated(&s);
   kal_print_stats("live");
+  const char *sab = getenv("KAL_TEST_SABOTAGE");
+  if (sab && strcmp(sab, "1") == 0) {
+    /* Harness self-test: do what a wrong reclaim would do, free a live
+     * object behind the program's back; the checks below must notice. */
+    printf("sabotage: freeing live object %p\n", (void *)sl_ptr(&s, 0));
+    free(sl_ptr(&s, 0));
+    for (int i = 0; i < 4; i++)
+      churn();
+  }
   sl_verify_free(&s);
 }
 
