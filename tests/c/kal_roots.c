@@ -996,10 +996,20 @@ __attribute__((noinline)) static size_t drop_make(void) {
   return bytes;
 }
 
+static void *volatile g_guard[2];
+
 static void case_dropped(void) {
+  /* Live guards around the dropped objects: an mmapped chunk mapped before
+   * them and a heap chunk allocated after them, so that no dropped object
+   * borders the top chunk or the next mapping (case dropped_last does). */
+  g_guard[0] = malloc(300000);
   size_t before = mallinfo2().uordblks + mallinfo2().hblkhd;
   size_t bytes = drop_make();
   size_t with = mallinfo2().uordblks + mallinfo2().hblkhd;
+  g_guard[1] = malloc(64);
+  REQUIRE(g_guard[0] && g_guard[1]);
+  for (int i = 0; i < NDROP; i++)
+    printf("obj dropped %d %p %zu\n", i, g_drop[i], malloc_usable_size(g_drop[i]));
   for (int i = 0; i < NDROP; i++)
     g_drop[i] = NULL;
   scrub_stack();
@@ -1012,6 +1022,36 @@ static void case_dropped(void) {
   size_t after = mallinfo2().uordblks + mallinfo2().hblkhd;
   printf("in-use bytes: before=%zu with=%zu after=%zu released=%zd\n", before, with, after,
          (ssize_t)with - (ssize_t)after);
+  free(g_guard[0]);
+  free(g_guard[1]);
+}
+
+/* ---- the most recent allocations dropped: heap chunks of which the last
+ * borders the top chunk, and mmapped chunks of which the first borders the
+ * mapping above it.  Pointers to the top chunk or to that mapping are not
+ * pointers to these objects (the top chunk's header lies in the usable size
+ * of the chunk below it; a mapping's base is one past the end of the
+ * mmapped chunk below it). */
+static void *volatile g_last[8];
+
+__attribute__((noinline)) static void last_make(void) {
+  for (int i = 0; i < 8; i++) {
+    g_last[i] = malloc(i < 4 ? 200000 : 100000);
+    REQUIRE(g_last[i] != NULL);
+    memset(g_last[i], 0x6B, 100000);
+  }
+  for (int i = 0; i < 8; i++)
+    printf("obj last %d %p %zu\n", i, g_last[i], malloc_usable_size(g_last[i]));
+}
+
+static void case_dropped_last(void) {
+  last_make();
+  for (int i = 0; i < 8; i++)
+    g_last[i] = NULL;
+  scrub_stack();
+  for (int r = 0; r < 4; r++)
+    kal_scan();
+  kal_print_stats("live");
 }
 
 /* ---- a false reclaim: pointers hidden XOR-encoded, so KAL cannot see
@@ -1037,6 +1077,9 @@ static void case_false_reclaim(void) {
   struct rmalloc_kal_stats s0, s;
   kal_get(&s0);
   hide_make();
+  /* a live chunk after them, so that neither borders the top chunk */
+  static void *volatile guard;
+  guard = malloc(64);
   scrub_stack();
   int scans = 0, reclaimed = 0;
   for (; scans < rounds * 4; scans++) {
@@ -1076,6 +1119,7 @@ static void case_false_reclaim(void) {
       break;
     }
   free(q2);
+  free(guard);
   printf("program kept running after the false reclaim\n");
 }
 
@@ -1186,6 +1230,8 @@ int main(int argc, char **argv) {
     case_altstack();
   else if (!strcmp(c, "dropped"))
     case_dropped();
+  else if (!strcmp(c, "dropped_last"))
+    case_dropped_last();
   else if (!strcmp(c, "false_reclaim"))
     case_false_reclaim();
   else if (!strcmp(c, "basic"))
