@@ -38,7 +38,10 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         let mut b = Problem::new();
         if !chunk::aligned_ok(p as usize) {
             let _ = write!(b, "chunk {:p} misaligned", p);
-        } else if kind != Kind::Top && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0 {
+        } else if kind != Kind::Top
+            && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0
+            && !crate::kal::in_probation(p)
+        {
             let _ = write!(b, "heap chunk {:p} marked mmapped", p);
         } else if kind == Kind::Free {
             if prev_free_end == p as usize {

@@ -58,6 +58,21 @@ pub(crate) fn set<const SLOT: usize>(val: usize) {
     }
 }
 
+/// Offset of the block from the thread pointer (the same in every thread:
+/// static TLS), so another task can find a stopped thread's slots.
+pub(crate) fn block_offset() -> isize {
+    let t: isize;
+    // SAFETY: reads the GOTTPOFF entry only (no TLS access).
+    unsafe {
+        core::arch::asm!(
+            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
+            t = out(reg) t,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
