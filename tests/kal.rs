@@ -261,7 +261,7 @@ fn assert_program_kept_everything(case: &str, out: &Output) {
         .lines()
         .filter(|l| l.starts_with("intact "))
         .collect();
-    if case != "register" || cfg!(target_arch = "x86_64") {
+    if !case.ends_with("register") || cfg!(target_arch = "x86_64") {
         assert!(!intact.is_empty(), "no `intact` line\n{}", ctx());
     }
     for l in &intact {
@@ -468,6 +468,19 @@ fn roots_register_of_a_busy_thread() {
         Some(Control {
             off: "use_registers=0:use_stacks=0",
             groups: &["register"],
+        }),
+    );
+}
+
+/// The thread calling `rmalloc_kal_scan_now()` keeps the only pointer in a
+/// callee-saved register (r13) that nothing on the way to the wait spills.
+#[test]
+fn roots_register_of_the_thread_calling_scan_now() {
+    root_case(
+        "own_register",
+        Some(Control {
+            off: "use_registers=0",
+            groups: &["own-register"],
         }),
     );
 }
