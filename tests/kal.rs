@@ -673,6 +673,60 @@ fn roots_with_ptrace_denied() {
     }
 }
 
+/// A thread that blocks every signal cannot be stopped by the signal
+/// handshake: with stop=signal each snapshot must be discarded (counted,
+/// logged at verbosity=1) and nothing freed, not even the 64 objects the
+/// main thread really dropped; ptrace stops it anyway, and then the dropped
+/// objects are freed.  Its own objects survive either way.
+#[test]
+fn thread_blocking_all_signals() {
+    if against_glibc() {
+        let out = run_roots("blocked_signals", None, &[("KAL_TEST_ROUNDS", "10")]);
+        out.assert_success();
+        return;
+    }
+    let out = run_roots(
+        "blocked_signals",
+        Some(&format!(
+            "{RECLAIM}:backend=fork:stop=signal:stop_timeout_ms=20:verbosity=1"
+        )),
+        &[("KAL_TEST_ROUNDS", "10")],
+    );
+    assert_program_kept_everything("blocked_signals", &out);
+    let live = require_stats(&out, "live");
+    assert!(
+        stat(&live, "discarded_stop", &out) >= 10,
+        "stop=signal with a thread blocking every signal: expected every scan discarded \
+         (discarded_stop >= 10)\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        stat(&live, "reclaimed_chunks", &out),
+        0,
+        "chunks freed although no snapshot could be taken\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("KAL: snapshot discarded:"),
+        "no `KAL: snapshot discarded:` line at verbosity=1\n{}",
+        out.describe()
+    );
+
+    let out = run_roots(
+        "blocked_signals",
+        Some(&format!("{RECLAIM}:backend=fork:stop=ptrace")),
+        &[("KAL_TEST_ROUNDS", "10")],
+    );
+    assert_program_kept_everything("blocked_signals", &out);
+    let live = require_stats(&out, "live");
+    assert!(
+        stat(&live, "scans", &out) > 0 && stat(&live, "reclaimed_chunks", &out) >= 48,
+        "stop=ptrace stops a thread whatever its signal mask: scans should complete and \
+         the dropped objects be freed\n{}",
+        out.describe()
+    );
+}
+
 // ---------------------------------------------------------------- dropped
 
 /// `Direct|Indirect leak of B byte(s) in N object(s)` and `Reclaimed [of] B
