@@ -24,6 +24,16 @@ core::arch::global_asm!(
 pub(crate) const TCACHE: usize = 0;
 pub(crate) const ARENA: usize = 8;
 
+/// Values of the `TCACHE` slot: 0 = not created yet, `TCACHE_DISABLED` =
+/// none (being created, none could be allocated, or the thread is exiting);
+/// anything greater is the `*mut Tcache`.
+pub(crate) const TCACHE_DISABLED: usize = 1;
+
+/// Values of the `ARENA` slot: 0 = none chosen yet, `ARENA_EXITED` = the
+/// thread's exit handler has detached it from its arena (later allocations
+/// borrow one without attaching); anything greater is the `*mut Arena`.
+pub(crate) const ARENA_EXITED: usize = 1;
+
 #[inline(always)]
 pub(crate) fn get<const SLOT: usize>() -> usize {
     let v: usize;

@@ -342,7 +342,9 @@ unsafe fn exclude_tcache(h: &mut Heap, tc: *const Tcache) -> Result<(), DissectE
     for i in 0..TCACHE_MAX_BINS {
         // SAFETY: `tc` is a valid Tcache (function contract).
         let (head, count) = unsafe { ((*tc).entries[i] as usize, (*tc).counts[i] as usize) };
-        exclude_chain(h, head, count, |e| {
+        // A push caught between linking the entry and counting it leaves
+        // the list one longer than its count.
+        exclude_chain(h, head, count + 1, |e| {
             let ent = e as *const Entry;
             // SAFETY: `e` was just found to be a chunk's user pointer in the
             // table, so its first word is readable.

@@ -25,6 +25,9 @@ use super::snapshot::{Discard, Results};
 use super::stats;
 use super::stop::{self, StopError};
 
+/// Stops tried per scan before the snapshot is discarded.
+const ATTEMPTS: u64 = 12;
+
 /// `stop=auto` found ptrace refused once: use signals from then on.
 static PTRACE_REFUSED: AtomicBool = AtomicBool::new(false);
 
@@ -71,11 +74,19 @@ fn set_sched(policy: usize, nice: i32) {
     }
 }
 
-/// Is any allocator lock held, or is any stopped thread inside our code?
+/// Could the heap be mid-update?  With several threads, every change to
+/// shared allocator state happens under a lock, except thread-cache
+/// operations (thread-local; a list caught mid-push is one entry longer
+/// than its count, which the dissection accepts, and the chunk in flight
+/// is in the thread's registers) and lock-free fastbin pushes (one atomic
+/// exchange): so "no lock held" is enough.  A single-threaded process
+/// elides the locks, as glibc does: then its one thread must not have been
+/// stopped inside the allocator's code.
 fn heap_busy() -> bool {
-    let mut busy = stop::slots()
-        .iter()
-        .any(|s| stop::stopped(s) && s.in_allocator != 0);
+    let mut busy = arena::single_threaded()
+        && stop::slots()
+            .iter()
+            .any(|s| stop::stopped(s) && s.in_allocator != 0);
     arena::for_each_arena(|a| {
         // SAFETY: arenas are never freed; reading the lock word is a plain
         // atomic load.
@@ -91,7 +102,7 @@ fn heap_busy() -> bool {
 /// unreadable in detect mode (the report may then name live objects).
 pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> {
     let o = f.opts;
-    for attempt in 0..5u64 {
+    for attempt in 0..ATTEMPTS {
         let t0 = task::now_ns();
         let use_ptrace = match o.stop {
             StopMethod::Signal => false,
@@ -125,18 +136,20 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             Ok(_) => {}
             // A thread being created runs with every signal blocked for a
             // moment: worth a few more tries.
-            Err(StopError::Blocked) if attempt < 4 => {
-                task::sleep_ns(1_000_000 * (attempt + 1));
+            Err(StopError::Blocked) if attempt + 1 < ATTEMPTS => {
+                task::sleep_ns(1_000_000);
                 continue;
             }
             Err(_) => return Err(Discard::Stop),
         }
         if heap_busy() {
             release();
-            if attempt == 4 {
+            if attempt + 1 == ATTEMPTS {
                 return Err(Discard::Heap);
             }
-            task::sleep_ns(200_000 * (attempt + 1));
+            // Locks are held for microseconds: try again soon, with a
+            // little jitter so as not to fall into step with the program.
+            task::sleep_ns(50_000 + (t0 % 97) * 1_000);
             continue;
         }
         let t_stop = task::now_ns();

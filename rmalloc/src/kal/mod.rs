@@ -274,9 +274,9 @@ pub fn scan_now() -> i32 {
             // SAFETY: arenas are never freed; the lock is taken (or elided
             // while single-threaded) around the drain.
             unsafe {
-                (*a).lock();
+                let held = (*a).lock();
                 reclaim::drain(a, usize::MAX);
-                (*a).unlock();
+                (*a).unlock(held);
             }
         });
     }
