@@ -18,3 +18,11 @@ c-api-deps:
 	$(NEED_APT) gcc g++ libc6-dev make pkg-config
 test-c-api-glibc: c-api-deps
 	RMALLOC_TEST_AGAINST_GLIBC=1 $(CARGO) test --release -p rmalloc-integration --test c_api
+
+# KAL tests (tests/kal.rs) compare KAL's leak report with LeakSanitizer's when
+# clang can build with -fsanitize=leak; without it that comparison is skipped,
+# so a failed install is not fatal.
+test-integration: kal-lsan-deps
+.PHONY: kal-lsan-deps
+kal-lsan-deps:
+	-$(NEED_APT) clang libclang-rt-14-dev
