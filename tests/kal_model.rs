@@ -348,6 +348,9 @@ struct Tally {
     due: u64,
     /// ... and were not reclaimed by then.
     missed: u64,
+    /// Nodes unreachable in some scans that became reachable again before
+    /// they were due (the streak must start over).
+    revived: u64,
     skipped: u64,
 }
 
@@ -358,6 +361,7 @@ impl std::ops::AddAssign for Tally {
         self.reclaimed += o.reclaimed;
         self.due += o.due;
         self.missed += o.missed;
+        self.revived += o.revived;
         self.skipped += o.skipped;
     }
 }
@@ -450,6 +454,9 @@ impl Model {
                 t.scans += 1;
                 let reach = self.reachable();
                 for (n, r) in self.nodes.iter_mut().zip(reach) {
+                    if r && n.streak > 0 {
+                        t.revived += 1;
+                    }
                     n.streak = if n.dead || r { 0 } else { n.streak + 1 };
                 }
             }
@@ -594,7 +601,8 @@ fn run_model(fences: bool) -> Option<Tally> {
     let t = *total.borrow();
     eprintln!(
         "kal_model (fences={fences}): {} cases in {:.1?}: {} scans ({} discarded), \
-         {} nodes reclaimed, {} came due, {} missed, {} commands skipped",
+         {} nodes reclaimed, {} came due, {} missed, {} revived before due, \
+         {} commands skipped",
         cases.borrow(),
         start.elapsed(),
         t.scans,
@@ -602,6 +610,7 @@ fn run_model(fences: bool) -> Option<Tally> {
         t.reclaimed,
         t.due,
         t.missed,
+        t.revived,
         t.skipped
     );
     Some(t)
