@@ -339,7 +339,7 @@ struct Node {
     streak: u32,
 }
 
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone)]
 struct Tally {
     scans: u64,
     discarded: u64,
@@ -352,6 +352,8 @@ struct Tally {
     /// they were due (the streak must start over).
     revived: u64,
     skipped: u64,
+    /// The first completeness misses, for the failure message.
+    misses: Vec<String>,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -502,6 +504,12 @@ impl Model {
                     if ret == 1 && n.streak == c {
                         t.due += 1;
                         t.missed += 1;
+                        if t.misses.len() < 5 {
+                            t.misses.push(format!(
+                                "node {i}, unreachable in scans {}..={nscan}",
+                                nscan as u32 + 1 - c
+                            ));
+                        }
                     }
                 }
                 (false, _) => return Err(format!("bad flag in {line:?}")),
@@ -583,8 +591,11 @@ fn run_model(fences: bool) -> Option<Tally> {
         if t.missed > 0 {
             return Err(TestCaseError::fail(format!(
                 "COMPLETENESS: {} of {} nodes unreachable in confirm_scans={} consecutive \
-                 scans were not reclaimed by then",
-                t.missed, t.due, case.confirm
+                 scans were not reclaimed by then (scans counted from 1): {}",
+                t.missed,
+                t.due,
+                case.confirm,
+                t.misses.join("; ")
             )));
         }
         *total.borrow_mut() += t;
@@ -598,7 +609,7 @@ fn run_model(fences: bool) -> Option<Tally> {
         }
         Err(e) => panic!("{e}"),
     }
-    let t = *total.borrow();
+    let t = total.borrow().clone();
     eprintln!(
         "kal_model (fences={fences}): {} cases in {:.1?}: {} scans ({} discarded), \
          {} nodes reclaimed, {} came due, {} missed, {} revived before due, \
