@@ -11,8 +11,8 @@
 //! is ever really freed during a run, so every node stays readable) and
 //! prints, after each scan, which nodes KAL has reclaimed (the probation
 //! bit in each node's chunk header).  Edges point at the start of a node,
-//! inside it, or one past its end; roots are a global array and an
-//! anonymous mmap.  An edge or root may also be set to a node that is
+//! inside it, or one past its end; root slots are globals in `.data` and in
+//! `.bss`, and words of an anonymous mmap.  An edge or root may also be set to a node that is
 //! currently unreachable: the driver keeps every node in an XOR-encoded
 //! table, like a program that hides a pointer for a while, so nodes go
 //! unreachable and come back, and `confirm_scans` must be counted over
@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 const MAX_NODES: usize = 60;
 /// Pointer slots at the start of every node (`NEDGE` in kal_graph.c).
 const NEDGE: usize = 4;
-/// Root slots: half in a global array, half in an mmap (`NROOT`).
+/// Root slots: 0..=5 in .data, 6..=10 in .bss, 11..=15 in an mmap (`NROOT`).
 const NROOT: usize = 16;
 /// Node sizes (bytes), all far below the mmap threshold.
 const SIZES: &[usize] = &[32, 40, 48, 64, 100, 128, 250, 512, 1000, 4000];
@@ -570,7 +570,7 @@ fn config() -> Config {
         cases,
         failure_persistence: None,
         // Each shrink step runs a process (a fraction of a second).
-        max_shrink_iters: 256,
+        max_shrink_iters: 512,
         ..Config::default()
     }
 }

@@ -14,8 +14,8 @@
  *
  * A node is NEDGE pointer slots followed by PATTERN bytes.  O is an offset
  * into the target (0, an interior offset, or S: one past the end), all of
- * which keep the target alive under KAL's contract.  Roots 0..NROOT/2-1
- * live in a global array (.bss), the others in an anonymous mmap.
+ * which keep the target alive under KAL's contract.  Roots live in .data,
+ * .bss and an anonymous mmap (see `root_slot`).
  *
  * A node KAL has reclaimed is dead for the program: an edge or root command
  * that would write into it or link to it is skipped (a real program cannot
@@ -73,8 +73,16 @@ static uintptr_t node_enc[MAXN]; /* node pointer ^ KEY, 0 if not created */
 static size_t node_size[MAXN];
 static int nnodes;
 static long skipped;
-static void *volatile groots[NROOT / 2];
-static void *volatile *mroots; /* the other half, in an mmap */
+/* Roots 0..5 in .data (initialised, so in the file-backed page of the
+ * executable's data), 6..10 in .bss (a zero-filled anonymous mapping past
+ * the file's pages: node_enc and friends make .bss span several pages),
+ * 11..15 in an anonymous mmap.  Slot 0 of droots is never a root slot's
+ * initial value the model sees: it is cleared in main. */
+#define NDATA 6
+#define NBSS 5
+static void *volatile droots[NDATA] = {(void *)1};
+static void *volatile broots[NBSS];
+static void *volatile *mroots;
 static int (*scan_now)(void);
 /* With the `fence` argument, a small chunk allocated right after each node
  * and kept reachable (a plain pointer in this global array), so that no
@@ -85,7 +93,9 @@ static int use_fences;
 static void *volatile fences[MAXN];
 
 static void *volatile *root_slot(int r) {
-  return r < NROOT / 2 ? &groots[r] : &mroots[r - NROOT / 2];
+  return r < NDATA          ? &droots[r]
+         : r < NDATA + NBSS ? &broots[r - NDATA]
+                            : &mroots[r - NDATA - NBSS];
 }
 
 __attribute__((noinline)) static int is_reclaimed(int i) {
@@ -265,6 +275,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   mroots = m;
+  droots[0] = NULL;
 
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
