@@ -227,7 +227,12 @@ impl Case {
                     n += 1;
                     format!("n {} {size}", n - 1)
                 }
-                Cmd::Edge { from, slot, to, off } => {
+                Cmd::Edge {
+                    from,
+                    slot,
+                    to,
+                    off,
+                } => {
                     format!("e {from} {slot} {} {off}", to.map_or(-1, |t| t as i64))
                 }
                 Cmd::Root { slot, to, off } => {
@@ -632,7 +637,10 @@ fn run_model(fences: bool) -> Option<Tally> {
 #[test]
 fn kal_model_reclaims_exactly_the_unreachable() {
     if let Some(t) = run_model(true) {
-        assert!(t.scans > 0 && t.reclaimed > 0, "the cases exercised nothing: {t:?}");
+        assert!(
+            t.scans > 0 && t.reclaimed > 0,
+            "the cases exercised nothing: {t:?}"
+        );
         assert!(
             t.discarded * 10 <= t.scans,
             "too many discarded scans for a single-threaded program: {t:?}"
