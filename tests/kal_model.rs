@@ -12,11 +12,11 @@
 //! prints, after each scan, which nodes KAL has reclaimed (the probation
 //! bit in each node's chunk header).  Edges point at the start of a node,
 //! inside it, or one past its end; root slots are globals in `.data` and in
-//! `.bss`, and words of an anonymous mmap.  An edge or root may also be set to a node that is
-//! currently unreachable: the driver keeps every node in an XOR-encoded
-//! table, like a program that hides a pointer for a while, so nodes go
-//! unreachable and come back, and `confirm_scans` must be counted over
-//! consecutive snapshots.
+//! `.bss`, and words of an anonymous mmap.  An edge or root may also be set
+//! to a node that is currently unreachable: the driver keeps every node in
+//! an XOR-encoded table, like a program that hides a pointer for a while,
+//! so nodes go unreachable and come back, and `confirm_scans` must be
+//! counted over consecutive snapshots.
 //!
 //! The model replays the script, computes after each scan the nodes truly
 //! unreachable from the roots, and checks the driver's answer:
@@ -47,21 +47,28 @@
 //!   Its `top` pointer (and so would its bin and fastbin heads) points at a
 //!   chunk header, which lies in the last usable word of the chunk just
 //!   below it, so the chunk right below the top chunk is never found
-//!   unreachable.  The driver therefore allocates a small reachable "fence"
+//!   unreachable (a program whose newest allocation leaks gets no report
+//!   for it, even at exit).  The driver therefore allocates a small reachable "fence"
 //!   chunk after every node (`fence` argument); `kal_model_without_fences`
 //!   runs the same model without them.
 //! - The scanner thread reads the request counter only once it first runs,
 //!   so a `rmalloc_kal_scan_now()` made before that is lost: the call waits
 //!   for the next periodic scan (here an hour) until its 120 s timeout and
-//!   returns -1 (and the exit-time leak check of a short program waits up
-//!   to `interval_ms`).  The driver waits for the scanner thread to sleep
+//!   returns -1.  The same race makes the exit-time leak check of a short
+//!   program wait `interval_ms` and then skip the final report.  The driver waits for the scanner thread to sleep
 //!   before its first command; `kal_first_scan_request_is_not_lost`
 //!   checks the engine without that wait.
 //!
+//! Sensitivity, checked by hand: each of these deliberate engine breaks
+//! fails the default 32 cases with a SAFETY error: not scanning file-backed
+//! writable mappings (the program's `.data`, in `scan.rs`), queueing at
+//! `streak + 1 >= confirm_scans` (`scanner.rs`), and not marking from
+//! probation chunks (`mark.rs`).
+//!
 //! Knobs: `PROPTEST_CASES` (default 32).  A failure prints the shrunk case
 //! as `confirm_scans=C` and the driver script; to replay it by hand, save
-//! the script lines to a file and run the driver (built under
-//! `target/release/build/.../kal_model/`, or build it with
+//! the script lines to a file and run the driver (built as
+//! `target/tmp/kal_model/kal_graph`, or build it with
 //! `cc -O1 -fno-omit-frame-pointer tests/c/kal_graph.c -o kal_graph -ldl`)
 //! as `KAL_OPTIONS=... LD_PRELOAD=target/release/librmalloc.so ./kal_graph
 //! fence < script`.
