@@ -4,7 +4,8 @@
  * It handles REQUESTS simulated requests, the way a small HTTP/RPC server
  * would: read a request into a buffer (0.5-16 KiB), parse a few header strings
  * out of it, look up or create a session in a bounded session table (evicting
- * old sessions), build a response by appending to a growing buffer, then free
+ * old sessions; a session's history grows by 64-512 bytes per request up to
+ * 4 KiB), build a response by appending to a growing buffer, then free
  * the temporaries.  A bug leaks LEAK_PER_MILLE of the request buffers: the
  * pointer is simply dropped, so the memory is unreachable, the kind of leak a
  * leak scanner can find and reclaim.
@@ -37,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -165,7 +167,7 @@ static void handle(struct worker *w, struct job *j)
     }
 
     /* session lookup: replace a different session in the same slot */
-    uint64_t id = next(rng) % (SESSIONS * 3);
+    uint64_t id = next(rng) % (SESSIONS + SESSIONS / 4);
     struct session **slot = &w->table[id % SESSIONS];
     if (*slot && (*slot)->id != id) {
         free((*slot)->history);
@@ -180,7 +182,7 @@ static void handle(struct worker *w, struct job *j)
         snprintf((*slot)->name, sizeof(*slot)->name, "session-%llu", (unsigned long long)id);
     }
     struct session *s = *slot;
-    size_t add = 16 + next(rng) % 48;
+    size_t add = 64 + next(rng) % 448;
     if (s->hist_len + add > 4096)
         s->hist_len = 0;
     s->history = realloc(s->history, s->hist_len + add);
@@ -413,10 +415,13 @@ int main(int argc, char **argv)
     }
     if (scan_every > 0)
         printf("explicit scans %ld (completed %ld)\n", scans, scans_done);
-    printf("summary requests=%ld seconds=%.3f rate=%.0f peak_rss_mib=%.1f final_rss_mib=%.1f leaked_mib=%.1f "
-           "handled=%ld checksum=%016llx\n",
-           requests, elapsed, requests / elapsed, peak, rss_mib(), leaked / 1048576.0, handled,
-           (unsigned long long)checksum);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        ru.ru_maxrss = 0;
+    printf("summary requests=%ld seconds=%.3f rate=%.0f peak_rss_mib=%.1f maxrss_mib=%.1f final_rss_mib=%.1f "
+           "leaked_mib=%.1f handled=%ld checksum=%016llx\n",
+           requests, elapsed, requests / elapsed, peak, ru.ru_maxrss / 1024.0, rss_mib(), leaked / 1048576.0,
+           handled, (unsigned long long)checksum);
     print_kal_stats();
     return 0;
 }
