@@ -10,15 +10,13 @@
 //! A column whose allocator is missing or broken, or whose library does not
 //! export the KAL interface, says so instead of showing numbers.
 
-use crate::allocators::{self, Allocator};
+use crate::allocators::{self, Allocator, KAL_SYMBOL};
 use crate::exec::{self, Outcome, Spec};
 use crate::workloads;
 use crate::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Symbol the rmalloc library exports once its KAL engine exists.
-pub const KAL_SYMBOL: &str = "rmalloc_kal_stats";
 const LEAK_PER_MILLE: u32 = 20;
 /// The demo compresses hours of a slow leak into seconds, so it scans more
 /// often than KAL's default (2000 ms).
