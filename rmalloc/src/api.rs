@@ -65,6 +65,12 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     init::ensure();
     thread::tcache_or_init();
     let mut av = arena_get(bytes);
+    if (*av)
+        .kal_pending
+        .load(core::sync::atomic::Ordering::Relaxed)
+    {
+        crate::kal::on_arena(av);
+    }
     let mut p = int_malloc(av, bytes, nb);
     if p.is_null() {
         av = arena_get_retry(av, bytes);
@@ -113,6 +119,11 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
     let saved = errno();
     init::ensure();
     if raw & IS_MMAPPED != 0 {
+        if crate::kal::claim(p) {
+            // A chunk KAL had reclaimed: restored, now freed as the program asks.
+            set_errno(saved);
+            return free(chunk2mem(p));
+        }
         PARAMS.note_mmapped_free(raw);
         mmap_chunk::unmap_chunk(p);
     } else {
@@ -202,6 +213,10 @@ pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
         return malloc(bytes);
     }
     let oldp = mem2chunk(old);
+    if chunk::is_mmapped(oldp) {
+        // A chunk KAL had reclaimed is restored before it is resized.
+        crate::kal::claim(oldp);
+    }
     let oldsize = chunk::size(oldp);
     if (oldp as usize) > oldsize.wrapping_neg() || chunk::misaligned_chunk(oldp) {
         malloc_printerr("realloc(): invalid pointer");
@@ -335,6 +350,9 @@ pub unsafe fn usable_size(mem: *mut u8) -> usize {
         return 0;
     }
     let p = mem2chunk(mem);
+    if chunk::is_mmapped(p) {
+        crate::kal::claim(p);
+    }
     if chunk::is_mmapped(p) || chunk::inuse(p) {
         chunk::usable_size(p)
     } else {

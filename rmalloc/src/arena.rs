@@ -32,6 +32,9 @@ pub(crate) struct Arena {
     pub mutex: Mutex,
     pub flags: u32,
     pub have_fastchunks: AtomicBool,
+    /// KAL has reclaim work for this arena (a hint; see `kal::on_arena`).
+    /// Sits in padding: the arena's size and layout are unchanged.
+    pub kal_pending: AtomicBool,
     /// Pushed without the lock by `free` (compare-and-swap), popped only
     /// with the lock held, so a pop never races another pop (no ABA).
     pub fastbins: [AtomicPtr<Chunk>; NFASTBINS],
@@ -54,6 +57,7 @@ impl Arena {
             mutex: Mutex::new(),
             flags: 0,
             have_fastchunks: AtomicBool::new(false),
+            kal_pending: AtomicBool::new(false),
             fastbins: [const { AtomicPtr::new(null_mut()) }; NFASTBINS],
             top: null_mut(),
             last_remainder: null_mut(),

@@ -81,7 +81,56 @@ pub extern "C" fn rmalloc_check_heap() -> c_int {
 }
 
 extern "C" fn at_unload() {
+    crate::kal::at_exit();
     crate::stats::write_exit_stats();
+}
+
+extern "C" fn at_load() {
+    crate::kal::start_from_env();
+}
+
+/// Runs when the library is loaded, after libc is initialised and before
+/// the program's own constructors: KAL starts here, never from inside the
+/// loader's first `malloc`.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = at_load;
+
+/// `struct rmalloc_kal_stats` (rmalloc.h): fill as much as the caller's
+/// `size` allows.
+#[no_mangle]
+pub unsafe extern "C" fn rmalloc_kal_stats(out: *mut crate::kal::stats::CStats) -> c_int {
+    let min = 16u64;
+    // SAFETY: the caller passes a valid struct whose first field is `size`
+    // (contract of the C function).
+    if out.is_null() || unsafe { (*out).size } < min {
+        api::set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = crate::kal::c_stats();
+    // SAFETY: as above.
+    let n = core::cmp::min(unsafe { (*out).size }, s.size) as usize;
+    // SAFETY: both are valid for `n` bytes: `s` is a whole CStats and the
+    // caller's struct is at least `size` bytes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(&s as *const _ as *const u8, out as *mut u8, n);
+        (*out).size = n as u64;
+    }
+    0
+}
+
+static MODE_NAMES: [&[u8]; 3] = [b"off\0", b"detect\0", b"reclaim\0"];
+
+/// "off", "detect" or "reclaim".
+#[no_mangle]
+pub extern "C" fn rmalloc_kal_mode() -> *const c_char {
+    MODE_NAMES[crate::kal::mode() as usize].as_ptr().cast()
+}
+
+/// One scan now; see rmalloc.h.
+#[no_mangle]
+pub extern "C" fn rmalloc_kal_scan_now() -> c_int {
+    crate::kal::scan_now()
 }
 
 /// Runs when the library is unloaded at process exit.

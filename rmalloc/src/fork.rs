@@ -34,4 +34,5 @@ extern "C" fn child() {
     // SAFETY: only this thread exists in the child; the locks it inherited
     // were taken by it in `prepare` (or by threads that are gone).
     unsafe { arena::reinit_after_fork() };
+    crate::kal::after_fork_child();
 }

@@ -38,6 +38,7 @@ mod fork;
 mod free;
 mod heap;
 mod init;
+mod kal;
 mod lock;
 mod malloc;
 mod mmap_chunk;

@@ -40,6 +40,7 @@ pub(crate) unsafe fn map_chunk(nb: usize) -> ChunkPtr {
     chunk::set_prev_size(p, 0);
     chunk::set_head(p, size | IS_MMAPPED);
     account(1, size as isize);
+    crate::kal::mmapped_added(p);
     p
 }
 
@@ -58,6 +59,7 @@ unsafe fn mapping_of(p: ChunkPtr, what: &str) -> (usize, usize) {
 
 pub(crate) unsafe fn unmap_chunk(p: ChunkPtr) {
     let (block, total) = mapping_of(p, "munmap_chunk(): invalid pointer");
+    crate::kal::mmapped_removed(p);
     account(-1, -(total as isize));
     let _ = sys::munmap(block as *mut u8, total);
 }
@@ -75,11 +77,14 @@ pub(crate) unsafe fn remap_chunk(p: ChunkPtr, nb: usize) -> ChunkPtr {
     if new_size == total {
         return p;
     }
+    crate::kal::mmapped_removed(p);
     let Ok(cp) = sys::mremap(block as *mut u8, total, new_size, sys::MREMAP_MAYMOVE) else {
+        crate::kal::mmapped_added(p);
         return core::ptr::null_mut();
     };
     let np = cp.add(off) as ChunkPtr;
     chunk::set_head(np, (new_size - off) | IS_MMAPPED);
     account(0, new_size as isize - total as isize);
+    crate::kal::mmapped_added(np);
     np
 }

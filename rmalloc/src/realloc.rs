@@ -98,6 +98,8 @@ pub(crate) unsafe fn int_memalign(av: *mut Arena, alignment: usize, nb: usize) -
         if chunk::is_mmapped(p) {
             chunk::set_prev_size(newp, chunk::prev_size(p) + lead);
             chunk::set_head(newp, newsize | chunk::IS_MMAPPED);
+            crate::kal::mmapped_removed(p);
+            crate::kal::mmapped_added(newp);
             return chunk2mem(newp);
         }
         chunk::set_head(newp, newsize | PREV_INUSE | flag);

@@ -242,6 +242,10 @@ pub fn malloc_stats() {
         MAX_N_MMAPS.load(Ordering::Relaxed) as u32,
         MAX_MMAPPED_MEM.load(Ordering::Relaxed)
     );
+    // Only with KAL on, so the KAL-off output stays byte-identical to glibc's.
+    if crate::kal::mode() != crate::kal::options::Mode::Off {
+        let _ = crate::kal::stats::write_text(&mut out, crate::kal::mode_name());
+    }
 }
 
 /// `malloc_info(0, fp)`: glibc's XML description of every arena; any
@@ -294,6 +298,10 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
                 "<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n",
                 i.system_mem, i.system_mem
             );
+            if crate::kal::mode() != crate::kal::options::Mode::Off {
+                let _ = crate::kal::stats::write_xml(&mut out, crate::kal::mode_name());
+            }
+            let _ = out.write_str("</malloc>\n");
             tsp += i.system_mem;
             tmp += i.system_mem;
         } else {
@@ -316,7 +324,7 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
     });
     let _ = write!(
         out,
-        "<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<total type=\"mmap\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n</malloc>\n",
+        "<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<total type=\"mmap\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n",
         tf,
         tfs,
         tn,

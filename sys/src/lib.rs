@@ -14,12 +14,13 @@
 
 use syscalls::{syscall, Errno, Sysno};
 pub mod kal;
+pub mod task;
 
 /// Result of a raw system call: the kernel's return value or its errno.
 pub type SysResult<T> = Result<T, i32>;
 
 #[inline]
-fn map(r: Result<usize, Errno>) -> SysResult<usize> {
+pub(crate) fn map(r: Result<usize, Errno>) -> SysResult<usize> {
     r.map_err(|e| e.into_raw())
 }
 

@@ -1,0 +1,306 @@
+//! Heap dissection: from a consistent image of the process (the forked
+//! child), the table of chunks that are in use, with the logically free ones
+//! (thread caches, fastbins) and the ones in probation told apart, and the
+//! address ranges that are heap rather than roots.
+//!
+//! Runs only where nothing else mutates the heap (the snapshot child), so
+//! it reads allocator structures directly, without locks.  Any
+//! inconsistency (a walk that breaks, a free list that does not decode)
+//! fails the whole dissection: the caller then frees nothing.
+
+use crate::arena::{self, Arena};
+use crate::chunk::{self, ChunkPtr, HDR, IS_MMAPPED};
+use crate::heap::{self, HEAP_MAX_SIZE};
+use crate::tcache::{Entry, Tcache, TCACHE_MAX_BINS};
+use crate::walk::{self, Kind};
+
+use super::mem::{AddrMap, MVec};
+use super::stop::Slot;
+
+/// A candidate may be reported or reclaimed if unreachable.
+pub const CAND: u8 = 1;
+/// Reached from a root.
+pub const MARKED: u8 = 2;
+/// Looks in use but sits in a thread cache or a fastbin: never a leak, and
+/// its stale contents are not followed.
+pub const FREEISH: u8 = 4;
+/// Stands alone in its own mapping.
+pub const MMAPPED: u8 = 8;
+/// Reclaimed and held in probation: kept, and treated as a root.
+pub const PROBATION: u8 = 16;
+/// Unreachable, but reachable from another unreachable chunk.
+pub const INDIRECT: u8 = 32;
+
+pub struct Heap {
+    /// (chunk address, chunk size), sorted by address after [`dissect`].
+    pub chunks: MVec<(usize, usize)>,
+    pub flags: MVec<u8>,
+    /// Address ranges that are heap (not roots), unsorted.
+    pub ranges: MVec<(usize, usize)>,
+}
+
+impl Heap {
+    pub const fn new() -> Self {
+        Heap {
+            chunks: MVec::new(),
+            flags: MVec::new(),
+            ranges: MVec::new(),
+        }
+    }
+
+    /// Index of the in-use chunk whose user area (or one past its end)
+    /// holds `addr`.
+    #[inline]
+    pub fn find(&self, addr: usize) -> Option<usize> {
+        let c = self.chunks.as_slice();
+        // Last chunk whose user area starts at or before `addr`.
+        let i = c.partition_point(|&(p, _)| p + HDR <= addr);
+        if i == 0 {
+            return None;
+        }
+        let (p, size) = c[i - 1];
+        let mmapped = self.flags.as_slice()[i - 1] & MMAPPED != 0;
+        // Usable bytes reach into the next chunk's prev_size for heap chunks.
+        let end = if mmapped {
+            p + size
+        } else {
+            p + size + chunk::SIZE_SZ
+        };
+        (addr <= end).then_some(i - 1)
+    }
+
+    /// User area of chunk `i`: [start, end).
+    pub fn user_area(&self, i: usize) -> (usize, usize) {
+        let (p, size) = self.chunks.as_slice()[i];
+        let mmapped = self.flags.as_slice()[i] & MMAPPED != 0;
+        let end = if mmapped {
+            p + size
+        } else {
+            p + size + chunk::SIZE_SZ
+        };
+        (p + HDR, end)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DissectError {
+    /// A walk or free list did not make sense.
+    Inconsistent,
+    /// The engine's own memory ran out.
+    NoMemory,
+}
+
+/// Build `h` from the current (frozen) heap.  `mmapped` is the registry of
+/// mmapped chunks (address -> size), `probation` the chunks held in
+/// probation (address -> saved word).
+///
+/// # Safety
+/// Must run where no other thread can change the heap: the snapshot child.
+pub unsafe fn dissect(
+    h: &mut Heap,
+    slots: &[Slot],
+    mmapped: &AddrMap,
+    probation: &AddrMap,
+) -> Result<(), DissectError> {
+    h.chunks.clear();
+    h.flags.clear();
+    h.ranges.clear();
+    let mut nomem = false;
+    let mut broken = false;
+    arena::for_each_arena(|av| {
+        if broken || nomem {
+            return;
+        }
+        let mut lo = usize::MAX;
+        let mut hi = 0usize;
+        let mut region_start = usize::MAX;
+        let is_main = av == arena::main_arena();
+        // SAFETY: the image is frozen (function contract); the walk only
+        // follows boundary tags inside the arena's recorded regions.
+        let r = unsafe {
+            walk::walk_arena(av, &mut |p, size, kind| {
+                let a = p as usize;
+                if is_main {
+                    // Main regions: consecutive chunks; a gap starts a new one.
+                    if a != hi {
+                        if region_start != usize::MAX {
+                            nomem |= !h.ranges.push((region_start, hi));
+                        }
+                        region_start = a;
+                    }
+                    hi = a + size;
+                }
+                lo = lo.min(a);
+                if kind == Kind::InUse {
+                    nomem |= !h.chunks.push((a, size)) || !h.flags.push(CAND);
+                }
+            })
+        };
+        match r {
+            Ok(_) => {}
+            Err(_) => broken = true,
+        }
+        if is_main {
+            if region_start != usize::MAX {
+                nomem |= !h.ranges.push((region_start, hi));
+            }
+        } else {
+            // SAFETY: a non-main arena lives in its first heap; every heap of
+            // the chain is a HEAP_MAX_SIZE-aligned reservation.
+            let mut hp = heap::heap_for_ptr(unsafe { (*av).top } as usize);
+            while !hp.is_null() {
+                nomem |= !h.ranges.push((hp as usize, hp as usize + HEAP_MAX_SIZE));
+                // SAFETY: as above.
+                hp = unsafe { (*hp).prev };
+            }
+        }
+        let _ = lo;
+    });
+    if broken {
+        return Err(DissectError::Inconsistent);
+    }
+    // Mmapped chunks, from the registry.
+    mmapped.for_each(|a, size| {
+        let p = a as ChunkPtr;
+        // SAFETY: registered chunks are mapped until unregistered, and the
+        // registry is consistent in a frozen image.
+        let (raw, off) = unsafe { (chunk::size_nomask(p), chunk::prev_size(p)) };
+        if raw & IS_MMAPPED == 0 || (raw & !chunk::SIZE_BITS) != size {
+            broken = true;
+            return;
+        }
+        nomem |= !h.chunks.push((a, size)) || !h.flags.push(CAND | MMAPPED);
+        nomem |= !h.ranges.push((a - off, a + size));
+    });
+    if broken {
+        return Err(DissectError::Inconsistent);
+    }
+    if nomem {
+        return Err(DissectError::NoMemory);
+    }
+    sort_by_address(h);
+    // Probation chunks: kept, and roots.
+    let mut missing = false;
+    probation.for_each(|a, _| match h.find(a + HDR) {
+        Some(i) if h.chunks.as_slice()[i].0 == a => h.flags.as_mut_slice()[i] = PROBATION,
+        _ => missing = true,
+    });
+    if missing {
+        return Err(DissectError::Inconsistent);
+    }
+    // Thread caches.
+    for s in slots {
+        if super::stop::stopped(s) && s.tcache > 1 {
+            // SAFETY: a live thread's cache pointer is a heap chunk holding
+            // a `Tcache`, frozen in this image.
+            unsafe { exclude_tcache(h, s.tcache as *const Tcache)? };
+        }
+    }
+    // Fastbins.
+    let mut bad = false;
+    arena::for_each_arena(|av| {
+        if !bad {
+            // SAFETY: frozen image (function contract).
+            bad = unsafe { exclude_fastbins(h, av) }.is_err();
+        }
+    });
+    if bad {
+        return Err(DissectError::Inconsistent);
+    }
+    Ok(())
+}
+
+fn sort_by_address(h: &mut Heap) {
+    // Sort the pairs, then rebuild the flags to match (the flags are a pure
+    // function of what was pushed with each pair: MMAPPED or not).
+    let n = h.chunks.len();
+    {
+        let c = h.chunks.as_mut_slice();
+        let f = h.flags.as_mut_slice();
+        // Encode the MMAPPED flag in the size's low bit while sorting.
+        for i in 0..n {
+            if f[i] & MMAPPED != 0 {
+                c[i].1 |= 1;
+            }
+        }
+        c.sort_unstable_by_key(|&(p, _)| p);
+        for i in 0..n {
+            f[i] = if c[i].1 & 1 != 0 {
+                CAND | MMAPPED
+            } else {
+                CAND
+            };
+            c[i].1 &= !1;
+        }
+    }
+}
+
+/// Mark as logically free every chunk chained from `idx`'s list head.
+fn exclude_chain(
+    h: &mut Heap,
+    mut e: usize,
+    limit: usize,
+    next_of: impl Fn(usize) -> usize,
+) -> Result<(), DissectError> {
+    let mut steps = 0;
+    while e != 0 {
+        if !chunk::aligned_ok(e) || steps > limit {
+            return Err(DissectError::Inconsistent);
+        }
+        let p = e - HDR;
+        match h.find(e) {
+            Some(i) if h.chunks.as_slice()[i].0 == p => h.flags.as_mut_slice()[i] = FREEISH,
+            _ => return Err(DissectError::Inconsistent),
+        }
+        e = next_of(e);
+        steps += 1;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `tc` must point to a thread cache in a frozen image.
+unsafe fn exclude_tcache(h: &mut Heap, tc: *const Tcache) -> Result<(), DissectError> {
+    for i in 0..TCACHE_MAX_BINS {
+        // SAFETY: `tc` is a valid Tcache (function contract).
+        let (head, count) = unsafe { ((*tc).entries[i] as usize, (*tc).counts[i] as usize) };
+        exclude_chain(h, head, count, |e| {
+            let ent = e as *const Entry;
+            // SAFETY: `e` was just found to be a chunk's user pointer in the
+            // table, so its first word is readable.
+            let stored = unsafe { (*ent).next } as *mut u8;
+            chunk::reveal_ptr(e as *const u8, stored) as usize
+        })?;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `av` must be an arena in a frozen image.
+unsafe fn exclude_fastbins(h: &mut Heap, av: *mut Arena) -> Result<(), DissectError> {
+    let limit = h.chunks.len();
+    // SAFETY: frozen image (function contract).
+    let bins = unsafe { &(*av).fastbins };
+    for b in bins.iter() {
+        let head = b.load(core::sync::atomic::Ordering::Relaxed);
+        let first = if head.is_null() {
+            0
+        } else {
+            chunk::chunk2mem(head) as usize
+        };
+        exclude_chain(h, first, limit, |e| {
+            let p = (e - HDR) as ChunkPtr;
+            // SAFETY: `p` is a chunk in the table; its fd word is readable.
+            let slot = unsafe { core::ptr::addr_of!((*p).fd) } as *const u8;
+            // SAFETY: as above.
+            let stored = unsafe { (*p).fd } as *mut u8;
+            let next = chunk::reveal_ptr(slot, stored);
+            if next.is_null() {
+                0
+            } else {
+                chunk::chunk2mem(next as ChunkPtr) as usize
+            }
+        })?;
+    }
+    Ok(())
+}

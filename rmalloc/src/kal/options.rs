@@ -1,0 +1,273 @@
+//! `KAL_OPTIONS`: the engine's settings, parsed once at start-up.
+//!
+//! The syntax is LeakSanitizer's `LSAN_OPTIONS`: `key=value` pairs separated
+//! by `:` (or spaces), with LeakSanitizer's option names wherever the meaning
+//! is the same.  Parsing is all-or-nothing: one unknown key or bad value
+//! leaves KAL off and says why in one line, so a typo can neither kill nor
+//! quietly half-configure a production service.
+//!
+//! Invariant: [`Options`] is written once, by the start-up constructor,
+//! before the scanner thread exists; afterwards it is only read.
+
+use core::fmt::Write;
+
+use crate::fmt::FixedBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Off = 0,
+    Detect = 1,
+    Reclaim = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Auto,
+    Fork,
+    Kernel,
+}
+
+/// Longest `log_path` kept (bytes, without the NUL and the `.<pid>` suffix).
+pub const LOG_PATH_MAX: usize = 1000;
+
+#[derive(Clone, Copy)]
+pub struct Options {
+    pub mode: Mode,
+    pub interval_ms: u64,
+    pub confirm_scans: u32,
+    pub min_free_age_ms: u64,
+    pub probation_ms: u64,
+    pub backend: Backend,
+    pub log_path: [u8; LOG_PATH_MAX + 1],
+    pub log_path_len: usize,
+    pub verbosity: u32,
+    pub report_objects: bool,
+    pub max_leaks: u64,
+    pub use_registers: bool,
+    pub use_stacks: bool,
+    pub use_tls: bool,
+    pub use_globals: bool,
+    pub stop_signal: i32,
+    pub stop_timeout_ms: u64,
+    pub leak_check_at_exit: bool,
+}
+
+impl Options {
+    pub const fn defaults() -> Options {
+        Options {
+            mode: Mode::Off,
+            interval_ms: 2000,
+            confirm_scans: 2,
+            min_free_age_ms: 1000,
+            probation_ms: 1000,
+            backend: Backend::Auto,
+            log_path: [0; LOG_PATH_MAX + 1],
+            log_path_len: 0,
+            verbosity: 0,
+            report_objects: false,
+            max_leaks: 0,
+            use_registers: true,
+            use_stacks: true,
+            use_tls: true,
+            use_globals: true,
+            stop_signal: 61,
+            stop_timeout_ms: 100,
+            leak_check_at_exit: true,
+        }
+    }
+
+    pub fn log_path(&self) -> Option<&[u8]> {
+        (self.log_path_len > 0).then(|| &self.log_path[..self.log_path_len])
+    }
+
+    /// Every root source is on: the only configuration reclaim may use.
+    pub fn all_roots(&self) -> bool {
+        self.use_registers && self.use_stacks && self.use_tls && self.use_globals
+    }
+}
+
+/// Why an option string was refused: one line for stderr.
+pub type ParseError = FixedBuf<256>;
+
+fn err(args: core::fmt::Arguments) -> ParseError {
+    let mut e = ParseError::new();
+    let _ = e.write_fmt(args);
+    e
+}
+
+fn num(key: &str, v: &[u8], min: u64, max: u64) -> Result<u64, ParseError> {
+    let s = core::str::from_utf8(v).unwrap_or("");
+    match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(err(format_args!(
+            "KAL: bad value '{}' for {key} (expected a whole number from {min} to {max}); KAL stays off",
+            Shown(v)
+        ))),
+    }
+}
+
+fn flag(key: &str, v: &[u8]) -> Result<bool, ParseError> {
+    match v {
+        b"0" | b"false" => Ok(false),
+        b"1" | b"true" => Ok(true),
+        _ => Err(err(format_args!(
+            "KAL: bad value '{}' for {key} (expected 0 or 1); KAL stays off",
+            Shown(v)
+        ))),
+    }
+}
+
+/// Bytes shown in a message, cut short and with non-printing bytes as `?`.
+struct Shown<'a>(&'a [u8]);
+
+impl core::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        for &b in self.0.iter().take(64) {
+            let c = if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            };
+            f.write_char(c)?;
+        }
+        if self.0.len() > 64 {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a `KAL_OPTIONS` value.
+pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
+    let mut o = Options::defaults();
+    for item in s.split(|&b| b == b':' || b == b' ' || b == b'\t') {
+        if item.is_empty() {
+            continue;
+        }
+        let Some(eq) = item.iter().position(|&b| b == b'=') else {
+            return Err(err(format_args!(
+                "KAL: option '{}' has no '=value'; KAL stays off",
+                Shown(item)
+            )));
+        };
+        let (k, v) = (&item[..eq], &item[eq + 1..]);
+        let key = core::str::from_utf8(k).unwrap_or("?");
+        match k {
+            b"mode" => {
+                o.mode = match v {
+                    b"off" => Mode::Off,
+                    b"detect" => Mode::Detect,
+                    b"reclaim" => Mode::Reclaim,
+                    _ => {
+                        return Err(err(format_args!(
+                            "KAL: bad value '{}' for mode (expected off, detect or reclaim); KAL stays off",
+                            Shown(v)
+                        )))
+                    }
+                }
+            }
+            b"backend" => {
+                o.backend = match v {
+                    b"auto" => Backend::Auto,
+                    b"fork" => Backend::Fork,
+                    b"kernel" => Backend::Kernel,
+                    _ => {
+                        return Err(err(format_args!(
+                            "KAL: bad value '{}' for backend (expected auto, fork or kernel); KAL stays off",
+                            Shown(v)
+                        )))
+                    }
+                }
+            }
+            b"interval_ms" => o.interval_ms = num(key, v, 1, 86_400_000)?,
+            b"confirm_scans" => o.confirm_scans = num(key, v, 1, 64)? as u32,
+            b"min_free_age_ms" => o.min_free_age_ms = num(key, v, 0, 86_400_000)?,
+            b"probation_ms" => o.probation_ms = num(key, v, 0, 86_400_000)?,
+            b"verbosity" => o.verbosity = num(key, v, 0, 3)? as u32,
+            b"max_leaks" => o.max_leaks = num(key, v, 0, u32::MAX as u64)?,
+            b"stop_signal" => o.stop_signal = num(key, v, 1, 64)? as i32,
+            b"stop_timeout_ms" => o.stop_timeout_ms = num(key, v, 1, 60_000)?,
+            b"report_objects" => o.report_objects = flag(key, v)?,
+            b"use_registers" => o.use_registers = flag(key, v)?,
+            b"use_stacks" => o.use_stacks = flag(key, v)?,
+            b"use_tls" => o.use_tls = flag(key, v)?,
+            b"use_globals" => o.use_globals = flag(key, v)?,
+            b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
+            b"log_path" => {
+                if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
+                    return Err(err(format_args!(
+                        "KAL: bad log_path (empty or longer than {LOG_PATH_MAX} bytes); KAL stays off"
+                    )));
+                }
+                o.log_path[..v.len()].copy_from_slice(v);
+                o.log_path_len = v.len();
+            }
+            _ => {
+                return Err(err(format_args!(
+                    "KAL: unknown option '{}'; KAL stays off",
+                    Shown(k)
+                )))
+            }
+        }
+    }
+    if matches!(o.stop_signal, 9 | 19) {
+        return Err(err(format_args!(
+            "KAL: stop_signal cannot be SIGKILL or SIGSTOP; KAL stays off"
+        )));
+    }
+    if o.mode == Mode::Reclaim && !o.all_roots() {
+        return Err(err(format_args!(
+            "KAL: use_registers/use_stacks/use_tls/use_globals=0 would free live memory in \
+             mode=reclaim (allowed with mode=detect only); KAL stays off"
+        )));
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<Options, ParseError>) -> std::string::String {
+        match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => std::string::String::from_utf8(e.as_bytes().to_vec()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_off() {
+        let o = parse(b"").unwrap();
+        assert_eq!(o.mode, Mode::Off);
+        assert_eq!(o.confirm_scans, 2);
+        assert_eq!(o.interval_ms, 2000);
+    }
+
+    #[test]
+    fn lsan_style_list() {
+        let o = parse(b"mode=reclaim:interval_ms=5:confirm_scans=3:log_path=/tmp/x:verbosity=1")
+            .unwrap();
+        assert_eq!(o.mode, Mode::Reclaim);
+        assert_eq!(o.interval_ms, 5);
+        assert_eq!(o.confirm_scans, 3);
+        assert_eq!(o.log_path(), Some(&b"/tmp/x"[..]));
+        assert_eq!(o.verbosity, 1);
+        let o = parse(b"mode=detect use_stacks=0 report_objects=1").unwrap();
+        assert!(!o.use_stacks && o.report_objects);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_one_line() {
+        assert!(msg(parse(b"mode=on")).contains("bad value 'on' for mode"));
+        assert!(msg(parse(b"colour=blue")).contains("unknown option 'colour'"));
+        assert!(msg(parse(b"interval_ms=0")).contains("interval_ms"));
+        assert!(msg(parse(b"interval_ms=-5")).contains("interval_ms"));
+        assert!(msg(parse(b"mode")).contains("no '=value'"));
+        assert!(msg(parse(b"mode=reclaim:use_stacks=0")).contains("mode=detect only"));
+        assert!(msg(parse(b"stop_signal=9")).contains("SIGKILL"));
+        for m in [msg(parse(b"mode=x")), msg(parse(b"x=1"))] {
+            assert!(m.starts_with("KAL: ") && !m.contains('\n'));
+        }
+    }
+}

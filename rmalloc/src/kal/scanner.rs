@@ -1,0 +1,350 @@
+//! The scanner thread: every `interval_ms` (or when asked), one snapshot
+//! and scan; then the bookkeeping across scans: which chunks stayed
+//! unreachable in consecutive snapshots, which are new leaks to report,
+//! which are due for reclaim.
+//!
+//! The thread is a raw `clone`, unknown to glibc: the process stays
+//! "single-threaded" for glibc (so the allocator keeps eliding its locks),
+//! and the program never sees it in its own thread bookkeeping.  It runs at
+//! `SCHED_IDLE`, switching to normal priority only for the stop itself so
+//! that a busy machine cannot stretch the program's pause.  It uses raw
+//! system calls only and never allocates.
+//!
+//! Invariant: [`ENGINE`] is touched only by the scanner thread (and by the
+//! snapshot child, on its own copy), except in a forked program child
+//! before its scanner exists.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+
+use rmalloc_sys as sys;
+use sys::task;
+
+use super::dissect::{INDIRECT, MMAPPED};
+use super::fork_backend::{self, Frozen};
+use super::mem::{self, AddrMap, MVec};
+use super::options::{Mode, Options};
+use super::reclaim;
+use super::report::{self, Leak};
+use super::scan::Scratch;
+use super::snapshot::{Discard, Results};
+use super::stats::STATS;
+
+/// A chunk seen unreachable, tracked across scans.
+#[derive(Clone, Copy)]
+struct Track {
+    chunk: usize,
+    size: usize,
+    arena: usize,
+    first_ms: u64,
+    streak: u32,
+    flags: u32,
+}
+
+const REPORTED: u32 = 1;
+const QUEUED: u32 = 2;
+const IS_INDIRECT: u32 = 4;
+
+pub struct Engine {
+    pub opts: Options,
+    scratch: Scratch,
+    kroots: MVec<u64>,
+    proc_text: MVec<u8>,
+    pub results: Results,
+    track: MVec<Track>,
+    index: AddrMap,
+    next_track: MVec<Track>,
+    next_index: AddrMap,
+    leaks: MVec<Leak>,
+    groups: MVec<(bool, usize, usize, usize)>,
+    warned_handler: bool,
+}
+
+pub struct EngineCell(UnsafeCell<Engine>);
+// SAFETY: see the module invariant: one thread at a time.
+unsafe impl Sync for EngineCell {}
+
+pub static ENGINE: EngineCell = EngineCell(UnsafeCell::new(Engine {
+    opts: Options::defaults(),
+    scratch: Scratch::new(),
+    kroots: MVec::new(),
+    proc_text: MVec::new(),
+    results: Results::none(),
+    track: MVec::new(),
+    index: AddrMap::new(),
+    next_track: MVec::new(),
+    next_index: AddrMap::new(),
+    leaks: MVec::new(),
+    groups: MVec::new(),
+    warned_handler: false,
+}));
+
+/// # Safety
+/// Only the scanner thread, or start-up/fork code before the scanner runs.
+pub unsafe fn engine() -> &'static mut Engine {
+    // SAFETY: function contract (one user at a time).
+    unsafe { &mut *ENGINE.0.get() }
+}
+
+/// Requests for a scan (bumped by `scan_now`) and scans finished.
+static REQ: AtomicU32 = AtomicU32::new(0);
+static DONE: AtomicU32 = AtomicU32::new(0);
+static LAST: AtomicI32 = AtomicI32::new(0);
+/// The next requested scan is the one at exit: report everything.
+static FINAL: AtomicBool = AtomicBool::new(false);
+pub static RUNNING: AtomicBool = AtomicBool::new(false);
+
+const STACK: usize = 256 * 1024;
+
+/// Start the scanner thread.
+pub fn start() -> bool {
+    let Some((stack, len, _)) = mem::map(STACK) else {
+        return false;
+    };
+    // SAFETY: a fresh stack mapping that is never unmapped; `main` never
+    // returns and touches no TLS.
+    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0) };
+    RUNNING.store(r.is_ok(), Ordering::Release);
+    r.is_ok()
+}
+
+extern "C" fn main(_: usize) -> ! {
+    let _ = task::prctl(task::PR_SET_NAME, c"kal-scanner".as_ptr() as usize);
+    fork_backend::set_sched(5);
+    // SAFETY: this is the scanner thread.
+    let e = unsafe { engine() };
+    let interval = e.opts.interval_ms * 1_000_000;
+    let mut handled = REQ.load(Ordering::Acquire);
+    loop {
+        let r = REQ.load(Ordering::Acquire);
+        if r == handled {
+            task::futex_wait_timeout(&REQ, r, interval);
+        }
+        let r = REQ.load(Ordering::Acquire);
+        let last = FINAL.load(Ordering::Acquire) && r != handled;
+        let ok = one_scan(e, last);
+        handled = r;
+        LAST.store(ok, Ordering::Release);
+        DONE.store(r, Ordering::Release);
+        sys::futex_wake(&DONE, i32::MAX as u32);
+    }
+}
+
+/// Ask for a scan and wait for it (at most `timeout_ns`).  Returns 1 if it
+/// completed, 0 if discarded, -1 if no scanner runs or it timed out.
+pub fn request_and_wait(final_scan: bool, timeout_ns: u64) -> i32 {
+    if !RUNNING.load(Ordering::Acquire) {
+        return -1;
+    }
+    let me = sys::gettid();
+    super::stop::add_waiter(me);
+    if final_scan {
+        FINAL.store(true, Ordering::Release);
+    }
+    let want = REQ.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    sys::futex_wake(&REQ, 1);
+    let deadline = task::now_ns() + timeout_ns;
+    let mut r = -1;
+    loop {
+        let d = DONE.load(Ordering::Acquire);
+        if d.wrapping_sub(want) as i32 >= 0 {
+            r = LAST.load(Ordering::Acquire);
+            break;
+        }
+        let now = task::now_ns();
+        if now >= deadline {
+            break;
+        }
+        task::futex_wait_timeout(&DONE, d, (deadline - now).min(100_000_000));
+    }
+    super::stop::remove_waiter(me);
+    r
+}
+
+fn discard(e: &Engine, d: Discard) -> i32 {
+    STATS.discarded.fetch_add(1, Ordering::Relaxed);
+    let c = match d {
+        Discard::Stop => &STATS.discarded_stop,
+        Discard::Roots => &STATS.discarded_roots,
+        Discard::Heap | Discard::Resources => &STATS.discarded_heap,
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+    report::log(
+        e.opts.verbosity,
+        1,
+        format_args!("snapshot discarded: {}", d.why()),
+    );
+    0
+}
+
+fn one_scan(e: &mut Engine, last: bool) -> i32 {
+    if !super::stop::still_installed(e.opts.stop_signal) {
+        if !e.warned_handler {
+            e.warned_handler = true;
+            report::log(
+                1,
+                1,
+                format_args!(
+                    "the program replaced the handler of signal {}; no more scans \
+                     (set stop_signal= to a signal it does not use)",
+                    e.opts.stop_signal
+                ),
+            );
+        }
+        return discard(e, Discard::Stop);
+    }
+    let mut incomplete = false;
+    let r = {
+        let mut f = Frozen {
+            opts: &e.opts,
+            scratch: &mut e.scratch,
+            kroots: &mut e.kroots,
+            proc_text: &mut e.proc_text,
+            results: &mut e.results,
+        };
+        fork_backend::take(&mut f, &mut incomplete)
+    };
+    if let Err(d) = r {
+        return discard(e, d);
+    }
+    let h = e.results.header();
+    let (chunks, scanned, mark_ns, truncated) = (h.chunks, h.scanned, h.mark_ns, h.truncated);
+    STATS.scans.fetch_add(1, Ordering::Relaxed);
+    STATS.scan_ns_last.store(mark_ns, Ordering::Relaxed);
+    STATS.bytes_scanned.fetch_add(scanned, Ordering::Relaxed);
+    STATS.chunks_last.store(chunks, Ordering::Relaxed);
+    track(e);
+    report::log(
+        e.opts.verbosity,
+        1,
+        format_args!(
+            "scan: {} chunks, {} bytes scanned in {} us, {} unreachable{}",
+            chunks,
+            scanned,
+            mark_ns / 1000,
+            e.track.len(),
+            if truncated != 0 {
+                " (list truncated)"
+            } else {
+                ""
+            }
+        ),
+    );
+    report_new(e, last);
+    if e.opts.mode == Mode::Reclaim && !incomplete && !last {
+        queue_due(e);
+    }
+    1
+}
+
+/// Fold the scan's results into the tracking table.
+fn track(e: &mut Engine) {
+    let now = task::now_ns() / 1_000_000;
+    e.next_track.clear();
+    e.next_index.clear();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for f in e.results.found() {
+        let (chunk, size) = (f.chunk as usize, f.size as usize);
+        let mut t = Track {
+            chunk,
+            size,
+            arena: f.arena as usize,
+            first_ms: now,
+            streak: 1,
+            flags: if f.flags & INDIRECT as u64 != 0 {
+                IS_INDIRECT
+            } else {
+                0
+            },
+        };
+        if let Some(i) = e.index.get(chunk) {
+            let old = e.track.as_slice()[i];
+            if old.size == size && old.arena == t.arena {
+                t.first_ms = old.first_ms;
+                t.streak = old.streak.saturating_add(1);
+                t.flags |= old.flags & (REPORTED | QUEUED);
+            }
+        }
+        let _ = f.flags & MMAPPED as u64;
+        if e.next_track.push(t) {
+            e.next_index.insert(chunk, e.next_track.len() - 1);
+        }
+        n += 1;
+        bytes += size as u64;
+    }
+    core::mem::swap(&mut e.track, &mut e.next_track);
+    core::mem::swap(&mut e.index, &mut e.next_index);
+    STATS.unreachable_chunks.store(n, Ordering::Relaxed);
+    STATS.unreachable_bytes.store(bytes, Ordering::Relaxed);
+}
+
+fn usable(t: &Track) -> usize {
+    // Heap chunks lend the next chunk's prev_size; mmapped ones do not.
+    if t.arena == 0 {
+        t.size - 2 * crate::chunk::SIZE_SZ
+    } else {
+        t.size - crate::chunk::SIZE_SZ
+    }
+}
+
+/// Report leaks confirmed for the first time (or, at exit, all of them).
+fn report_new(e: &mut Engine, last: bool) {
+    let confirm = e.opts.confirm_scans;
+    e.leaks.clear();
+    for t in e.track.as_mut_slice() {
+        let due = if last {
+            true
+        } else {
+            t.streak >= confirm && t.flags & REPORTED == 0
+        };
+        if due {
+            t.flags |= REPORTED;
+            e.leaks.push(Leak {
+                addr: t.chunk + crate::chunk::HDR,
+                size: usable(t),
+                indirect: t.flags & IS_INDIRECT != 0,
+            });
+        }
+    }
+    if e.leaks.is_empty() {
+        return;
+    }
+    let (_, objects) = report::leak_report(
+        &mut e.leaks,
+        &mut e.groups,
+        false,
+        e.opts.report_objects,
+        e.opts.max_leaks,
+    );
+    STATS.leaks_reported.fetch_add(objects, Ordering::Relaxed);
+}
+
+/// Queue for reclaim what has been unreachable long enough.
+fn queue_due(e: &mut Engine) {
+    let now = task::now_ns() / 1_000_000;
+    let (confirm, age) = (e.opts.confirm_scans, e.opts.min_free_age_ms);
+    for t in e.track.as_mut_slice() {
+        if t.flags & QUEUED != 0 || t.streak < confirm || now < t.first_ms + age {
+            continue;
+        }
+        if reclaim::quarantined(t.size) {
+            continue;
+        }
+        if reclaim::enqueue(t.chunk, t.size, t.arena as *mut crate::arena::Arena) {
+            t.flags |= QUEUED;
+        }
+    }
+}
+
+/// After the program's `fork`, in the child: no scanner, no history.
+///
+/// # Safety
+/// Only from the fork child handler (one thread exists).
+pub unsafe fn reset_after_fork() {
+    RUNNING.store(false, Ordering::Release);
+    FINAL.store(false, Ordering::Relaxed);
+    // SAFETY: no scanner thread exists in the child (function contract).
+    let e = unsafe { engine() };
+    e.track.clear();
+    e.index.clear();
+}

@@ -1,0 +1,190 @@
+//! Snapshot backends behind one interface, and the result area a frozen
+//! image's scan hands back.
+//!
+//! A backend freezes the process at one instant (threads stopped, their
+//! registers recorded), lets the threads go, and runs [`super::scan`] over
+//! the frozen image.  `fork` (any kernel) does it in a copy-on-write child;
+//! `kernel` is the `kal_snapshot` system call of the patched kernel, which
+//! this build probes for but does not drive yet (see the README).
+//!
+//! The result area is a shared mapping, so the snapshot child can fill it
+//! and the parent read it: a header and an array of unreachable chunks.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use rmalloc_sys as sys;
+
+use super::mem;
+
+/// Why a snapshot was thrown away; nothing is freed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// A thread could not be stopped in time.
+    Stop,
+    /// A thread was inside the allocator, a lock was held, or the heap did
+    /// not dissect consistently.
+    Heap,
+    /// A root source could not be read.
+    Roots,
+    /// The engine ran out of memory or could not create the snapshot.
+    Resources,
+}
+
+impl Discard {
+    pub fn why(self) -> &'static str {
+        match self {
+            Discard::Stop => "a thread could not be stopped",
+            Discard::Heap => "the heap was mid-update or inconsistent",
+            Discard::Roots => "a root source could not be read",
+            Discard::Resources => "no memory or process for the snapshot",
+        }
+    }
+}
+
+pub const ST_RUNNING: u32 = 0;
+pub const ST_DONE: u32 = 1;
+pub const ST_FAILED: u32 = 2;
+
+/// Header of the result area.
+#[repr(C)]
+pub struct Header {
+    pub status: AtomicU32,
+    /// A [`Discard`] as u32 when status is ST_FAILED.
+    pub reason: u32,
+    pub found: u64,
+    pub truncated: u64,
+    pub chunks: u64,
+    pub scanned: u64,
+    pub mark_ns: u64,
+}
+
+/// One unreachable chunk.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub chunk: u64,
+    pub size: u64,
+    /// `dissect::MMAPPED | dissect::INDIRECT` bits.
+    pub flags: u64,
+    /// The owning arena (0 for an mmapped chunk), read in the image.
+    pub arena: u64,
+}
+
+pub const CAPACITY: usize = 1 << 20;
+
+pub struct Results {
+    base: *mut u8,
+}
+
+impl Results {
+    pub const fn none() -> Self {
+        Results {
+            base: core::ptr::null_mut(),
+        }
+    }
+
+    /// Map the shared area (once per process).
+    pub fn map() -> Option<Results> {
+        let len = core::mem::size_of::<Header>() + CAPACITY * core::mem::size_of::<Found>();
+        // SAFETY: a fresh shared mapping we own for the process's life.
+        let p = unsafe { sys::task::mmap_shared(len) }.ok()?;
+        mem::note_internal(p as usize, len);
+        Some(Results { base: p })
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the area starts with a Header and lives for the process.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    pub fn header_mut(&mut self) -> &mut Header {
+        // SAFETY: as above, with exclusive access through `&mut self`.
+        unsafe { &mut *(self.base as *mut Header) }
+    }
+
+    fn entries(&self) -> *mut Found {
+        self.base.wrapping_add(core::mem::size_of::<Header>()) as *mut Found
+    }
+
+    pub fn reset(&mut self) {
+        let h = self.header_mut();
+        h.status.store(ST_RUNNING, Ordering::Relaxed);
+        h.reason = 0;
+        h.found = 0;
+        h.truncated = 0;
+        h.chunks = 0;
+        h.scanned = 0;
+        h.mark_ns = 0;
+    }
+
+    /// Append one entry (the snapshot child only).
+    pub fn push(&mut self, f: Found) {
+        let n = self.header().found as usize;
+        if n >= CAPACITY {
+            self.header_mut().truncated += 1;
+            return;
+        }
+        // SAFETY: n < CAPACITY entries fit in the mapping.
+        unsafe { self.entries().add(n).write(f) };
+        self.header_mut().found += 1;
+    }
+
+    pub fn found(&self) -> &[Found] {
+        let n = (self.header().found as usize).min(CAPACITY);
+        // SAFETY: the first `n` entries were written by the child, which has
+        // exited (its writes are visible after wait4).
+        unsafe { core::slice::from_raw_parts(self.entries(), n) }
+    }
+
+    pub fn finish(&mut self, outcome: Result<(), Discard>) {
+        let h = self.header_mut();
+        match outcome {
+            Ok(()) => h.status.store(ST_DONE, Ordering::Release),
+            Err(d) => {
+                h.reason = d as u32;
+                h.status.store(ST_FAILED, Ordering::Release);
+            }
+        }
+    }
+
+    pub fn outcome(&self) -> Result<(), Discard> {
+        let h = self.header();
+        match h.status.load(Ordering::Acquire) {
+            ST_DONE => Ok(()),
+            ST_FAILED => Err(match h.reason {
+                0 => Discard::Stop,
+                1 => Discard::Heap,
+                2 => Discard::Roots,
+                _ => Discard::Resources,
+            }),
+            _ => Err(Discard::Resources),
+        }
+    }
+}
+
+/// Which backend runs, as shown in the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Fork = 1,
+}
+
+/// Pick a backend for `wanted`; Err(message) when it cannot run here.
+pub fn choose(wanted: super::options::Backend) -> Result<Kind, &'static str> {
+    use super::options::Backend;
+    match wanted {
+        Backend::Auto | Backend::Fork => Ok(Kind::Fork),
+        Backend::Kernel => {
+            if sys::kal::probe().is_some() {
+                Err(
+                    "KAL: backend=kernel: this kernel has kal_snapshot, but this build of the \
+                     engine does not drive it yet (use backend=fork or auto); KAL stays off",
+                )
+            } else {
+                Err(
+                    "KAL: backend=kernel: this kernel has no kal_snapshot system call \
+                     (a stock kernel; use backend=fork or auto); KAL stays off",
+                )
+            }
+        }
+    }
+}
