@@ -310,7 +310,7 @@ static void print_kal_stats(void)
     }
     static const char *const modes[] = {"off", "detect", "reclaim"};
     static const char *const backends[] = {"none", "fork", "kernel"};
-    printf("kal mode=%s backend=%s scans=%llu discarded=%llu (stop=%llu heap=%llu roots=%llu) "
+    printf("kal mode=%s backend=%s scans=%llu discarded=%llu discarded_stop=%llu discarded_heap=%llu discarded_roots=%llu "
            "pause_p50_us=%.0f pause_p99_us=%.0f pause_max_us=%.0f scan_last_ms=%.1f "
            "scanned_mib=%.1f chunks_last=%llu unreachable_chunks=%llu unreachable_mib=%.1f "
            "reclaimed_chunks=%llu reclaimed_mib=%.1f false_reclaims=%llu leaks_reported=%llu\n",
