@@ -472,6 +472,39 @@ fn fork_in_multithreaded_program() {
     assert!(out.stdout.contains("forks: 100"), "{}", out.describe());
 }
 
+/// Allocating atfork handlers registered before and after the allocator's
+/// own (issue 8, bug 1): the allocator's locking must run after every
+/// prepare handler and before every parent and child handler.
+#[test]
+fn fork_with_allocating_atfork_handlers() {
+    let out = run_ok("fork_handlers", &["40"], HEAVY_TIMEOUT);
+    assert!(out.stdout.contains("forks: 40"), "{}", out.describe());
+}
+
+/// fork from a signal handler that interrupted a whole-heap function of a
+/// single-threaded program (issue 8, bug 2).
+#[test]
+fn fork_from_signal_handler_in_heap_functions() {
+    let out = run_ok("fork_in_signal", &["200"], HEAVY_TIMEOUT);
+    assert!(
+        out.stdout.contains("forks from the handler: 200"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Destructors that allocate after the allocator's thread-exit handler
+/// (issue 8, bug 5): 300 threads end with glibc's arena count.
+#[test]
+fn late_tsd_destructors_release_arenas() {
+    let out = run_ok("late_destructors", &["150", "15"], HEAVY_TIMEOUT);
+    assert!(
+        out.stdout.contains("threads: 300, arenas: 2 then"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn thread_churn_5000_threads() {
     let out = run_ok("thread_churn", &["5000", "50"], HEAVY_TIMEOUT);
@@ -484,7 +517,14 @@ fn thread_churn_5000_threads() {
 
 #[test]
 fn whole_api_from_many_threads_with_heap_queries() {
-    run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
+    let out = run_ok("mt_stress", &["6", "10000"], HEAVY_TIMEOUT);
+    // stderr stays connected during the threaded phase (an abort message
+    // there must reach the report): malloc_stats' output arrives.
+    assert!(
+        out.stderr.contains("Total (incl. mmap):"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]

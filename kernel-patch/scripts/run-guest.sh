@@ -27,7 +27,7 @@ loud() {
 
 # KAL_KDIR: use an already built kernel directory (same layout as the cache).
 kdir=${KAL_KDIR:-$("$here/scripts/build-kernel.sh" | tail -1)}
-"$repo/scripts/need-apt" qemu-system-x86 build-essential cpio gzip >&2 || true
+"$repo/scripts/need-apt" qemu-system-x86 build-essential cpio gzip python3 >&2 || true
 qemu=$(command -v qemu-system-x86_64 || true)
 if [ -z "$qemu" ] || ! "$qemu" --version >/dev/null 2>&1; then
 	loud "QEMU (qemu-system-x86_64) cannot run on this machine: kal_snapshot NOT TESTED"

@@ -42,7 +42,7 @@ struct rmalloc_kal_stats {
     uint64_t pause_ns_p50;       /* time the program's threads were stopped */
     uint64_t pause_ns_p99;
     uint64_t pause_ns_max;
-    uint64_t scan_ns_last;       /* duration of the last mark */
+    uint64_t scan_ns_last;       /* CPU time of the last scan (dissect + mark), ns */
     uint64_t bytes_scanned;      /* total bytes marked through, all scans */
     uint64_t chunks_last;        /* in-use chunks seen by the last scan */
     uint64_t unreachable_chunks; /* unreachable in the last completed scan */

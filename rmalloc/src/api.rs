@@ -19,8 +19,9 @@ use crate::options::{self, PARAMS};
 use crate::os;
 use crate::realloc::{int_memalign, int_realloc};
 use crate::tcache::{self, csize2tidx, Entry, Tcache};
-use crate::thread::{self, TCACHE_DISABLED};
+use crate::thread;
 use crate::tls;
+use crate::tls::TCACHE_DISABLED;
 
 #[inline(always)]
 pub(crate) fn set_errno(e: i32) {
@@ -64,7 +65,7 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
 unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     init::ensure();
     thread::tcache_or_init();
-    let mut av = arena_get(bytes);
+    let (mut av, mut held) = arena_get(bytes);
     if (*av)
         .kal_pending
         .load(core::sync::atomic::Ordering::Relaxed)
@@ -73,10 +74,10 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     }
     let mut p = int_malloc(av, bytes, nb);
     if p.is_null() {
-        av = arena_get_retry(av, bytes);
+        (av, held) = arena_get_retry(av, held, bytes);
         p = int_malloc(av, bytes, nb);
     }
-    (*av).unlock();
+    (*av).unlock(held);
     if p.is_null() {
         return enomem();
     }
@@ -150,15 +151,15 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
     };
     init::ensure();
     thread::tcache_or_init();
-    let mut av = arena_get(bytes);
+    let (mut av, mut held) = arena_get(bytes);
     let (mut oldtop, mut fresh_from) = fresh_memory(av);
     let mut mem = int_malloc(av, bytes, nb);
     if mem.is_null() {
-        av = arena_get_retry(av, bytes);
+        (av, held) = arena_get_retry(av, held, bytes);
         (oldtop, fresh_from) = fresh_memory(av);
         mem = int_malloc(av, bytes, nb);
     }
-    (*av).unlock();
+    (*av).unlock(held);
     if mem.is_null() {
         return enomem();
     }
@@ -242,9 +243,9 @@ pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
         return newmem;
     }
     let av = arena_for_chunk(oldp);
-    (*av).lock();
+    let held = (*av).lock();
     let newp = int_realloc(av, oldp, oldsize, nb);
-    (*av).unlock();
+    (*av).unlock(held);
     if !newp.is_null() {
         return newp;
     }
@@ -291,13 +292,13 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
         return enomem();
     }
     init::ensure();
-    let mut av = arena_get(bytes + alignment + MINSIZE);
+    let (mut av, mut held) = arena_get(bytes + alignment + MINSIZE);
     let mut p = int_memalign(av, alignment, nb);
     if p.is_null() {
-        av = arena_get_retry(av, bytes);
+        (av, held) = arena_get_retry(av, held, bytes);
         p = int_memalign(av, alignment, nb);
     }
-    (*av).unlock();
+    (*av).unlock(held);
     if p.is_null() {
         return enomem();
     }
@@ -368,10 +369,10 @@ pub fn mallopt(param: i32, value: i32) -> i32 {
     // SAFETY: the main arena is initialised; we hold its lock while
     // consolidating and changing parameters.
     unsafe {
-        (*m).mutex.lock();
+        let held = (*m).lock();
         crate::free::malloc_consolidate(m);
         let r = options::mallopt(param, value);
-        (*m).mutex.unlock();
+        (*m).unlock(held);
         r
     }
 }
@@ -384,9 +385,9 @@ pub fn malloc_trim(pad: usize) -> i32 {
     arena::for_each_arena(|a| {
         // SAFETY: arenas are valid forever; we hold the lock while trimming.
         unsafe {
-            (*a).mutex.lock();
+            let held = (*a).lock();
             result |= trim_arena(a, pad);
-            (*a).mutex.unlock();
+            (*a).unlock(held);
         }
     });
     result

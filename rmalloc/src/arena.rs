@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use crate::bins::{BINMAPSIZE, NBINS, NFASTBINS};
 use crate::chunk::{self, Chunk, ChunkPtr, ALIGN, ALIGN_MASK, MINSIZE, PREV_INUSE};
 use crate::heap::{self, HeapInfo};
-use crate::lock::Mutex;
+use crate::lock::{Held, Mutex};
 use crate::options::PARAMS;
 use crate::tls;
 
@@ -133,21 +133,22 @@ impl Arena {
 
     /// Take the arena lock, unless the process has a single thread: then
     /// nobody can contend, and glibc skips the lock the same way.  The
-    /// process cannot become multi-threaded between `lock` and `unlock`
-    /// (only the calling thread could create a thread, and it is inside the
-    /// allocator), so both calls always agree.
+    /// decision is made once, here, and travels in the returned token to
+    /// [`Arena::unlock`]: glibc's manual asks for the same actions however
+    /// `__libc_single_threaded` reads, so it is not read a second time.  A
+    /// thread that holds every arena lock through fork's prepare handler
+    /// passes (see `lock.rs`).
     #[inline(always)]
-    pub(crate) fn lock(&self) {
-        if !single_threaded() {
-            self.mutex.lock();
+    pub(crate) fn lock(&self) -> Held {
+        if single_threaded() {
+            return Held::NOT_TAKEN;
         }
+        self.mutex.lock_held()
     }
 
     #[inline(always)]
-    pub(crate) fn unlock(&self) {
-        if !single_threaded() {
-            self.mutex.unlock();
-        }
+    pub(crate) fn unlock(&self, h: Held) {
+        self.mutex.release(h);
     }
 
     #[inline(always)]
@@ -179,11 +180,29 @@ extern "C" {
     static __libc_single_threaded: core::ffi::c_char;
 }
 
+#[cfg(not(test))]
 #[inline(always)]
 pub(crate) fn single_threaded() -> bool {
     // SAFETY: a plain byte that libc only ever writes from the thread that
     // creates the process's second thread, before that thread exists.
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(__libc_single_threaded)) != 0 }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Unit tests pretend, per thread, that the flag reads a given way.
+    pub(crate) static SINGLE_THREADED_OVERRIDE: core::cell::Cell<Option<bool>> =
+        const { core::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+pub(crate) fn single_threaded() -> bool {
+    SINGLE_THREADED_OVERRIDE
+        .with(|o| o.get())
+        .unwrap_or_else(|| {
+            // SAFETY: as in the non-test version.
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!(__libc_single_threaded)) != 0 }
+        })
 }
 
 // The main arena lives in the library's .bss; `ARENA_STORAGE` is accessed
@@ -230,25 +249,25 @@ pub(crate) fn for_each_arena(mut f: impl FnMut(*mut Arena)) {
     }
 }
 
-/// The calling thread's arena, locked.  Picks one on first use.
+/// The calling thread's arena, locked (with the token to unlock it).
+/// Picks one on first use.
 #[inline]
-pub(crate) unsafe fn arena_get(bytes: usize) -> *mut Arena {
-    let a = tls::get::<{ tls::ARENA }>() as *mut Arena;
-    if !a.is_null() {
-        (*a).lock();
-        return a;
+pub(crate) unsafe fn arena_get(bytes: usize) -> (*mut Arena, Held) {
+    let a = tls::get::<{ tls::ARENA }>();
+    if a > tls::ARENA_EXITED {
+        let a = a as *mut Arena;
+        return (a, (*a).lock());
     }
     arena_get2(bytes, null_mut())
 }
 
-/// After a failed allocation in `a` (locked), unlock it and return another
-/// arena, locked, to retry in (glibc's `arena_get_retry`).
-pub(crate) unsafe fn arena_get_retry(a: *mut Arena, bytes: usize) -> *mut Arena {
-    (*a).unlock();
+/// After a failed allocation in `a` (locked with `h`), unlock it and return
+/// another arena, locked, to retry in (glibc's `arena_get_retry`).
+pub(crate) unsafe fn arena_get_retry(a: *mut Arena, h: Held, bytes: usize) -> (*mut Arena, Held) {
+    (*a).unlock(h);
     if a != main_arena() {
         let m = main_arena();
-        (*m).lock();
-        m
+        (m, (*m).lock())
     } else {
         arena_get2(bytes, a)
     }
@@ -282,7 +301,10 @@ fn ncores() -> usize {
 }
 
 #[cold]
-unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> *mut Arena {
+unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> (*mut Arena, Held) {
+    if tls::get::<{ tls::ARENA }>() == tls::ARENA_EXITED {
+        return borrow_arena(avoid);
+    }
     if let Some(a) = get_free_list() {
         return a;
     }
@@ -306,7 +328,7 @@ unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> *mut Arena {
                 continue;
             }
             let a = new_arena(size);
-            if !a.is_null() {
+            if !a.0.is_null() {
                 return a;
             }
             NARENAS.fetch_sub(1, Ordering::Relaxed);
@@ -322,7 +344,20 @@ unsafe fn detach(a: *mut Arena) {
     }
 }
 
-unsafe fn get_free_list() -> Option<*mut Arena> {
+/// An arena for an allocation after the thread's exit handler detached it
+/// (a thread-specific-data destructor that runs later): used without
+/// attaching, because nothing would detach the thread again and the arena
+/// would never return to the free list.  Arenas are shared under their lock
+/// anyway; this one only briefly has a user it does not count.
+unsafe fn borrow_arena(avoid: *mut Arena) -> (*mut Arena, Held) {
+    let mut a = main_arena();
+    if a == avoid {
+        a = (*a).next.load(Ordering::Acquire);
+    }
+    (a, (*a).lock())
+}
+
+unsafe fn get_free_list() -> Option<(*mut Arena, Held)> {
     if FREE_LIST.load(Ordering::Relaxed).is_null() {
         return None;
     }
@@ -339,17 +374,16 @@ unsafe fn get_free_list() -> Option<*mut Arena> {
         return None;
     }
     tls::set::<{ tls::ARENA }>(a as usize);
-    (*a).lock();
-    Some(a)
+    Some((a, (*a).lock()))
 }
 
-unsafe fn new_arena(size: usize) -> *mut Arena {
+unsafe fn new_arena(size: usize) -> (*mut Arena, Held) {
     let hdr = core::mem::size_of::<HeapInfo>() + core::mem::size_of::<Arena>() + ALIGN;
     let mut h = heap::new_heap(hdr, PARAMS.top_pad());
     if h.is_null() {
         h = heap::new_heap(hdr, 0);
         if h.is_null() {
-            return null_mut();
+            return (null_mut(), Held::NOT_TAKEN);
         }
     }
     let _ = size;
@@ -371,32 +405,42 @@ unsafe fn new_arena(size: usize) -> *mut Arena {
     debug_assert!(top_size >= MINSIZE);
     chunk::set_head(top as ChunkPtr, top_size | PREV_INUSE);
 
-    LIST_LOCK.lock();
+    let list = LIST_LOCK.lock_held();
     let m = main_arena();
     (*a).next
         .store((*m).next.load(Ordering::Relaxed), Ordering::Relaxed);
     (*m).next.store(a, Ordering::Release);
-    LIST_LOCK.unlock();
+    LIST_LOCK.release(list);
 
     let replaced = tls::get::<{ tls::ARENA }>() as *mut Arena;
     tls::set::<{ tls::ARENA }>(a as usize);
     FREE_LIST_LOCK.lock();
     detach(replaced);
     FREE_LIST_LOCK.unlock();
-    (*a).lock();
-    a
+    let held = (*a).lock();
+    if !list.taken() && held.taken() {
+        // This thread holds the fork locks (fork's prepare handler took the
+        // list lock for it): the new arena stays locked with the others
+        // until the parent or child handler, so no other thread can be
+        // inside it when the process is copied.
+        return (a, Held::NOT_TAKEN);
+    }
+    (a, held)
 }
 
-unsafe fn reused_arena(avoid: *mut Arena) -> *mut Arena {
+unsafe fn reused_arena(avoid: *mut Arena) -> (*mut Arena, Held) {
     let mut start = NEXT_TO_USE.load(Ordering::Relaxed);
     if start.is_null() {
         start = main_arena();
     }
     let mut result = start;
-    let mut locked = single_threaded();
-    while !locked {
-        if (*result).mutex.try_lock() {
-            locked = true;
+    let mut held = None;
+    if single_threaded() {
+        held = Some(Held::NOT_TAKEN);
+    }
+    while held.is_none() {
+        if let Some(h) = (*result).mutex.try_lock_held() {
+            held = Some(h);
             break;
         }
         result = (*result).next.load(Ordering::Acquire);
@@ -404,12 +448,15 @@ unsafe fn reused_arena(avoid: *mut Arena) -> *mut Arena {
             break;
         }
     }
-    if !locked {
-        if result == avoid {
-            result = (*result).next.load(Ordering::Acquire);
+    let held = match held {
+        Some(h) => h,
+        None => {
+            if result == avoid {
+                result = (*result).next.load(Ordering::Acquire);
+            }
+            (*result).mutex.lock_held()
         }
-        (*result).lock();
-    }
+    };
     FREE_LIST_LOCK.lock();
     detach(tls::get::<{ tls::ARENA }>() as *mut Arena);
     if (*result).attached_threads == 0 {
@@ -419,7 +466,7 @@ unsafe fn reused_arena(avoid: *mut Arena) -> *mut Arena {
     FREE_LIST_LOCK.unlock();
     tls::set::<{ tls::ARENA }>(result as usize);
     NEXT_TO_USE.store((*result).next.load(Ordering::Acquire), Ordering::Relaxed);
-    result
+    (result, held)
 }
 
 /// Unlink `a` from the free list (caller holds FREE_LIST_LOCK).
@@ -437,11 +484,12 @@ unsafe fn remove_from_free_list(a: *mut Arena) {
 /// Thread exit: the thread no longer uses its arena; an arena nobody uses
 /// goes on the free list for the next new thread.
 pub(crate) unsafe fn thread_detach() {
-    let a = tls::get::<{ tls::ARENA }>() as *mut Arena;
-    tls::set::<{ tls::ARENA }>(0);
-    if a.is_null() {
+    let a = tls::get::<{ tls::ARENA }>();
+    tls::set::<{ tls::ARENA }>(tls::ARENA_EXITED);
+    if a <= tls::ARENA_EXITED {
         return;
     }
+    let a = a as *mut Arena;
     FREE_LIST_LOCK.lock();
     (*a).attached_threads -= 1;
     if (*a).attached_threads == 0 {

@@ -6,7 +6,7 @@
 //! `bk` are the pair and the circular lists need no special cases.  Only
 //! `fd`/`bk` of a bin header may be touched.
 
-use crate::chunk::{request2size, SIZE_SZ};
+use crate::chunk::{request2size, ChunkPtr, SIZE_SZ};
 
 pub(crate) const NBINS: usize = 128;
 pub(crate) const NSMALLBINS: usize = 64;
@@ -72,6 +72,55 @@ pub(crate) const fn idx2block(i: usize) -> usize {
 #[inline(always)]
 pub(crate) const fn idx2bit(i: usize) -> u32 {
     1u32 << (i & ((1 << BINMAPSHIFT) - 1))
+}
+
+/// Number of thread-cache size classes (one per 16 bytes up to 1032).
+pub(crate) const TCACHE_MAX_BINS: usize = 64;
+
+/// Cache bin for chunk size `sz` (only meaningful for sizes >= crate::chunk::MINSIZE).
+#[inline(always)]
+pub(crate) const fn csize2tidx(sz: usize) -> usize {
+    sz.wrapping_sub(crate::chunk::MINSIZE)
+        .div_ceil(crate::chunk::ALIGN)
+}
+
+/// Largest request served by cache bin `idx` (glibc's `tidx2usize`).
+#[inline(always)]
+pub(crate) const fn tidx2usize(idx: usize) -> usize {
+    idx * crate::chunk::ALIGN + crate::chunk::MINSIZE - crate::chunk::SIZE_SZ
+}
+
+/// Remove free chunk `p` from its (small or large) bin.
+pub(crate) unsafe fn unlink_chunk(p: ChunkPtr) {
+    if crate::chunk::size(p) != crate::chunk::prev_size(crate::chunk::next_chunk(p)) {
+        crate::error::malloc_printerr("corrupted size vs. prev_size");
+    }
+    let fd = (*p).fd;
+    let bk = (*p).bk;
+    if (*fd).bk != p || (*bk).fd != p {
+        crate::error::malloc_printerr("corrupted double-linked list");
+    }
+    (*fd).bk = bk;
+    (*bk).fd = fd;
+    if !in_smallbin_range(crate::chunk::size_nomask(p)) && !(*p).fd_nextsize.is_null() {
+        if (*(*p).fd_nextsize).bk_nextsize != p || (*(*p).bk_nextsize).fd_nextsize != p {
+            crate::error::malloc_printerr("corrupted double-linked list (not small)");
+        }
+        if (*fd).fd_nextsize.is_null() {
+            if (*p).fd_nextsize == p {
+                (*fd).fd_nextsize = fd;
+                (*fd).bk_nextsize = fd;
+            } else {
+                (*fd).fd_nextsize = (*p).fd_nextsize;
+                (*fd).bk_nextsize = (*p).bk_nextsize;
+                (*(*p).fd_nextsize).bk_nextsize = fd;
+                (*(*p).bk_nextsize).fd_nextsize = fd;
+            }
+        } else {
+            (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
+            (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
+        }
+    }
 }
 
 #[cfg(test)]

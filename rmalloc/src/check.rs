@@ -1,6 +1,8 @@
 //! Heap consistency checking: the invariants of `chunk.rs`, `bins.rs` and
-//! `tcache.rs`, verified over every arena.  Used by tests after every step
-//! and exported as `rmalloc_check_heap()` for programs and tools.
+//! `tcache.rs`, verified over every arena and the calling thread's cache
+//! (other threads' caches are out of reach: they live in their TLS).  Used
+//! by tests after every step and exported as `rmalloc_check_heap()` for
+//! programs and tools.
 //!
 //! A check never aborts and never writes to the heap; it reports the first
 //! problem found.
@@ -11,6 +13,9 @@ use crate::arena::{self, Arena};
 use crate::bins::{self, NBINS, NFASTBINS};
 use crate::chunk::{self, reveal_ptr, ChunkPtr, MINSIZE};
 use crate::fmt::FixedBuf;
+use crate::options::PARAMS;
+use crate::tcache::{self, Entry, Tcache, TCACHE_MAX_BINS};
+use crate::tls;
 use crate::walk::{walk_arena, Kind};
 
 pub(crate) type Problem = FixedBuf<160>;
@@ -23,7 +28,91 @@ macro_rules! fail {
     }};
 }
 
-/// Check one arena.  Caller holds its lock.
+/// The calling thread's cache, if it has one.
+fn own_tcache() -> *mut Tcache {
+    let t = tls::get::<{ tls::TCACHE }>();
+    if t > tls::TCACHE_DISABLED {
+        t as *mut Tcache
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+/// Follow a cache list link.
+unsafe fn next_entry(e: *mut Entry) -> *mut Entry {
+    reveal_ptr(
+        core::ptr::addr_of!((*e).next) as *const u8,
+        (*e).next as *mut u8,
+    ) as *mut Entry
+}
+
+/// Whether free chunk `p` (of chunk size `size`) is also in the calling
+/// thread's cache.  Only called on lists that passed `check_tcache`, so the
+/// walk terminates.
+unsafe fn cached(p: ChunkPtr, size: usize) -> bool {
+    let tc = own_tcache();
+    let idx = tcache::csize2tidx(size);
+    if tc.is_null() || size < MINSIZE || idx >= TCACHE_MAX_BINS {
+        return false;
+    }
+    let mem = chunk::chunk2mem(p) as *mut Entry;
+    let mut e = (*tc).entries[idx];
+    while !e.is_null() {
+        if e == mem {
+            return true;
+        }
+        e = next_entry(e);
+    }
+    false
+}
+
+/// The calling thread's cache: each list is as long as its count (at most
+/// the configured count), its entries are aligned, carry the cache key, and
+/// are in-use heap chunks of the list's size class.  Chunks that are also in
+/// an arena's bins are caught by `check_arena`.
+pub(crate) unsafe fn check_tcache() -> Result<(), Problem> {
+    let tc = own_tcache();
+    if tc.is_null() {
+        return Ok(());
+    }
+    let limit = PARAMS.tcache_count();
+    for i in 0..TCACHE_MAX_BINS {
+        let count = (*tc).counts[i] as usize;
+        let mut n = 0usize;
+        let mut e = (*tc).entries[i];
+        while !e.is_null() {
+            if n >= count || n >= limit {
+                fail!("tcache bin {} holds more than its count {}", i, count);
+            }
+            if !chunk::aligned_ok(e as usize) {
+                fail!("tcache bin {} entry {:p} misaligned", i, e);
+            }
+            if (*e).key != tcache::key() {
+                fail!("tcache bin {} entry {:p} lacks the cache key", i, e);
+            }
+            let p = chunk::mem2chunk(e as *mut u8);
+            if chunk::is_mmapped(p) {
+                fail!("tcache bin {} holds mmapped chunk {:p}", i, p);
+            }
+            let size = chunk::size(p);
+            if size < MINSIZE || tcache::csize2tidx(size) != i {
+                fail!("tcache bin {} holds chunk {:p} of size {}", i, p, size);
+            }
+            if !chunk::inuse(p) {
+                fail!("tcache bin {} chunk {:p} marked free", i, p);
+            }
+            n += 1;
+            e = next_entry(e);
+        }
+        if n != count {
+            fail!("tcache bin {} has {} entries, count says {}", i, n, count);
+        }
+    }
+    Ok(())
+}
+
+/// Check one arena.  Caller holds its lock, and has checked its own cache
+/// with `check_tcache` (its lists are walked here).
 pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
     let mut free_in_heap = 0usize;
     // End of the previous chunk if it was free (regions are not adjacent,
@@ -38,7 +127,10 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         let mut b = Problem::new();
         if !chunk::aligned_ok(p as usize) {
             let _ = write!(b, "chunk {:p} misaligned", p);
-        } else if kind != Kind::Top && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0 {
+        } else if kind != Kind::Top
+            && chunk::size_nomask(p) & chunk::IS_MMAPPED != 0
+            && !crate::kal::in_probation(p)
+        {
             let _ = write!(b, "heap chunk {:p} marked mmapped", p);
         } else if kind == Kind::Free {
             if prev_free_end == p as usize {
@@ -92,6 +184,9 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
             if i > 1 && (*av).binmap[bins::idx2block(i)] & bins::idx2bit(i) == 0 {
                 fail!("bin {} non-empty but unmarked in binmap", i);
             }
+            if cached(p, size) {
+                fail!("chunk {:p} is both in bin {} and in the tcache", p, i);
+            }
             in_bins += 1;
             guard += 1;
             if guard > 1 << 26 {
@@ -110,6 +205,9 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
             }
             if !chunk::inuse(p) {
                 fail!("fastbin chunk {:p} marked free", p);
+            }
+            if cached(p, chunk::size(p)) {
+                fail!("chunk {:p} is both in fastbin {} and in the tcache", p, i);
             }
             guard += 1;
             if guard > 1 << 26 {
@@ -138,16 +236,17 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
 /// Check every arena, locking each in turn.
 pub(crate) fn check_all() -> Result<(), Problem> {
     crate::init::ensure();
-    let mut result = Ok(());
+    // SAFETY: the cache belongs to this thread; nothing else changes it.
+    let mut result = unsafe { check_tcache() };
     arena::for_each_arena(|a| {
         if result.is_err() {
             return;
         }
         // SAFETY: arenas are valid forever; the lock is held for the check.
         unsafe {
-            (*a).mutex.lock();
+            let held = (*a).lock();
             result = check_arena(a);
-            (*a).mutex.unlock();
+            (*a).unlock(held);
         }
     });
     result

@@ -1,6 +1,6 @@
 //! The arena free path (glibc's `_int_free`): fastbins, coalescing with the
 //! neighbours, the unsorted bin, merging into top, and trimming; plus
-//! `malloc_consolidate` and `unlink_chunk`.
+//! `malloc_consolidate` (`unlink_chunk` is with the bins).
 //!
 //! Every check glibc makes on a freed chunk is made here with glibc's
 //! message, so corruption and double frees abort instead of spreading.
@@ -13,8 +13,8 @@ use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, MINSIZE, PREV_INUSE,
 use crate::error::malloc_printerr;
 use crate::options::PARAMS;
 use crate::tcache::{self, Tcache};
-use crate::thread::TCACHE_DISABLED;
 use crate::tls;
+use crate::tls::TCACHE_DISABLED;
 use crate::top;
 
 #[inline(always)]
@@ -22,39 +22,6 @@ unsafe fn free_perturb(p: *mut u8, n: usize) {
     if PARAMS.perturb_enabled() {
         let b = PARAMS.perturb_byte();
         core::ptr::write_bytes(p, b, n);
-    }
-}
-
-/// Remove free chunk `p` from its (small or large) bin.
-pub(crate) unsafe fn unlink_chunk(_av: *mut Arena, p: ChunkPtr) {
-    if chunk::size(p) != chunk::prev_size(chunk::next_chunk(p)) {
-        malloc_printerr("corrupted size vs. prev_size");
-    }
-    let fd = (*p).fd;
-    let bk = (*p).bk;
-    if (*fd).bk != p || (*bk).fd != p {
-        malloc_printerr("corrupted double-linked list");
-    }
-    (*fd).bk = bk;
-    (*bk).fd = fd;
-    if !in_smallbin_range(chunk::size_nomask(p)) && !(*p).fd_nextsize.is_null() {
-        if (*(*p).fd_nextsize).bk_nextsize != p || (*(*p).bk_nextsize).fd_nextsize != p {
-            malloc_printerr("corrupted double-linked list (not small)");
-        }
-        if (*fd).fd_nextsize.is_null() {
-            if (*p).fd_nextsize == p {
-                (*fd).fd_nextsize = fd;
-                (*fd).bk_nextsize = fd;
-            } else {
-                (*fd).fd_nextsize = (*p).fd_nextsize;
-                (*fd).bk_nextsize = (*p).bk_nextsize;
-                (*(*p).fd_nextsize).bk_nextsize = fd;
-                (*(*p).bk_nextsize).fd_nextsize = fd;
-            }
-        } else {
-            (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
-            (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
-        }
     }
 }
 
@@ -70,9 +37,9 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
         fastbin_push(av, p, size, false);
         return;
     }
-    (*av).lock();
+    let held = (*av).lock();
     merge_chunk(av, p, size);
-    (*av).unlock();
+    (*av).unlock(held);
 }
 
 /// Free heap chunk `p` of arena `av`, whose lock the caller holds.  Like
@@ -137,9 +104,9 @@ unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool
         // Without the lock the neighbour may be changing under us: look
         // again while holding it before calling this corruption.
         let fail = have_lock || {
-            (*av).lock();
+            let held = (*av).lock();
             let f = bad_next();
-            (*av).unlock();
+            (*av).unlock(held);
             f
         };
         if fail {
@@ -255,7 +222,7 @@ unsafe fn coalesce(
                 Check::Fastbins => "corrupted size vs. prev_size in fastbins",
             });
         }
-        unlink_chunk(av, p);
+        unlink_chunk(p);
     }
     if next == (*av).top {
         size += nextsize;
@@ -264,7 +231,7 @@ unsafe fn coalesce(
         return size;
     }
     if !chunk::inuse_bit_at_offset(next, nextsize) {
-        unlink_chunk(av, next);
+        unlink_chunk(next);
         size += nextsize;
     } else {
         chunk::clear_inuse_bit_at_offset(next, 0);

@@ -167,7 +167,7 @@ pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
         h = prev_heap;
         if !chunk::prev_inuse(p) {
             p = chunk::prev_chunk(p);
-            crate::free::unlink_chunk(a, p);
+            crate::bins::unlink_chunk(p);
         }
         (*a).top = p;
         top = p;

@@ -8,14 +8,15 @@
 use core::sync::atomic::Ordering;
 
 use crate::arena::Arena;
+use crate::bins::unlink_chunk;
 use crate::bins::*;
 use crate::chunk::{self, chunk2mem, reveal_ptr, ChunkPtr, MINSIZE, PREV_INUSE, SIZE_SZ};
 use crate::error::malloc_printerr;
-use crate::free::{malloc_consolidate, unlink_chunk};
+use crate::free::malloc_consolidate;
 use crate::options::PARAMS;
 use crate::tcache::{self, Tcache};
-use crate::thread::TCACHE_DISABLED;
 use crate::tls;
+use crate::tls::TCACHE_DISABLED;
 use crate::top;
 
 #[inline(always)]
@@ -234,7 +235,7 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
                 victim = (*victim).fd;
             }
             let size = chunk::size(victim);
-            unlink_chunk(av, victim);
+            unlink_chunk(victim);
             return finish_split(av, victim, size, nb, bytes, false);
         }
     }
@@ -274,7 +275,7 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
             continue;
         }
         let size = chunk::size(victim);
-        unlink_chunk(av, victim);
+        unlink_chunk(victim);
         return finish_split(av, victim, size, nb, bytes, true);
     }
 }

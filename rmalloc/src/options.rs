@@ -60,8 +60,8 @@ use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering::*};
 
 use crate::bins::MAX_FAST_SIZE;
+use crate::bins::{csize2tidx, tidx2usize, TCACHE_MAX_BINS};
 use crate::chunk::{request2size, ALIGN_MASK, MINSIZE, SIZE_SZ};
-use crate::tcache::{csize2tidx, tidx2usize, TCACHE_MAX_BINS};
 use crate::tunables::{self, Tunables, T};
 
 // ---------------------------------------------------------------------------

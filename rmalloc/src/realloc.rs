@@ -2,11 +2,12 @@
 //! and `_int_memalign`).  Both run with the arena locked.
 
 use crate::arena::Arena;
+use crate::bins::unlink_chunk;
 use crate::chunk::{
     self, chunk2mem, mem2chunk, ChunkPtr, ALIGN_MASK, MINSIZE, PREV_INUSE, SIZE_SZ,
 };
 use crate::error::malloc_printerr;
-use crate::free::{int_free_locked, unlink_chunk};
+use crate::free::int_free_locked;
 use crate::malloc::int_malloc;
 
 /// Resize heap chunk `oldp` (of `oldsize` bytes) to chunk size `nb`,
@@ -40,7 +41,7 @@ pub(crate) unsafe fn int_realloc(
         return chunk2mem(oldp);
     } else if next != (*av).top && !chunk::inuse(next) && oldsize + nextsize >= nb {
         // Absorb the free neighbour.
-        unlink_chunk(av, next);
+        unlink_chunk(next);
         newp = oldp;
         newsize = oldsize + nextsize;
     } else {

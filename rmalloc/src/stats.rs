@@ -129,9 +129,9 @@ fn for_each_info(mut f: impl FnMut(&ArenaInfo)) {
     arena::for_each_arena(|a| {
         // SAFETY: arenas live forever; the lock is held while reading.
         let info = unsafe {
-            (*a).mutex.lock();
+            let held = (*a).lock();
             let i = arena_info(a);
-            (*a).mutex.unlock();
+            (*a).unlock(held);
             i
         };
         f(&info);

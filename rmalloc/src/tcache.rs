@@ -13,10 +13,10 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr, ALIGN, MINSIZE, SIZE_SZ};
+use crate::chunk::{self, protect_ptr, reveal_ptr, ChunkPtr};
+// The size classes live with the bins; re-exported for the cache's users.
+pub(crate) use crate::bins::{csize2tidx, TCACHE_MAX_BINS};
 use crate::error::malloc_printerr;
-
-pub(crate) const TCACHE_MAX_BINS: usize = 64;
 
 #[repr(C)]
 pub(crate) struct Entry {
@@ -64,18 +64,6 @@ pub(crate) fn init_key() {
             ^ 0x9e37_79b9_7f4a_7c15;
     }
     KEY.store(k, Ordering::Relaxed);
-}
-
-/// Cache bin for chunk size `sz` (only meaningful for sizes >= MINSIZE).
-#[inline(always)]
-pub(crate) const fn csize2tidx(sz: usize) -> usize {
-    sz.wrapping_sub(MINSIZE).div_ceil(ALIGN)
-}
-
-/// Largest request served by cache bin `idx` (glibc's `tidx2usize`).
-#[inline(always)]
-pub(crate) const fn tidx2usize(idx: usize) -> usize {
-    idx * ALIGN + MINSIZE - SIZE_SZ
 }
 
 /// Pop from bin `idx`, which must be non-empty.

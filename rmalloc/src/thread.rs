@@ -16,9 +16,8 @@ use crate::arena;
 use crate::chunk::{self, mem2chunk};
 use crate::malloc::int_malloc;
 use crate::tcache::{self, Tcache, TCACHE_MAX_BINS};
-use crate::tls;
+use crate::tls::{self, TCACHE_DISABLED};
 
-pub(crate) const TCACHE_DISABLED: usize = 1;
 static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 /// glibc's PTHREAD_DESTRUCTOR_ITERATIONS.
 const DESTRUCTOR_ROUNDS: usize = 4;
@@ -51,17 +50,13 @@ unsafe fn init_tcache() -> *mut Tcache {
     tls::set::<{ tls::TCACHE }>(TCACHE_DISABLED);
     let bytes = core::mem::size_of::<Tcache>();
     let nb = chunk::request2size(bytes);
-    let mut av = arena::arena_get(bytes);
+    let (mut av, mut held) = arena::arena_get(bytes);
     let mut mem = int_malloc(av, bytes, nb);
     if mem.is_null() {
-        av = arena::arena_get_retry(av, bytes);
-        if !av.is_null() {
-            mem = int_malloc(av, bytes, nb);
-        }
+        (av, held) = arena::arena_get_retry(av, held, bytes);
+        mem = int_malloc(av, bytes, nb);
     }
-    if !av.is_null() {
-        (*av).unlock();
-    }
+    (*av).unlock(held);
     if mem.is_null() {
         return core::ptr::null_mut();
     }

@@ -24,6 +24,16 @@ core::arch::global_asm!(
 pub(crate) const TCACHE: usize = 0;
 pub(crate) const ARENA: usize = 8;
 
+/// Values of the `TCACHE` slot: 0 = not created yet, `TCACHE_DISABLED` =
+/// none (being created, none could be allocated, or the thread is exiting);
+/// anything greater is the `*mut Tcache`.
+pub(crate) const TCACHE_DISABLED: usize = 1;
+
+/// Values of the `ARENA` slot: 0 = none chosen yet, `ARENA_EXITED` = the
+/// thread's exit handler has detached it from its arena (later allocations
+/// borrow one without attaching); anything greater is the `*mut Arena`.
+pub(crate) const ARENA_EXITED: usize = 1;
+
 #[inline(always)]
 pub(crate) fn get<const SLOT: usize>() -> usize {
     let v: usize;
@@ -56,6 +66,21 @@ pub(crate) fn set<const SLOT: usize>(val: usize) {
             options(nostack, preserves_flags)
         );
     }
+}
+
+/// Offset of the block from the thread pointer (the same in every thread:
+/// static TLS), so another task can find a stopped thread's slots.
+pub(crate) fn block_offset() -> isize {
+    let t: isize;
+    // SAFETY: reads the GOTTPOFF entry only (no TLS access).
+    unsafe {
+        core::arch::asm!(
+            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
+            t = out(reg) t,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    t
 }
 
 #[cfg(test)]

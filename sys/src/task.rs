@@ -58,6 +58,14 @@ pub fn now_ns() -> u64 {
     ts[0] as u64 * 1_000_000_000 + ts[1] as u64
 }
 
+/// CPU time of the calling thread in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    // SAFETY: `ts` is a valid `struct timespec` to write.
+    let _ = unsafe { syscall!(Sysno::clock_gettime, 3usize, ts.as_mut_ptr() as usize) };
+    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
+}
+
 /// Sleep for `ns` nanoseconds (returns early on a signal).
 pub fn sleep_ns(ns: u64) {
     let ts = [(ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64];
@@ -269,21 +277,36 @@ pub unsafe fn mmap_shared(len: usize) -> SysResult<*mut u8> {
 /// signals are blocked in it.  Returns its tid.
 ///
 /// # Safety
-/// `stack_top` must be the 16-byte aligned end of a writable mapping that
-/// stays mapped while the thread runs; `f` must never return and must not
-/// touch thread-local storage (the new thread shares the creator's thread
-/// pointer) or anything else that assumes a glibc thread.
+/// As [`spawn_raw`].
 pub unsafe fn spawn_raw_thread(
+    stack_top: *mut u8,
+    f: extern "C" fn(usize) -> !,
+    arg: usize,
+) -> SysResult<i32> {
+    // SAFETY: forwarded contract.
+    unsafe { spawn_raw(THREAD_FLAGS, stack_top, f, arg) }
+}
+
+/// `clone(flags)` onto a fresh stack, running `f(arg)` with every signal
+/// blocked.  Returns the new task's id.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned end of a writable mapping that
+/// stays mapped while the task runs; `f` must never return and must not
+/// touch thread-local storage (the new task shares the creator's thread
+/// pointer) or anything else that assumes a glibc thread.
+pub unsafe fn spawn_raw(
+    flags: usize,
     stack_top: *mut u8,
     f: extern "C" fn(usize) -> !,
     arg: usize,
 ) -> SysResult<i32> {
     let old = sigmask(SIG_SETMASK, !0);
     let ret: isize;
-    // SAFETY: clone with CLONE_VM and a fresh stack: the child starts with
-    // this thread's registers except rax (0) and rsp (the new stack); it
-    // calls `f` from r12/r13, which the syscall preserves.  The parent
-    // falls through with the child's tid in rax.
+    // SAFETY: clone with a fresh stack: the child starts with this
+    // thread's registers except rax (0) and rsp (the new stack); it calls
+    // `f` from r12/r13, which the syscall preserves.  The parent falls
+    // through with the child's id in rax.
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -295,7 +318,7 @@ pub unsafe fn spawn_raw_thread(
             "ud2",
             "2:",
             inlateout("rax") Sysno::clone as isize => ret,
-            in("rdi") THREAD_FLAGS,
+            in("rdi") flags,
             in("rsi") stack_top as usize,
             in("rdx") 0usize,
             in("r10") 0usize,

@@ -37,7 +37,24 @@ pub struct Heap {
     pub flags: MVec<u8>,
     /// Address ranges that are heap (not roots), unsorted.
     pub ranges: MVec<(usize, usize)>,
+    /// Lookup index: dense runs of chunks, and per page of each run the
+    /// first chunk that may hold an address in it.
+    segs: MVec<Seg>,
+    pages: MVec<u32>,
 }
+
+#[derive(Clone, Copy)]
+struct Seg {
+    lo: usize,
+    hi: usize,
+    /// Index of the segment's first page in `pages`.
+    base: usize,
+}
+
+const PAGE_SHIFT: usize = 12;
+const PAGE: usize = 1 << PAGE_SHIFT;
+/// Chunks further apart than this start a new segment.
+const SEG_GAP: usize = 1 << 20;
 
 impl Heap {
     pub const fn new() -> Self {
@@ -45,28 +62,86 @@ impl Heap {
             chunks: MVec::new(),
             flags: MVec::new(),
             ranges: MVec::new(),
+            segs: MVec::new(),
+            pages: MVec::new(),
         }
     }
 
     /// Index of the in-use chunk whose user area (or one past its end)
-    /// holds `addr`.
+    /// holds `addr`: the segment by binary search (there are few), the page
+    /// by index, then a short walk over the chunks starting in that page.
     #[inline]
     pub fn find(&self, addr: usize) -> Option<usize> {
-        let c = self.chunks.as_slice();
-        // Last chunk whose user area starts at or before `addr`.
-        let i = c.partition_point(|&(p, _)| p + HDR <= addr);
-        if i == 0 {
+        let segs = self.segs.as_slice();
+        let s = segs.partition_point(|g| g.hi <= addr);
+        let g = segs.get(s)?;
+        if addr < g.lo {
             return None;
         }
-        let (p, size) = c[i - 1];
-        let mmapped = self.flags.as_slice()[i - 1] & MMAPPED != 0;
+        let c = self.chunks.as_slice();
+        let first = self.pages.as_slice()[g.base + ((addr - g.lo) >> PAGE_SHIFT)] as usize;
+        // At most a page's worth of chunks can start in this page.
+        let last = c.len().min(first + PAGE / chunk::MINSIZE + 2);
+        let k = c[first..last].partition_point(|&(p, _)| p + HDR <= addr);
+        if k == 0 {
+            return None;
+        }
+        let i = first + k - 1;
+        let (p, size) = c[i];
+        let mmapped = self.flags.as_slice()[i] & MMAPPED != 0;
         // Usable bytes reach into the next chunk's prev_size for heap chunks.
         let end = if mmapped {
             p + size
         } else {
             p + size + chunk::SIZE_SZ
         };
-        (addr <= end).then_some(i - 1)
+        (addr <= end).then_some(i)
+    }
+
+    /// Build the segment and page index over the sorted chunk table.
+    fn index(&mut self) -> bool {
+        self.segs.clear();
+        self.pages.clear();
+        let n = self.chunks.len();
+        let mut i = 0;
+        while i < n {
+            // A segment: chunks no more than SEG_GAP apart.
+            let lo = self.chunks.as_slice()[i].0 & !(PAGE - 1);
+            let mut j = i;
+            let mut hi = 0;
+            while j < n {
+                let (p, size) = self.chunks.as_slice()[j];
+                if j > i && p > hi + SEG_GAP {
+                    break;
+                }
+                hi = hi.max(p + size + 2 * chunk::SIZE_SZ);
+                j += 1;
+            }
+            let hi = (hi + PAGE - 1) & !(PAGE - 1);
+            let base = self.pages.len();
+            let npages = (hi - lo) >> PAGE_SHIFT;
+            if !self.pages.reserve(npages) || !self.segs.push(Seg { lo, hi, base }) {
+                return false;
+            }
+            // pages[k] = first chunk of the segment ending after page k's start.
+            let mut k = i;
+            for pg in 0..npages {
+                let start = lo + (pg << PAGE_SHIFT);
+                while k < j {
+                    let (p, size) = self.chunks.as_slice()[k];
+                    if p + size + 2 * chunk::SIZE_SZ > start {
+                        break;
+                    }
+                    k += 1;
+                }
+                // The walk in `find` needs the chunk that may cover `start`
+                // from the page before: step back one when possible.
+                let first = if k > i { k - 1 } else { k };
+                self.pages.push(first as u32);
+            }
+            i = j;
+        }
+        true
     }
 
     /// User area of chunk `i`: [start, end).
@@ -179,6 +254,9 @@ pub unsafe fn dissect(
         return Err(DissectError::NoMemory);
     }
     sort_by_address(h);
+    if !h.index() {
+        return Err(DissectError::NoMemory);
+    }
     // Probation chunks: kept, and roots.
     let mut missing = false;
     probation.for_each(|a, _| match h.find(a + HDR) {
@@ -264,7 +342,9 @@ unsafe fn exclude_tcache(h: &mut Heap, tc: *const Tcache) -> Result<(), DissectE
     for i in 0..TCACHE_MAX_BINS {
         // SAFETY: `tc` is a valid Tcache (function contract).
         let (head, count) = unsafe { ((*tc).entries[i] as usize, (*tc).counts[i] as usize) };
-        exclude_chain(h, head, count, |e| {
+        // A push caught between linking the entry and counting it leaves
+        // the list one longer than its count.
+        exclude_chain(h, head, count + 1, |e| {
             let ent = e as *const Entry;
             // SAFETY: `e` was just found to be a chunk's user pointer in the
             // table, so its first word is readable.
@@ -303,4 +383,53 @@ unsafe fn exclude_fastbins(h: &mut Heap, av: *mut Arena) -> Result<(), DissectEr
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_agrees_with_a_plain_search() {
+        let mut h = Heap::new();
+        let mut x = 7usize;
+        let mut p = 0x10_0000usize;
+        for i in 0..3_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = 32 + ((x >> 33) % 64) * 16;
+            if i % 1000 == 999 {
+                p += 8 << 20; // a gap that starts a new segment
+            }
+            h.chunks.push((p, size));
+            h.flags
+                .push(if i % 97 == 0 { CAND | MMAPPED } else { CAND });
+            p += size + if (x >> 20).is_multiple_of(7) { 4096 } else { 0 };
+        }
+        assert!(h.index());
+        let naive = |a: usize| {
+            h.chunks
+                .as_slice()
+                .iter()
+                .enumerate()
+                .find_map(|(i, &(c, s))| {
+                    let end = if h.flags.as_slice()[i] & MMAPPED != 0 {
+                        c + s
+                    } else {
+                        c + s + 8
+                    };
+                    (c + HDR <= a && a <= end).then_some(i)
+                })
+        };
+        let (lo, hi) = (0x10_0000 - 64, p + 64);
+        let mut a = lo;
+        while a < hi {
+            assert_eq!(h.find(a), naive(a), "address {a:#x}");
+            a += 8 + (a >> 3) % 3 * 8;
+            if a % 65536 < 24 {
+                a += 4096; // sample, so the naive search stays affordable
+            }
+        }
+    }
 }

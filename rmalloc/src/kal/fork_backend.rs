@@ -16,12 +16,20 @@ use sys::task;
 
 use crate::arena;
 
-use super::options::{Mode, Options};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use super::options::{Mode, Options, StopMethod};
 use super::roots;
 use super::scan::{self, Scratch};
 use super::snapshot::{Discard, Results};
 use super::stats;
 use super::stop::{self, StopError};
+
+/// Stops tried per scan before the snapshot is discarded.
+const ATTEMPTS: u64 = 12;
+
+/// `stop=auto` found ptrace refused once: use signals from then on.
+static PTRACE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The scanner's state that the child needs.
 pub struct Frozen<'a> {
@@ -32,25 +40,53 @@ pub struct Frozen<'a> {
     pub results: &'a mut Results,
 }
 
-const SCHED_OTHER: usize = 0;
+const SCHED_BATCH: usize = 3;
 const SCHED_IDLE: usize = 5;
 
-pub fn set_sched(policy: usize) {
-    let param = 0i32;
-    // SAFETY: sched_setscheduler on the calling thread with a valid param.
-    let _ = unsafe {
-        task::raw(
-            libc::SYS_sched_setscheduler as usize,
-            [0, policy, &param as *const i32 as usize, 0, 0, 0],
-        )
-    };
+/// The snapshot child's priority: `SCHED_IDLE` when asked (`sched_idle=1`),
+/// else `SCHED_BATCH` at nice 19.  (The scanner thread itself stays at the
+/// program's priority: it mostly sleeps, and an unprivileged thread could
+/// not raise its priority again for the stop, which must be short.)  Plain `SCHED_IDLE`
+/// starves the scanner completely while the program keeps every CPU busy
+/// (measured: no scan at all in 3 s, four busy threads on two cores), and
+/// then leaks are never reclaimed where they matter most.
+pub fn background(idle: bool) {
+    if idle {
+        set_sched(SCHED_IDLE, 0);
+    } else {
+        set_sched(SCHED_BATCH, 19);
+    }
 }
 
-/// Is any allocator lock held, or is any stopped thread inside our code?
+fn set_sched(policy: usize, nice: i32) {
+    let param = 0i32;
+    // SAFETY: sched_setscheduler and setpriority on the calling thread
+    // with valid arguments.
+    unsafe {
+        let _ = task::raw(
+            libc::SYS_sched_setscheduler as usize,
+            [0, policy, &param as *const i32 as usize, 0, 0, 0],
+        );
+        let _ = task::raw(
+            libc::SYS_setpriority as usize,
+            [0, 0, nice as usize, 0, 0, 0],
+        );
+    }
+}
+
+/// Could the heap be mid-update?  With several threads, every change to
+/// shared allocator state happens under a lock, except thread-cache
+/// operations (thread-local; a list caught mid-push is one entry longer
+/// than its count, which the dissection accepts, and the chunk in flight
+/// is in the thread's registers) and lock-free fastbin pushes (one atomic
+/// exchange): so "no lock held" is enough.  A single-threaded process
+/// elides the locks, as glibc does: then its one thread must not have been
+/// stopped inside the allocator's code.
 fn heap_busy() -> bool {
-    let mut busy = stop::slots()
-        .iter()
-        .any(|s| stop::stopped(s) && s.in_allocator != 0);
+    let mut busy = arena::single_threaded()
+        && stop::slots()
+            .iter()
+            .any(|s| stop::stopped(s) && s.in_allocator != 0);
     arena::for_each_arena(|a| {
         // SAFETY: arenas are never freed; reading the lock word is a plain
         // atomic load.
@@ -66,30 +102,61 @@ fn heap_busy() -> bool {
 /// unreadable in detect mode (the report may then name live objects).
 pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> {
     let o = f.opts;
-    for attempt in 0..5u64 {
-        set_sched(SCHED_OTHER);
+    for attempt in 0..ATTEMPTS {
         let t0 = task::now_ns();
-        match stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000) {
-            Ok(_) => {}
-            Err(StopError::Timeout) | Err(StopError::Threads) => {
-                set_sched(SCHED_IDLE);
-                return Err(Discard::Stop);
+        let use_ptrace = match o.stop {
+            StopMethod::Signal => false,
+            StopMethod::Ptrace => true,
+            StopMethod::Auto => !PTRACE_REFUSED.load(Ordering::Relaxed),
+        };
+        let stopped = if use_ptrace {
+            match super::ptrace::stop_all(o.stop_timeout_ms * 1_000_000) {
+                Err(StopError::NotPermitted) if o.stop == StopMethod::Auto => {
+                    PTRACE_REFUSED.store(true, Ordering::Relaxed);
+                    super::report::log(
+                        o.verbosity,
+                        1,
+                        format_args!("ptrace not permitted here; stopping threads with signals"),
+                    );
+                    continue;
+                }
+                r => r,
             }
+        } else {
+            stop::stop_all(o.stop_signal, o.stop_timeout_ms * 1_000_000)
+        };
+        let release = || {
+            if use_ptrace {
+                super::ptrace::release()
+            } else {
+                stop::release()
+            }
+        };
+        match stopped {
+            Ok(_) => {}
+            // A thread being created runs with every signal blocked for a
+            // moment: worth a few more tries.
+            Err(StopError::Blocked) if attempt + 1 < ATTEMPTS => {
+                task::sleep_ns(1_000_000);
+                continue;
+            }
+            Err(_) => return Err(Discard::Stop),
         }
         if heap_busy() {
-            stop::release();
-            set_sched(SCHED_IDLE);
-            if attempt == 4 {
+            release();
+            if attempt + 1 == ATTEMPTS {
                 return Err(Discard::Heap);
             }
-            task::sleep_ns(200_000 * (attempt + 1));
+            // Locks are held for microseconds: try again soon, with a
+            // little jitter so as not to fall into step with the program.
+            task::sleep_ns(50_000 + (t0 % 97) * 1_000);
             continue;
         }
+        let t_stop = task::now_ns();
         *incomplete_roots = false;
         if let Err(e) = roots::kernel_roots(f.kroots, f.proc_text, o.stop_signal) {
             if o.mode == Mode::Reclaim {
-                stop::release();
-                set_sched(SCHED_IDLE);
+                release();
                 super::report::log(
                     o.verbosity,
                     1,
@@ -100,12 +167,17 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             *incomplete_roots = true;
         }
         f.results.reset();
+        let t_roots = task::now_ns();
         // SAFETY: the child only scans (raw system calls, memory it maps
         // itself, the shared result area) and ends with exit_now.
         let pid = unsafe { task::fork_raw() };
         match pid {
             Ok(0) => {
-                set_sched(SCHED_IDLE);
+                // Drop the inherited descriptors at once: a copy of a pipe's
+                // write end would delay the EOF its reader waits for.
+                // SAFETY: close_range only closes this child's fds.
+                let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
+                background(o.sched_idle);
                 let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
                 // SAFETY: this is the snapshot child: nothing else runs.
                 let r = unsafe { scan::run(f.scratch, o, f.kroots.as_slice(), f.results) };
@@ -113,17 +185,26 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                 task::exit_now(0);
             }
             Ok(pid) => {
-                stop::release();
+                let t_fork = task::now_ns();
+                release();
                 stats::note_pause(task::now_ns() - t0);
-                set_sched(SCHED_IDLE);
+                super::report::log(
+                    o.verbosity,
+                    2,
+                    format_args!(
+                        "pause: stop {} us, kernel roots {} us, fork {} us",
+                        (t_stop - t0) / 1000,
+                        (t_roots - t_stop) / 1000,
+                        (t_fork - t_roots) / 1000
+                    ),
+                );
                 return match task::wait_clone(pid) {
-                    Ok(status) if status == 0 => f.results.outcome(),
+                    Ok(0) => f.results.outcome(),
                     _ => Err(Discard::Resources),
                 };
             }
             Err(_) => {
-                stop::release();
-                set_sched(SCHED_IDLE);
+                release();
                 return Err(Discard::Resources);
             }
         }

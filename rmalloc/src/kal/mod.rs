@@ -21,11 +21,15 @@
 //! thread not stopped, a thread inside the allocator, a lock held, a root
 //! source unreadable) discards the snapshot.
 
+// The entry points are called from the C exports, which unit tests leave out.
+#![cfg_attr(test, allow(dead_code))]
+
 pub mod dissect;
 pub mod fork_backend;
 pub mod mark;
 pub mod mem;
 pub mod options;
+pub mod ptrace;
 pub mod reclaim;
 pub mod registry;
 pub mod report;
@@ -122,6 +126,7 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         return false;
     };
     e.results = r;
+    ptrace::init();
     if !stop::init() || !find_text() {
         return false;
     }
@@ -206,6 +211,12 @@ pub unsafe fn claim(p: ChunkPtr) -> bool {
     reclaim::any_in_probation() && unsafe { reclaim::claim(p) }
 }
 
+/// For the heap check: a heap chunk with the `IS_MMAPPED` bit is fine when
+/// KAL holds it in probation.
+pub fn in_probation(p: ChunkPtr) -> bool {
+    reclaim::holds(p)
+}
+
 /// A chunk was mapped, or moved by `mremap` (then call `mmapped_removed`
 /// for the old address first).
 #[inline]
@@ -224,6 +235,7 @@ pub fn after_fork_child() {
         return;
     }
     stop::reset_after_fork();
+    ptrace::reset_after_fork();
     registry::reset_after_fork();
     reclaim::reset_after_fork();
     stats::reset();
@@ -262,9 +274,9 @@ pub fn scan_now() -> i32 {
             // SAFETY: arenas are never freed; the lock is taken (or elided
             // while single-threaded) around the drain.
             unsafe {
-                (*a).lock();
+                let held = (*a).lock();
                 reclaim::drain(a, usize::MAX);
-                (*a).unlock();
+                (*a).unlock(held);
             }
         });
     }

@@ -21,6 +21,15 @@ pub enum Mode {
     Reclaim = 2,
 }
 
+/// How threads are stopped for the snapshot instant (fork backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMethod {
+    /// ptrace where permitted, else the signal handshake.
+    Auto,
+    Ptrace,
+    Signal,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Auto,
@@ -48,9 +57,12 @@ pub struct Options {
     pub use_stacks: bool,
     pub use_tls: bool,
     pub use_globals: bool,
+    pub stop: StopMethod,
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
     pub leak_check_at_exit: bool,
+    /// Scanner at SCHED_IDLE rather than SCHED_BATCH nice 19.
+    pub sched_idle: bool,
 }
 
 impl Options {
@@ -71,9 +83,11 @@ impl Options {
             use_stacks: true,
             use_tls: true,
             use_globals: true,
+            stop: StopMethod::Auto,
             stop_signal: 61,
             stop_timeout_ms: 100,
             leak_check_at_exit: true,
+            sched_idle: false,
         }
     }
 
@@ -180,6 +194,19 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
                     }
                 }
             }
+            b"stop" => {
+                o.stop = match v {
+                    b"auto" => StopMethod::Auto,
+                    b"ptrace" => StopMethod::Ptrace,
+                    b"signal" => StopMethod::Signal,
+                    _ => {
+                        return Err(err(format_args!(
+                            "KAL: bad value '{}' for stop (expected auto, ptrace or signal); KAL stays off",
+                            Shown(v)
+                        )))
+                    }
+                }
+            }
             b"interval_ms" => o.interval_ms = num(key, v, 1, 86_400_000)?,
             b"confirm_scans" => o.confirm_scans = num(key, v, 1, 64)? as u32,
             b"min_free_age_ms" => o.min_free_age_ms = num(key, v, 0, 86_400_000)?,
@@ -194,6 +221,7 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
             b"use_tls" => o.use_tls = flag(key, v)?,
             b"use_globals" => o.use_globals = flag(key, v)?,
             b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
+            b"sched_idle" => o.sched_idle = flag(key, v)?,
             b"log_path" => {
                 if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
                     return Err(err(format_args!(

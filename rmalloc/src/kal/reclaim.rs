@@ -108,7 +108,7 @@ pub fn enqueue(chunk: usize, size: usize, arena: *mut Arena) -> bool {
     QLOCK.unlock();
     if ok {
         if arena.is_null() {
-            arena::for_each_arena(|a| set_pending(a));
+            arena::for_each_arena(set_pending);
         } else {
             set_pending(arena);
         }
@@ -348,6 +348,18 @@ pub unsafe fn claim(p: ChunkPtr) -> bool {
     }
     PLOCK.unlock();
     false
+}
+
+/// Is heap chunk `p` held in probation (its header bit is KAL's)?
+pub fn holds(p: ChunkPtr) -> bool {
+    if !any_in_probation() {
+        return false;
+    }
+    PLOCK.lock();
+    // SAFETY: PLOCK is held.
+    let r = unsafe { (*PROBATION.0.get()).get(p as usize) }.is_some();
+    PLOCK.unlock();
+    r
 }
 
 /// After `fork`: the child keeps the parent's probation (the chunks are

@@ -6,8 +6,8 @@
 //! The thread is a raw `clone`, unknown to glibc: the process stays
 //! "single-threaded" for glibc (so the allocator keeps eliding its locks),
 //! and the program never sees it in its own thread bookkeeping.  It runs at
-//! `SCHED_IDLE`, switching to normal priority only for the stop itself so
-//! that a busy machine cannot stretch the program's pause.  It uses raw
+//! the program's priority, so that a busy machine cannot stretch the pause;
+//! the mark runs in the snapshot child at background priority.  It uses raw
 //! system calls only and never allocates.
 //!
 //! Invariant: [`ENGINE`] is touched only by the scanner thread (and by the
@@ -110,7 +110,6 @@ pub fn start() -> bool {
 
 extern "C" fn main(_: usize) -> ! {
     let _ = task::prctl(task::PR_SET_NAME, c"kal-scanner".as_ptr() as usize);
-    fork_backend::set_sched(5);
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;

@@ -54,9 +54,9 @@ pub struct Slot {
 pub const REG_RSP: usize = 15;
 pub const REG_RIP: usize = 16;
 
-static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
-static NSLOTS: AtomicUsize = AtomicUsize::new(0);
-static GEN: AtomicU32 = AtomicU32::new(0);
+pub(super) static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
+pub(super) static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static GEN: AtomicU32 = AtomicU32::new(0);
 static RELEASED: AtomicU32 = AtomicU32::new(0);
 /// Wake-up hint for the scanner; correctness rests on the slots' `state`.
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -85,7 +85,7 @@ pub fn remove_waiter(tid: i32) {
     }
 }
 
-fn is_waiter(tid: i32) -> bool {
+pub(super) fn is_waiter(tid: i32) -> bool {
     WAITERS.iter().any(|w| w.load(Ordering::Acquire) == tid)
 }
 /// The allocator's own code, [start, end).
@@ -115,12 +115,12 @@ pub fn slots() -> &'static [Slot] {
     unsafe { core::slice::from_raw_parts(p, NSLOTS.load(Ordering::Acquire)) }
 }
 
-fn slot_mut(i: usize) -> *mut Slot {
+pub(super) fn slot_mut(i: usize) -> *mut Slot {
     SLOTS.load(Ordering::Acquire).wrapping_add(i)
 }
 
 #[inline(always)]
-fn thread_pointer() -> u64 {
+pub(super) fn thread_pointer() -> u64 {
     let v: u64;
     // SAFETY: on x86-64 Linux, %fs:0 holds the TCB's own address (glibc's
     // `tcbhead_t.tcb`); the load has no side effects.
@@ -230,10 +230,75 @@ pub enum StopError {
     Timeout,
     /// Too many threads, or the thread list could not be read.
     Threads,
+    /// A thread blocks the stop signal (or waits for it in sigwait).
+    Blocked,
+    /// `ptrace` is not permitted here.
+    NotPermitted,
+}
+
+/// Does thread `tid` block signal `sig` (its `SigBlk` mask)?  A status
+/// that cannot be parsed counts as blocking: then no signal is sent.
+fn blocks(tid: i32, sig: i32) -> bool {
+    let mut path = [0u8; 48];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut k = digits.len();
+    let mut v = tid as u32;
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[k..] {
+        path[len] = d;
+        len += 1;
+    }
+    for &b in b"/status\0" {
+        path[len] = b;
+        len += 1;
+    }
+    let Ok(cpath) = core::ffi::CStr::from_bytes_with_nul(&path[..len]) else {
+        return true;
+    };
+    let Ok(fd) = sys::open_rdonly(cpath) else {
+        // Gone already: the signal will fail with ESRCH, which is handled.
+        return false;
+    };
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(sys::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    sys::close(fd);
+    let text = &buf[..got];
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(hex) = line.strip_prefix(b"SigBlk:") {
+            let mut mask = 0u64;
+            for &c in hex.iter().filter(|c| !c.is_ascii_whitespace()) {
+                match (c as char).to_digit(16) {
+                    Some(d) => mask = (mask << 4) | d as u64,
+                    None => return true,
+                }
+            }
+            return mask & (1u64 << (sig - 1)) != 0;
+        }
+    }
+    // The mask sits in the first 2 KiB; not finding it means we cannot tell.
+    true
 }
 
 /// List the process's thread ids (other than `me`) into `out`.
-fn list_tasks(me: i32, mut f: impl FnMut(i32) -> bool) -> bool {
+pub(super) fn list_tasks(me: i32, mut f: impl FnMut(i32) -> bool) -> bool {
     let Ok(fd) = task::open_dir(c"/proc/self/task") else {
         return false;
     };
@@ -320,6 +385,12 @@ pub fn stop_all(sig: i32, timeout_ns: u64) -> Result<usize, StopError> {
         }
         for i in signalled..n {
             let tid = slots_upto(n)[i].tid.load(Ordering::Relaxed);
+            if blocks(tid, sig) {
+                // Queued to a thread that blocks it, the signal would stay
+                // pending, and a thread in sigwait() would receive it.
+                release_gen(gen);
+                return Err(StopError::Blocked);
+            }
             let val = ((gen as usize) << 32) | i;
             if let Err(e) = task::tgsigqueue(pid, tid, sig, val) {
                 if e != task::ESRCH {
@@ -352,7 +423,7 @@ pub fn stop_all(sig: i32, timeout_ns: u64) -> Result<usize, StopError> {
     Err(StopError::Threads)
 }
 
-fn slots_upto(n: usize) -> &'static [Slot] {
+pub(super) fn slots_upto(n: usize) -> &'static [Slot] {
     let p = SLOTS.load(Ordering::Acquire);
     // SAFETY: as in `slots`, with n <= MAX_THREADS.
     unsafe { core::slice::from_raw_parts(p, n) }
