@@ -16,6 +16,30 @@ pub struct Allocator {
     pub version: String,
     /// `Err(reason)` when it cannot be benchmarked in this run.
     pub usable: Result<(), String>,
+    /// Extra environment for every run (`KAL_OPTIONS` for the KAL variants).
+    pub env: Vec<(String, String)>,
+}
+
+/// Symbol the rmalloc library exports once its KAL engine exists.
+pub const KAL_SYMBOL: &str = "rmalloc_kal_stats";
+/// KAL's default scan interval (the contract), and the aggressive one measured
+/// next to it.
+pub const KAL_DEFAULT_INTERVAL_MS: u32 = 2000;
+pub const KAL_AGGRESSIVE_INTERVAL_MS: u32 = 100;
+
+/// The rmalloc variants with KAL on (reclaim mode, the mode users deploy to
+/// bound a leak): (name, KAL_OPTIONS).
+pub fn kal_variants() -> [(String, String); 2] {
+    [
+        (
+            "rmalloc+KAL".to_string(),
+            format!("mode=reclaim:interval_ms={KAL_DEFAULT_INTERVAL_MS}"),
+        ),
+        (
+            format!("rmalloc+KAL@{KAL_AGGRESSIVE_INTERVAL_MS}ms"),
+            format!("mode=reclaim:interval_ms={KAL_AGGRESSIVE_INTERVAL_MS}"),
+        ),
+    ]
 }
 
 /// (name, Debian package, shared object file name)
@@ -38,6 +62,7 @@ pub fn discover(rmalloc_lib: &Path, only: Option<&[String]>) -> Vec<Allocator> {
         package: Some("libc6"),
         version: String::new(),
         usable: Ok(()),
+        env: Vec::new(),
     }];
     for (name, pkg, file) in PRELOADED {
         let lib = find_in_package(pkg, file);
@@ -51,6 +76,7 @@ pub fn discover(rmalloc_lib: &Path, only: Option<&[String]>) -> Vec<Allocator> {
             package: Some(pkg),
             version: String::new(),
             usable,
+            env: Vec::new(),
         });
     }
     let usable = if rmalloc_lib.exists() {
@@ -61,13 +87,33 @@ pub fn discover(rmalloc_lib: &Path, only: Option<&[String]>) -> Vec<Allocator> {
             rmalloc_lib.display()
         ))
     };
+    let version = git_describe(rmalloc_lib);
+    let kal = match &usable {
+        Err(why) => Err(why.clone()),
+        Ok(()) if !exports(rmalloc_lib, KAL_SYMBOL) => Err(format!(
+            "KAL not in this build ({} does not export {KAL_SYMBOL})",
+            rmalloc_lib.display()
+        )),
+        Ok(()) => Ok(()),
+    };
     all.push(Allocator {
         name: "rmalloc".into(),
         lib: Some(rmalloc_lib.to_path_buf()),
         package: None,
-        version: git_describe(rmalloc_lib),
+        version: version.clone(),
         usable,
+        env: Vec::new(),
     });
+    for (name, options) in kal_variants() {
+        all.push(Allocator {
+            name,
+            lib: Some(rmalloc_lib.to_path_buf()),
+            package: None,
+            version: format!("{version}, KAL_OPTIONS={options}"),
+            usable: kal.clone(),
+            env: vec![("KAL_OPTIONS".to_string(), options)],
+        });
+    }
     for a in &mut all {
         if let Some(pkg) = a.package {
             a.version = package_version(pkg);
@@ -133,9 +179,10 @@ pub fn probe(a: &mut Allocator, launcher: &Path, probe_bin: &Path, log_dir: &Pat
     let spec = Spec {
         program: probe_bin.to_path_buf(),
         preload: a.lib.clone(),
+        env: a.env.clone(),
         ..Spec::default()
     };
-    let log = log_dir.join(format!("probe-{}.stderr", a.name));
+    let log = log_dir.join(format!("probe-{}.stderr", a.name.replace(['+', '@'], "-")));
     let expect = match &a.lib {
         Some(lib) => lib
             .file_name()
@@ -155,8 +202,21 @@ pub fn probe(a: &mut Allocator, launcher: &Path, probe_bin: &Path, log_dir: &Pat
             "not in use: probe reports {} (expected {expect})",
             o.stdout_tail.trim()
         )),
+        Ok(_) if kal_refused(&log).is_some() => Err(format!(
+            "KAL refused its options: {}",
+            kal_refused(&log).unwrap_or_default()
+        )),
         Ok(_) => Ok(()),
     };
+}
+
+/// The line in which KAL rejected `KAL_OPTIONS` (it then stays off), if any.
+pub fn kal_refused(stderr_log: &Path) -> Option<String> {
+    std::fs::read_to_string(stderr_log)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("KAL: ") && !l.contains("FALSE RECLAIM"))
+        .map(str::to_string)
 }
 
 fn first_line(s: &str) -> String {

@@ -7,6 +7,7 @@ use crate::exec::{self, Outcome, Spec};
 use crate::report::{self, Machine, Run};
 use crate::workloads::{self, Workload};
 use crate::Config;
+use crate::{pause, redis};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -120,13 +121,45 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         quick: cfg.quick,
     };
     let summary = report::summarize(&wls, &allocs, &runs, &reference);
-    let text = report::render(&wls, &allocs, &summary, &machine);
+    let mut text = report::render(&wls, &allocs, &summary, &machine);
+    if cfg.kal_sections {
+        text += "\n";
+        text += &redis::run(cfg, &allocs)?;
+        text += &pause::run(cfg, &launcher)?;
+    }
     println!("\n{text}");
     report::write_files(&cfg.out, &wls, &allocs, &runs, &summary, &text)?;
     println!(
         "Wrote {0}/results.md, {0}/summary.csv, {0}/runs.csv (logs in {0}/logs)",
         cfg.out.display()
     );
+    Ok(())
+}
+
+/// `rmalloc-bench kal`: only redis-benchmark and the pause/scan-rate table.
+pub fn run_kal(cfg: &Config) -> Result<(), String> {
+    let logs = cfg.out.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let launcher = workloads::helpers(&cfg.src, &cfg.out)?;
+    let probe_bin = cfg.out.join("bin").join(workloads::PROBE);
+    let names: Vec<String> = allocators::kal_variants()
+        .into_iter()
+        .map(|(n, _)| n)
+        .chain(["rmalloc".to_string()])
+        .collect();
+    let mut allocs = allocators::discover(&cfg.rmalloc, Some(&names));
+    for a in &mut allocs {
+        allocators::probe(a, &launcher, &probe_bin, &logs);
+        if let Err(why) = &a.usable {
+            println!("  {:<18} SKIPPED: {why}", a.name);
+        }
+    }
+    let mut text = redis::run(cfg, &allocs)?;
+    text += &pause::run(cfg, &launcher)?;
+    println!("\n{text}");
+    let file = cfg.out.join("kal.md");
+    std::fs::write(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("Wrote {}", file.display());
     Ok(())
 }
 
@@ -141,11 +174,15 @@ fn measure(
     let spec = Spec {
         program: w.program.clone(),
         args: w.args.clone(),
-        env: w.env.clone(),
+        env: w.env.iter().chain(&a.env).cloned().collect(),
         preload: a.lib.clone(),
         ..Spec::default()
     };
-    let log = logs.join(format!("{}-{}-{tag}.stderr", w.name, a.name));
+    let log = logs.join(format!(
+        "{}-{}-{tag}.stderr",
+        w.name,
+        a.name.replace(['+', '@'], "-")
+    ));
     let o = exec::run(&spec, launcher, timeout, &log)
         .map_err(|e| format!("cannot run {}: {e}", w.name))?;
     // Keep only the logs that say something.

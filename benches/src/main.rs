@@ -3,15 +3,22 @@
 //! ```text
 //! rmalloc-bench bench [--rmalloc LIB] [--out DIR] [--src DIR]
 //! rmalloc-bench demo  [--rmalloc LIB] [--out DIR] [--src DIR]
+//! rmalloc-bench kal   [--rmalloc LIB] [--out DIR] [--src DIR]
 //! ```
+//! `bench` is the allocator comparison (with rmalloc+KAL columns when the
+//! library has KAL), then redis-benchmark and KAL's pause/scan-rate table;
+//! `kal` runs only those last two.
 //! Environment: `BENCH_RUNS` (repetitions, default 5), `BENCH_QUICK=1` (reduced
 //! sizes for a smoke run), `BENCH_WORKLOADS` / `BENCH_ALLOCATORS` (comma-separated
-//! names to restrict the run; glibc, the baseline, always runs).
+//! names to restrict the run; glibc, the baseline, always runs), `BENCH_KAL=0`
+//! (skip the redis and pause sections of `bench`).
 
 mod allocators;
 mod bench;
 mod demo;
 mod exec;
+mod pause;
+mod redis;
 mod report;
 mod workloads;
 
@@ -28,15 +35,18 @@ pub struct Config {
     pub quick: bool,
     pub only_workloads: Option<Vec<String>>,
     pub only_allocators: Option<Vec<String>>,
+    /// Run the redis and KAL pause sections after the comparison.
+    pub kal_sections: bool,
 }
 
-const USAGE: &str = "usage: rmalloc-bench (bench|demo) [--rmalloc LIB] [--out DIR] [--src DIR]";
+const USAGE: &str = "usage: rmalloc-bench (bench|demo|kal) [--rmalloc LIB] [--out DIR] [--src DIR]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = config(&args).and_then(|(cmd, cfg)| match cmd.as_str() {
         "bench" => bench::run(&cfg),
         "demo" => demo::run(&cfg),
+        "kal" => bench::run_kal(&cfg),
         _ => Err(USAGE.into()),
     });
     if let Err(e) = result {
@@ -56,6 +66,7 @@ fn config(args: &[String]) -> Result<(String, Config), String> {
         quick: std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0"),
         only_workloads: env_list("BENCH_WORKLOADS"),
         only_allocators: env_list("BENCH_ALLOCATORS"),
+        kal_sections: std::env::var("BENCH_KAL").map_or(true, |v| v != "0"),
     };
     let mut it = args.iter();
     let cmd = it.next().ok_or(USAGE)?.clone();
