@@ -162,12 +162,20 @@ unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool
         let idx = fastbin_index(size);
         let fb = &(*av).fastbins[idx];
         let mut old = fb.load(Ordering::Relaxed);
+        let single = crate::arena::single_threaded();
         loop {
             if old == p {
                 malloc_printerr("double free or corruption (fasttop)");
             }
             (*p).fd =
                 protect_ptr(core::ptr::addr_of!((*p).fd) as *const u8, old as *mut u8) as ChunkPtr;
+            // With one thread nobody else touches the bin: a plain store, as
+            // glibc does; otherwise a compare-and-swap against other pushers
+            // (and the lock holder's pops).
+            if single {
+                fb.store(p, Ordering::Relaxed);
+                break;
+            }
             match fb.compare_exchange_weak(old, p, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(cur) => old = cur,

@@ -55,6 +55,12 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
                 core::ptr::addr_of!((*v).fd) as *const u8,
                 (*v).fd as *mut u8,
             ) as ChunkPtr;
+            // With one thread nobody pushes concurrently: a plain store, as
+            // glibc does (it cannot become multithreaded while in malloc).
+            if crate::arena::single_threaded() {
+                fb.store(next, Ordering::Relaxed);
+                return v;
+            }
             // Only lock holders pop, so `v` cannot be popped and pushed back
             // meanwhile; a failed exchange means a `free` pushed onto the bin.
             match fb.compare_exchange_weak(v, next, Ordering::Acquire, Ordering::Acquire) {
