@@ -107,6 +107,8 @@ pub unsafe fn free(mem: *mut u8) {
                 tcache::put(tc, p, idx);
                 return;
             }
+            // Bin full: checked already, straight to the arena.
+            return crate::free::free_full_bin(p, size);
         }
     }
     free_slow(p, raw);

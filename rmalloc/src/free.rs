@@ -59,6 +59,32 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
     }
 }
 
+/// `free` of heap chunk `p` (of size `size`) whose cache bin is full: the
+/// fast path has already checked the pointer and the cache's double-free
+/// key, so go straight to the fastbin or the arena's bins without repeating
+/// that work.  `errno` is preserved; only trimming the main heap through
+/// libc's `sbrk` can change it, so it is saved on the merging path only.
+///
+/// # Safety
+/// `p` is an in-use heap chunk (not mmapped) of size `size` that the caller
+/// owns and frees exactly once, and the calling thread's cache exists.
+#[inline(never)]
+pub(crate) unsafe fn free_full_bin(p: ChunkPtr, size: usize) {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let av = crate::arena::arena_for_chunk(p);
+        if size <= PARAMS.max_fast() {
+            fastbin_push(av, p, size, false);
+            return;
+        }
+        let saved = *libc::__errno_location();
+        let held = (*av).lock();
+        merge_chunk(av, p, size);
+        (*av).unlock(held);
+        *libc::__errno_location() = saved;
+    }
+}
+
 /// Free heap chunk `p` of arena `av`, whose lock the caller holds.  Like
 /// glibc, internal frees (memalign's trimmed ends, realloc's old block and
 /// remainders) go to the thread's cache first too, which decides where the
