@@ -711,6 +711,72 @@ fn api_cases_when_linked_with_lrmalloc() {
     );
 }
 
+/// The library reaches its own functions and statics directly, not through
+/// the GOT: building the crate as rlib and cdylib at once made every
+/// internal call and every `PARAMS` load an indirect one (issue 8: 6.3M
+/// more instructions on the small workload at scale 0.05).  The only GOT
+/// slots allowed to hold the library's own addresses are the TLS offset
+/// (`R_X86_64_TPOFF64`, not counted here) and `pthread_atfork`, which
+/// libc_nonshared.a links in and the start-up code calls once.
+#[test]
+fn library_has_no_got_indirection_to_itself() {
+    if skip_against_glibc("library_has_no_got_indirection_to_itself") {
+        return;
+    }
+    let lib = support::lib_path();
+    let tool = |args: &[&str]| {
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..]).arg(&lib);
+        let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+        out.assert_success();
+        out.stdout
+    };
+    let sections = tool(&["readelf", "-SW"]);
+    let got = sections
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == ".got")?;
+            let addr = u64::from_str_radix(f.get(i + 2)?, 16).ok()?;
+            let size = u64::from_str_radix(f.get(i + 4)?, 16).ok()?;
+            Some(addr..addr + size)
+        })
+        .expect("no .got section");
+    let symbols: HashMap<u64, Vec<String>> =
+        tool(&["nm"]).lines().fold(HashMap::new(), |mut m, l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 3 {
+                if let Ok(a) = u64::from_str_radix(f[0], 16) {
+                    m.entry(a).or_default().push(f[2].to_string());
+                }
+            }
+            m
+        });
+    let mut own = Vec::new();
+    for l in tool(&["readelf", "-rW"]).lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 || f[2] != "R_X86_64_RELATIVE" {
+            continue;
+        }
+        let (Ok(slot), Ok(target)) = (u64::from_str_radix(f[0], 16), u64::from_str_radix(f[3], 16))
+        else {
+            continue;
+        };
+        if !got.contains(&slot) {
+            continue;
+        }
+        let names = symbols.get(&target).cloned().unwrap_or_default();
+        if !names.iter().any(|n| n == "pthread_atfork") {
+            own.push(format!("{target:#x} {names:?}"));
+        }
+    }
+    assert!(
+        own.is_empty(),
+        "{} GOT slot(s) hold the library's own addresses: {own:?}",
+        own.len()
+    );
+}
+
 #[test]
 fn exit_stats_line_parses() {
     let s =

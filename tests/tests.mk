@@ -10,12 +10,13 @@ programs-deps:
 	$(NEED_APT) python3 libpython3.11-testsuite git perl sqlite3 redis-server redis-tools
 
 # C and C++ test programs (tests/c, driven by tests/c_api.rs) need compilers,
-# make and pkg-config.  Their expectations also run on plain glibc first:
+# make, pkg-config and binutils (readelf, nm: the GOT check).  Their
+# expectations also run on plain glibc first:
 # that proves each one is glibc 2.36's own behaviour.
 test-integration: c-api-deps test-c-api-glibc
 .PHONY: c-api-deps test-c-api-glibc
 c-api-deps:
-	$(NEED_APT) gcc g++ libc6-dev make pkg-config
+	$(NEED_APT) gcc g++ libc6-dev make pkg-config binutils
 test-c-api-glibc: c-api-deps
 	RMALLOC_TEST_AGAINST_GLIBC=1 $(CARGO) test --release -p rmalloc-integration --test c_api
 

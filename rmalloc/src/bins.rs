@@ -91,34 +91,41 @@ pub(crate) const fn tidx2usize(idx: usize) -> usize {
 }
 
 /// Remove free chunk `p` from its (small or large) bin.
+///
+/// # Safety
+/// `p` is a free chunk linked into one of its arena's bins, and the caller
+/// holds that arena's lock.
 pub(crate) unsafe fn unlink_chunk(p: ChunkPtr) {
-    if crate::chunk::size(p) != crate::chunk::prev_size(crate::chunk::next_chunk(p)) {
-        crate::error::malloc_printerr("corrupted size vs. prev_size");
-    }
-    let fd = (*p).fd;
-    let bk = (*p).bk;
-    if (*fd).bk != p || (*bk).fd != p {
-        crate::error::malloc_printerr("corrupted double-linked list");
-    }
-    (*fd).bk = bk;
-    (*bk).fd = fd;
-    if !in_smallbin_range(crate::chunk::size_nomask(p)) && !(*p).fd_nextsize.is_null() {
-        if (*(*p).fd_nextsize).bk_nextsize != p || (*(*p).bk_nextsize).fd_nextsize != p {
-            crate::error::malloc_printerr("corrupted double-linked list (not small)");
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        if crate::chunk::size(p) != crate::chunk::prev_size(crate::chunk::next_chunk(p)) {
+            crate::error::malloc_printerr("corrupted size vs. prev_size");
         }
-        if (*fd).fd_nextsize.is_null() {
-            if (*p).fd_nextsize == p {
-                (*fd).fd_nextsize = fd;
-                (*fd).bk_nextsize = fd;
-            } else {
-                (*fd).fd_nextsize = (*p).fd_nextsize;
-                (*fd).bk_nextsize = (*p).bk_nextsize;
-                (*(*p).fd_nextsize).bk_nextsize = fd;
-                (*(*p).bk_nextsize).fd_nextsize = fd;
+        let fd = (*p).fd;
+        let bk = (*p).bk;
+        if (*fd).bk != p || (*bk).fd != p {
+            crate::error::malloc_printerr("corrupted double-linked list");
+        }
+        (*fd).bk = bk;
+        (*bk).fd = fd;
+        if !in_smallbin_range(crate::chunk::size_nomask(p)) && !(*p).fd_nextsize.is_null() {
+            if (*(*p).fd_nextsize).bk_nextsize != p || (*(*p).bk_nextsize).fd_nextsize != p {
+                crate::error::malloc_printerr("corrupted double-linked list (not small)");
             }
-        } else {
-            (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
-            (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
+            if (*fd).fd_nextsize.is_null() {
+                if (*p).fd_nextsize == p {
+                    (*fd).fd_nextsize = fd;
+                    (*fd).bk_nextsize = fd;
+                } else {
+                    (*fd).fd_nextsize = (*p).fd_nextsize;
+                    (*fd).bk_nextsize = (*p).bk_nextsize;
+                    (*(*p).fd_nextsize).bk_nextsize = fd;
+                    (*(*p).bk_nextsize).fd_nextsize = fd;
+                }
+            } else {
+                (*(*p).fd_nextsize).bk_nextsize = (*p).bk_nextsize;
+                (*(*p).bk_nextsize).fd_nextsize = (*p).fd_nextsize;
+            }
         }
     }
 }

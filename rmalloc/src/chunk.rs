@@ -94,98 +94,170 @@ pub(crate) fn at_offset(p: ChunkPtr, off: usize) -> ChunkPtr {
 // the header size; callers establish that from the heap's invariants or
 // after validating a user pointer.
 
+/// # Safety
+/// `p` points to a chunk header of this allocator (or a bin header, for
+/// `fd`/`bk` only), and every byte read or written (this header, the
+/// successor's header, the footer) lies in memory the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn size_nomask(p: ChunkPtr) -> usize {
-    (*p).size
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).size }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn size(p: ChunkPtr) -> usize {
-    (*p).size & !SIZE_BITS
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).size & !SIZE_BITS }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn prev_size(p: ChunkPtr) -> usize {
-    (*p).prev_size
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).prev_size }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn set_prev_size(p: ChunkPtr, sz: usize) {
-    (*p).prev_size = sz;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*p).prev_size = sz;
+    }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn prev_inuse(p: ChunkPtr) -> bool {
-    (*p).size & PREV_INUSE != 0
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).size & PREV_INUSE != 0 }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn is_mmapped(p: ChunkPtr) -> bool {
-    (*p).size & IS_MMAPPED != 0
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).size & IS_MMAPPED != 0 }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn is_main_arena(p: ChunkPtr) -> bool {
-    (*p).size & NON_MAIN_ARENA == 0
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (*p).size & NON_MAIN_ARENA == 0 }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn next_chunk(p: ChunkPtr) -> ChunkPtr {
-    at_offset(p, size(p))
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { at_offset(p, size(p)) }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn prev_chunk(p: ChunkPtr) -> ChunkPtr {
-    (p as *mut u8).wrapping_sub(prev_size(p)) as ChunkPtr
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { (p as *mut u8).wrapping_sub(prev_size(p)) as ChunkPtr }
 }
 
 /// Is the chunk in use?  Its own bit lives in the next chunk's header.
+///
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn inuse(p: ChunkPtr) -> bool {
-    prev_inuse(next_chunk(p))
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { prev_inuse(next_chunk(p)) }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn inuse_bit_at_offset(p: ChunkPtr, off: usize) -> bool {
-    prev_inuse(at_offset(p, off))
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { prev_inuse(at_offset(p, off)) }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn set_inuse_bit_at_offset(p: ChunkPtr, off: usize) {
-    (*at_offset(p, off)).size |= PREV_INUSE;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*at_offset(p, off)).size |= PREV_INUSE;
+    }
 }
 
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn clear_inuse_bit_at_offset(p: ChunkPtr, off: usize) {
-    (*at_offset(p, off)).size &= !PREV_INUSE;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*at_offset(p, off)).size &= !PREV_INUSE;
+    }
 }
 
 /// Set the whole size field, flags included.
+///
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn set_head(p: ChunkPtr, v: usize) {
-    (*p).size = v;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*p).size = v;
+    }
 }
 
 /// Set the size, keeping the `PREV_INUSE` bit.
+///
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn set_head_size(p: ChunkPtr, v: usize) {
-    (*p).size = ((*p).size & PREV_INUSE) | v;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*p).size = ((*p).size & PREV_INUSE) | v;
+    }
 }
 
 /// Write the boundary tag (foot) of a free chunk of size `s`.
+///
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn set_foot(p: ChunkPtr, s: usize) {
-    (*at_offset(p, s)).prev_size = s;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        (*at_offset(p, s)).prev_size = s;
+    }
 }
 
 /// Usable bytes of an in-use chunk (glibc's `malloc_usable_size` rule).
+///
+/// # Safety
+/// As for [`size_nomask`]: a chunk header the allocator owns.
 #[inline(always)]
 pub(crate) unsafe fn usable_size(p: ChunkPtr) -> usize {
-    let sz = size(p);
-    if is_mmapped(p) {
-        sz - HDR
-    } else {
-        sz - SIZE_SZ
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let sz = size(p);
+        if is_mmapped(p) {
+            sz - HDR
+        } else {
+            sz - SIZE_SZ
+        }
     }
 }
 

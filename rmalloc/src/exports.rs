@@ -4,6 +4,9 @@
 //! Only built into the shared library and rlib users (not into this
 //! crate's unit tests, which must keep the test harness on its own malloc).
 //! Each function is a thin shim over `api.rs` / `stats.rs`.
+// Not yet converted to `unsafe_op_in_unsafe_fn` (issue 8): these files are
+// being changed for KAL at the same time; convert them after that merge.
+#![allow(unsafe_op_in_unsafe_fn)]
 
 use core::ffi::{c_char, c_int, c_void};
 

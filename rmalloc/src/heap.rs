@@ -42,169 +42,226 @@ pub(crate) fn heap_for_ptr(p: usize) -> *mut HeapInfo {
 }
 
 /// Reserve a new heap and make its first `size` (+ `top_pad`) bytes usable.
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn new_heap(size: usize, top_pad: usize) -> *mut HeapInfo {
-    let page = os::pagesize();
-    let mut size = if size + top_pad < HEAP_MIN_SIZE {
-        HEAP_MIN_SIZE
-    } else if size + top_pad <= HEAP_MAX_SIZE {
-        size + top_pad
-    } else if size > HEAP_MAX_SIZE {
-        return null_mut();
-    } else {
-        HEAP_MAX_SIZE
-    };
-    size = os::align_up(size, page);
-    // Reserve twice the size and trim to an aligned window.
-    let Ok(p1) = sys::mmap_anon(0, HEAP_MAX_SIZE << 1, sys::PROT_NONE, sys::MAP_NORESERVE) else {
-        return null_mut();
-    };
-    let start = os::align_up(p1 as usize, HEAP_MAX_SIZE);
-    let lead = start - p1 as usize;
-    if lead > 0 {
-        let _ = sys::munmap(p1, lead);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let page = os::pagesize();
+        let mut size = if size + top_pad < HEAP_MIN_SIZE {
+            HEAP_MIN_SIZE
+        } else if size + top_pad <= HEAP_MAX_SIZE {
+            size + top_pad
+        } else if size > HEAP_MAX_SIZE {
+            return null_mut();
+        } else {
+            HEAP_MAX_SIZE
+        };
+        size = os::align_up(size, page);
+        // Reserve twice the size and trim to an aligned window.
+        let Ok(p1) = sys::mmap_anon(0, HEAP_MAX_SIZE << 1, sys::PROT_NONE, sys::MAP_NORESERVE)
+        else {
+            return null_mut();
+        };
+        let start = os::align_up(p1 as usize, HEAP_MAX_SIZE);
+        let lead = start - p1 as usize;
+        if lead > 0 {
+            let _ = sys::munmap(p1, lead);
+        }
+        let _ = sys::munmap((start + HEAP_MAX_SIZE) as *mut u8, HEAP_MAX_SIZE - lead);
+        if sys::mprotect(start as *mut u8, size, sys::PROT_READ | sys::PROT_WRITE).is_err() {
+            let _ = sys::munmap(start as *mut u8, HEAP_MAX_SIZE);
+            return null_mut();
+        }
+        let h = start as *mut HeapInfo;
+        (*h).ar_ptr = null_mut();
+        (*h).prev = null_mut();
+        (*h).size = size;
+        (*h).mprotect_size = size;
+        (*h).pagesize = page;
+        h
     }
-    let _ = sys::munmap((start + HEAP_MAX_SIZE) as *mut u8, HEAP_MAX_SIZE - lead);
-    if sys::mprotect(start as *mut u8, size, sys::PROT_READ | sys::PROT_WRITE).is_err() {
-        let _ = sys::munmap(start as *mut u8, HEAP_MAX_SIZE);
-        return null_mut();
-    }
-    let h = start as *mut HeapInfo;
-    (*h).ar_ptr = null_mut();
-    (*h).prev = null_mut();
-    (*h).size = size;
-    (*h).mprotect_size = size;
-    (*h).pagesize = page;
-    h
 }
 
 /// Grow `h` by at least `diff` bytes.  Returns false when the heap is full
 /// or the kernel refuses the memory.
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn grow_heap(h: *mut HeapInfo, diff: isize) -> bool {
-    let page = (*h).pagesize;
-    let diff = os::align_up(diff as usize, page);
-    let new_size = (*h).size + diff;
-    if new_size > HEAP_MAX_SIZE {
-        return false;
-    }
-    if new_size > (*h).mprotect_size {
-        let at = (h as *mut u8).add((*h).mprotect_size);
-        if sys::mprotect(
-            at,
-            new_size - (*h).mprotect_size,
-            sys::PROT_READ | sys::PROT_WRITE,
-        )
-        .is_err()
-        {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let page = (*h).pagesize;
+        let diff = os::align_up(diff as usize, page);
+        let new_size = (*h).size + diff;
+        if new_size > HEAP_MAX_SIZE {
             return false;
         }
-        (*h).mprotect_size = new_size;
+        if new_size > (*h).mprotect_size {
+            let at = (h as *mut u8).add((*h).mprotect_size);
+            if sys::mprotect(
+                at,
+                new_size - (*h).mprotect_size,
+                sys::PROT_READ | sys::PROT_WRITE,
+            )
+            .is_err()
+            {
+                return false;
+            }
+            (*h).mprotect_size = new_size;
+        }
+        (*h).size = new_size;
+        true
     }
-    (*h).size = new_size;
-    true
 }
 
 /// Give the last `diff` bytes of `h` back to the kernel (they stay mapped).
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn shrink_heap(h: *mut HeapInfo, diff: usize) -> bool {
-    let new_size = (*h).size as isize - diff as isize;
-    if new_size < core::mem::size_of::<HeapInfo>() as isize {
-        return false;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let new_size = (*h).size as isize - diff as isize;
+        if new_size < core::mem::size_of::<HeapInfo>() as isize {
+            return false;
+        }
+        let _ = sys::madvise(
+            (h as *mut u8).add(new_size as usize),
+            diff,
+            sys::MADV_DONTNEED,
+        );
+        (*h).size = new_size as usize;
+        true
     }
-    let _ = sys::madvise(
-        (h as *mut u8).add(new_size as usize),
-        diff,
-        sys::MADV_DONTNEED,
-    );
-    (*h).size = new_size as usize;
-    true
 }
 
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 unsafe fn delete_heap(h: *mut HeapInfo) {
-    let _ = sys::munmap(h as *mut u8, HEAP_MAX_SIZE);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let _ = sys::munmap(h as *mut u8, HEAP_MAX_SIZE);
+    }
 }
 
 /// First chunk of a heap: after the header, and after the arena in the
 /// arena's first heap.
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn first_chunk(h: *mut HeapInfo) -> ChunkPtr {
-    let a = (*h).ar_ptr;
-    let mut p = (h as *mut u8).add(core::mem::size_of::<HeapInfo>());
-    if p as *mut Arena == a {
-        p = p.add(core::mem::size_of::<Arena>());
-        let mis = (chunk::chunk2mem(p as ChunkPtr) as usize) & chunk::ALIGN_MASK;
-        if mis > 0 {
-            p = p.add(chunk::ALIGN - mis);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let a = (*h).ar_ptr;
+        let mut p = (h as *mut u8).add(core::mem::size_of::<HeapInfo>());
+        if p as *mut Arena == a {
+            p = p.add(core::mem::size_of::<Arena>());
+            let mis = (chunk::chunk2mem(p as ChunkPtr) as usize) & chunk::ALIGN_MASK;
+            if mis > 0 {
+                p = p.add(chunk::ALIGN - mis);
+            }
         }
+        p as ChunkPtr
     }
-    p as ChunkPtr
 }
 
 /// Trim the arena's newest heap(s): delete heaps that are entirely free top
 /// space, then shrink the last one.  Caller holds the arena lock.
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn heap_trim(mut h: *mut HeapInfo, pad: usize) -> bool {
-    let a = (*h).ar_ptr;
-    let page = (*h).pagesize;
-    let mut top = (*a).top;
-    // Delete whole heaps while top is the only chunk in the newest one.
-    while top == first_chunk(h) && !(*h).prev.is_null() {
-        let prev_heap = (*h).prev;
-        // The previous heap ends with two fenceposts: a HDR-sized chunk and a
-        // zero-sized header; before them is that heap's old top remainder.
-        let fence =
-            (prev_heap as *mut u8).add((*prev_heap).size - (MINSIZE - 2 * SIZE_SZ)) as ChunkPtr;
-        if chunk::size_nomask(fence) != PREV_INUSE {
-            break;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let a = (*h).ar_ptr;
+        let page = (*h).pagesize;
+        let mut top = (*a).top;
+        // Delete whole heaps while top is the only chunk in the newest one.
+        while top == first_chunk(h) && !(*h).prev.is_null() {
+            let prev_heap = (*h).prev;
+            // The previous heap ends with two fenceposts: a HDR-sized chunk and a
+            // zero-sized header; before them is that heap's old top remainder.
+            let fence =
+                (prev_heap as *mut u8).add((*prev_heap).size - (MINSIZE - 2 * SIZE_SZ)) as ChunkPtr;
+            if chunk::size_nomask(fence) != PREV_INUSE {
+                break;
+            }
+            let mut p = chunk::prev_chunk(fence);
+            let mut new_size = chunk::size(p) + (MINSIZE - 2 * SIZE_SZ);
+            if !chunk::prev_inuse(p) {
+                new_size += chunk::prev_size(p);
+            }
+            if new_size + (HEAP_MAX_SIZE - (*prev_heap).size)
+                < PARAMS.trim_threshold() + MINSIZE + page
+            {
+                break;
+            }
+            (*a).sub_system_mem((*h).size);
+            delete_heap(h);
+            h = prev_heap;
+            if !chunk::prev_inuse(p) {
+                p = chunk::prev_chunk(p);
+                crate::bins::unlink_chunk(p);
+            }
+            (*a).top = p;
+            top = p;
+            chunk::set_head(top, new_size | PREV_INUSE);
         }
-        let mut p = chunk::prev_chunk(fence);
-        let mut new_size = chunk::size(p) + (MINSIZE - 2 * SIZE_SZ);
-        if !chunk::prev_inuse(p) {
-            new_size += chunk::prev_size(p);
+        let top_size = chunk::size(top);
+        if top_size < PARAMS.trim_threshold() {
+            return false;
         }
-        if new_size + (HEAP_MAX_SIZE - (*prev_heap).size) < PARAMS.trim_threshold() + MINSIZE + page
-        {
-            break;
+        let top_area = top_size as isize - MINSIZE as isize - 1;
+        if top_area < 0 || top_area as usize <= pad {
+            return false;
         }
-        (*a).sub_system_mem((*h).size);
-        delete_heap(h);
-        h = prev_heap;
-        if !chunk::prev_inuse(p) {
-            p = chunk::prev_chunk(p);
-            crate::bins::unlink_chunk(p);
+        let extra = os::align_down(top_area as usize - pad, page);
+        if extra == 0 || !shrink_heap(h, extra) {
+            return false;
         }
-        (*a).top = p;
-        top = p;
-        chunk::set_head(top, new_size | PREV_INUSE);
+        (*a).sub_system_mem(extra);
+        chunk::set_head(top, (top_size - extra) | PREV_INUSE);
+        true
     }
-    let top_size = chunk::size(top);
-    if top_size < PARAMS.trim_threshold() {
-        return false;
-    }
-    let top_area = top_size as isize - MINSIZE as isize - 1;
-    if top_area < 0 || top_area as usize <= pad {
-        return false;
-    }
-    let extra = os::align_down(top_area as usize - pad, page);
-    if extra == 0 || !shrink_heap(h, extra) {
-        return false;
-    }
-    (*a).sub_system_mem(extra);
-    chunk::set_head(top, (top_size - extra) | PREV_INUSE);
-    true
 }
 
 /// Write the two fenceposts that end a heap whose top chunk (at `old_top`
 /// with `old_size` bytes) is being abandoned, and return how much of it is
 /// left as a freeable chunk (0 if none).
+///
+/// # Safety
+/// `h` (and chunk arguments) belong to a live non-main heap of this
+/// allocator, and the caller holds the lock of the arena that owns it while
+/// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn fence_old_top(old_top: ChunkPtr, old_size: usize, flag: usize) -> usize {
-    let sz = (old_size - MINSIZE) & !chunk::ALIGN_MASK;
-    chunk::set_head(chunk::at_offset(old_top, sz + HDR), PREV_INUSE);
-    if sz >= MINSIZE {
-        chunk::set_head(chunk::at_offset(old_top, sz), HDR | PREV_INUSE);
-        chunk::set_foot(chunk::at_offset(old_top, sz), HDR);
-        chunk::set_head(old_top, sz | PREV_INUSE | flag);
-        sz
-    } else {
-        chunk::set_head(old_top, (sz + HDR) | PREV_INUSE | flag);
-        chunk::set_foot(old_top, sz + HDR);
-        0
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let sz = (old_size - MINSIZE) & !chunk::ALIGN_MASK;
+        chunk::set_head(chunk::at_offset(old_top, sz + HDR), PREV_INUSE);
+        if sz >= MINSIZE {
+            chunk::set_head(chunk::at_offset(old_top, sz), HDR | PREV_INUSE);
+            chunk::set_foot(chunk::at_offset(old_top, sz), HDR);
+            chunk::set_head(old_top, sz | PREV_INUSE | flag);
+            sz
+        } else {
+            chunk::set_head(old_top, (sz + HDR) | PREV_INUSE | flag);
+            chunk::set_foot(old_top, sz + HDR);
+            0
+        }
     }
 }
 

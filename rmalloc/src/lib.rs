@@ -21,7 +21,9 @@
 //! `no_std` when built for use (panic = abort), and std only appears in
 //! its own unit tests.
 #![cfg_attr(panic = "abort", no_std)]
-#![allow(clippy::missing_safety_doc)]
+// Each unsafe fn states its contract once, under `# Safety`, and its body
+// is one unsafe block that relies on it.
+#![deny(unsafe_op_in_unsafe_fn)]
 // Error reports are fixed buffers: the allocator cannot box them.
 #![allow(clippy::result_large_err)]
 

@@ -62,6 +62,10 @@ pub(crate) fn sbrk(delta: isize) -> Option<usize> {
 }
 
 /// Fresh read-write anonymous memory, or `None` with the kernel's refusal.
+///
+/// # Safety
+/// Any caller may map memory; the returned mapping is the caller's.
 pub(crate) unsafe fn map_rw(len: usize) -> Option<*mut u8> {
-    sys::mmap_anon(0, len, sys::PROT_READ | sys::PROT_WRITE, 0).ok()
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe { sys::mmap_anon(0, len, sys::PROT_READ | sys::PROT_WRITE, 0).ok() }
 }

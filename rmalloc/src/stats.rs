@@ -47,81 +47,88 @@ pub(crate) struct ArenaInfo {
 }
 
 /// Summarise `a`.  Caller holds its lock.
+///
+/// # Safety
+/// For `arena_info`, `a` is an initialised arena whose lock the caller
+/// holds; for `malloc_info`, `fp` is a valid open `FILE`.
 pub(crate) unsafe fn arena_info(a: *mut Arena) -> ArenaInfo {
-    let mut info = ArenaInfo {
-        system_mem: (*a).system_mem(),
-        max_system_mem: (*a).max_system_mem,
-        nfast: 0,
-        fastavail: 0,
-        nblocks: 0,
-        binavail: 0,
-        binraw: 0,
-        top_size: chunk::size((*a).top),
-        is_main: (*a).is_main(),
-        heap_size: 0,
-        heap_mprotect: 0,
-        heap_count: 0,
-        sizes: [SizeClass::default(); NFASTBINS + NBINS - 1],
-    };
-    for i in 0..NFASTBINS {
-        let mut p: ChunkPtr = (*a).fastbins[i].load(core::sync::atomic::Ordering::Acquire);
-        let mut size = 0;
-        let mut count = 0;
-        while !p.is_null() {
-            if !chunk::aligned_ok(p as usize) {
-                break;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let mut info = ArenaInfo {
+            system_mem: (*a).system_mem(),
+            max_system_mem: (*a).max_system_mem,
+            nfast: 0,
+            fastavail: 0,
+            nblocks: 0,
+            binavail: 0,
+            binraw: 0,
+            top_size: chunk::size((*a).top),
+            is_main: (*a).is_main(),
+            heap_size: 0,
+            heap_mprotect: 0,
+            heap_count: 0,
+            sizes: [SizeClass::default(); NFASTBINS + NBINS - 1],
+        };
+        for i in 0..NFASTBINS {
+            let mut p: ChunkPtr = (*a).fastbins[i].load(core::sync::atomic::Ordering::Acquire);
+            let mut size = 0;
+            let mut count = 0;
+            while !p.is_null() {
+                if !chunk::aligned_ok(p as usize) {
+                    break;
+                }
+                size = chunk::size(p);
+                count += 1;
+                p = reveal_ptr(
+                    core::ptr::addr_of!((*p).fd) as *const u8,
+                    (*p).fd as *mut u8,
+                ) as ChunkPtr;
             }
-            size = chunk::size(p);
-            count += 1;
-            p = reveal_ptr(
-                core::ptr::addr_of!((*p).fd) as *const u8,
-                (*p).fd as *mut u8,
-            ) as ChunkPtr;
+            info.sizes[i] = SizeClass {
+                from: size.saturating_sub(chunk::ALIGN - 1),
+                to: size,
+                total: count * size,
+                count,
+            };
+            info.nfast += count;
+            info.fastavail += count * size;
         }
-        info.sizes[i] = SizeClass {
-            from: size.saturating_sub(chunk::ALIGN - 1),
-            to: size,
-            total: count * size,
-            count,
-        };
-        info.nfast += count;
-        info.fastavail += count * size;
+        for i in 1..NBINS {
+            let bin = (*a).bin_at(i);
+            let mut p = (*bin).fd;
+            let mut sc = SizeClass {
+                from: usize::MAX,
+                ..Default::default()
+            };
+            while p != bin {
+                // malloc_info reports the raw size field, flag bits included,
+                // as glibc does; mallinfo counts plain sizes.
+                let s = chunk::size_nomask(p);
+                sc.count += 1;
+                sc.total += s;
+                sc.from = sc.from.min(s);
+                sc.to = sc.to.max(s);
+                info.binavail += chunk::size(p);
+                p = (*p).fd;
+            }
+            if sc.count == 0 {
+                sc.from = 0;
+            }
+            info.nblocks += sc.count;
+            info.binraw += sc.total;
+            info.sizes[NFASTBINS - 1 + i] = sc;
+        }
+        if !info.is_main {
+            let mut h = heap::heap_for_ptr((*a).top as usize);
+            while !h.is_null() {
+                info.heap_size += (*h).size;
+                info.heap_mprotect += (*h).mprotect_size;
+                info.heap_count += 1;
+                h = (*h).prev;
+            }
+        }
+        info
     }
-    for i in 1..NBINS {
-        let bin = (*a).bin_at(i);
-        let mut p = (*bin).fd;
-        let mut sc = SizeClass {
-            from: usize::MAX,
-            ..Default::default()
-        };
-        while p != bin {
-            // malloc_info reports the raw size field, flag bits included,
-            // as glibc does; mallinfo counts plain sizes.
-            let s = chunk::size_nomask(p);
-            sc.count += 1;
-            sc.total += s;
-            sc.from = sc.from.min(s);
-            sc.to = sc.to.max(s);
-            info.binavail += chunk::size(p);
-            p = (*p).fd;
-        }
-        if sc.count == 0 {
-            sc.from = 0;
-        }
-        info.nblocks += sc.count;
-        info.binraw += sc.total;
-        info.sizes[NFASTBINS - 1 + i] = sc;
-    }
-    if !info.is_main {
-        let mut h = heap::heap_for_ptr((*a).top as usize);
-        while !h.is_null() {
-            info.heap_size += (*h).size;
-            info.heap_mprotect += (*h).mprotect_size;
-            info.heap_count += 1;
-            h = (*h).prev;
-        }
-    }
-    info
 }
 
 fn for_each_info(mut f: impl FnMut(&ArenaInfo)) {
@@ -288,28 +295,24 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
             );
         }
         let _ = write!(
-            out,
-            "</sizes>\n<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n",
-            i.nfast, i.fastavail, i.nblocks + 1, i.binraw + i.top_size, i.system_mem, i.max_system_mem
-        );
+        out,
+        "</sizes>\n<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n",
+        i.nfast, i.fastavail, i.nblocks + 1, i.binraw + i.top_size, i.system_mem, i.max_system_mem
+    );
         if i.is_main {
             let _ = write!(
                 out,
                 "<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n",
                 i.system_mem, i.system_mem
             );
-            if crate::kal::mode() != crate::kal::options::Mode::Off {
-                let _ = crate::kal::stats::write_xml(&mut out, crate::kal::mode_name());
-            }
-            let _ = out.write_str("</malloc>\n");
             tsp += i.system_mem;
             tmp += i.system_mem;
         } else {
             let _ = write!(
-                out,
-                "<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n<aspace type=\"subheaps\" size=\"{}\"/>\n",
-                i.heap_size, i.heap_mprotect, i.heap_count
-            );
+            out,
+            "<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n<aspace type=\"subheaps\" size=\"{}\"/>\n",
+            i.heap_size, i.heap_mprotect, i.heap_count
+        );
             tsp += i.heap_size;
             tmp += i.heap_mprotect;
         }
@@ -323,19 +326,23 @@ pub unsafe fn malloc_info(options: i32, fp: *mut libc::FILE) -> i32 {
         tms += i.max_system_mem;
     });
     let _ = write!(
-        out,
-        "<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<total type=\"mmap\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n",
-        tf,
-        tfs,
-        tn,
-        ta,
-        N_MMAPS.load(Ordering::Relaxed),
-        MMAPPED_MEM.load(Ordering::Relaxed),
-        ts,
-        tms,
-        tsp,
-        tmp
-    );
+    out,
+    "<total type=\"fast\" count=\"{}\" size=\"{}\"/>\n<total type=\"rest\" count=\"{}\" size=\"{}\"/>\n<total type=\"mmap\" count=\"{}\" size=\"{}\"/>\n<system type=\"current\" size=\"{}\"/>\n<system type=\"max\" size=\"{}\"/>\n<aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{}\"/>\n",
+    tf,
+    tfs,
+    tn,
+    ta,
+    N_MMAPS.load(Ordering::Relaxed),
+    MMAPPED_MEM.load(Ordering::Relaxed),
+    ts,
+    tms,
+    tsp,
+    tmp
+);
+    if crate::kal::mode() != crate::kal::options::Mode::Off {
+        let _ = crate::kal::stats::write_xml(&mut out, crate::kal::mode_name());
+    }
+    let _ = out.write_str("</malloc>\n");
     out.flush();
     if out.failed {
         -1

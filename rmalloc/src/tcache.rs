@@ -67,54 +67,80 @@ pub(crate) fn init_key() {
 }
 
 /// Pop from bin `idx`, which must be non-empty.
+///
+/// # Safety
+/// `tc` is the calling thread's own cache (no other thread touches it),
+/// `idx < TCACHE_MAX_BINS`; `get` needs a non-empty bin; `put` an in-use
+/// heap chunk of bin `idx`'s size that the caller owns; `e` a chunk's user
+/// pointer.
 #[inline(always)]
 pub(crate) unsafe fn get(tc: *mut Tcache, idx: usize) -> *mut u8 {
-    let e = (*tc).entries[idx];
-    if !chunk::aligned_ok(e as usize) {
-        malloc_printerr("malloc(): unaligned tcache chunk detected");
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let e = (*tc).entries[idx];
+        if !chunk::aligned_ok(e as usize) {
+            malloc_printerr("malloc(): unaligned tcache chunk detected");
+        }
+        (*tc).entries[idx] = reveal_ptr(
+            core::ptr::addr_of!((*e).next) as *const u8,
+            (*e).next as *mut u8,
+        ) as *mut Entry;
+        (*tc).counts[idx] -= 1;
+        (*e).key = 0;
+        e as *mut u8
     }
-    (*tc).entries[idx] = reveal_ptr(
-        core::ptr::addr_of!((*e).next) as *const u8,
-        (*e).next as *mut u8,
-    ) as *mut Entry;
-    (*tc).counts[idx] -= 1;
-    (*e).key = 0;
-    e as *mut u8
 }
 
+/// # Safety
+/// `tc` is the calling thread's own cache (no other thread touches it),
+/// `idx < TCACHE_MAX_BINS`; `get` needs a non-empty bin; `put` an in-use
+/// heap chunk of bin `idx`'s size that the caller owns; `e` a chunk's user
+/// pointer.
 #[inline(always)]
 pub(crate) unsafe fn put(tc: *mut Tcache, p: ChunkPtr, idx: usize) {
-    let e = chunk::chunk2mem(p) as *mut Entry;
-    (*e).key = key();
-    (*e).next = protect_ptr(
-        core::ptr::addr_of!((*e).next) as *const u8,
-        (*tc).entries[idx] as *mut u8,
-    ) as *mut Entry;
-    (*tc).entries[idx] = e;
-    (*tc).counts[idx] += 1;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let e = chunk::chunk2mem(p) as *mut Entry;
+        (*e).key = key();
+        (*e).next = protect_ptr(
+            core::ptr::addr_of!((*e).next) as *const u8,
+            (*tc).entries[idx] as *mut u8,
+        ) as *mut Entry;
+        (*tc).entries[idx] = e;
+        (*tc).counts[idx] += 1;
+    }
 }
 
 /// `free` found the cache key in a chunk: confirm a double free by walking
 /// the bin (the key may also be user data that happens to match).
+///
+/// # Safety
+/// `tc` is the calling thread's own cache (no other thread touches it),
+/// `idx < TCACHE_MAX_BINS`; `get` needs a non-empty bin; `put` an in-use
+/// heap chunk of bin `idx`'s size that the caller owns; `e` a chunk's user
+/// pointer.
 #[cold]
 pub(crate) unsafe fn check_double_free(tc: *mut Tcache, e: *mut Entry, idx: usize) {
-    let mut cnt = 0usize;
-    let mut tmp = (*tc).entries[idx];
-    while !tmp.is_null() {
-        if cnt >= crate::options::PARAMS.tcache_count() + 64 {
-            malloc_printerr("free(): too many chunks detected in tcache");
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let mut cnt = 0usize;
+        let mut tmp = (*tc).entries[idx];
+        while !tmp.is_null() {
+            if cnt >= crate::options::PARAMS.tcache_count() + 64 {
+                malloc_printerr("free(): too many chunks detected in tcache");
+            }
+            if !chunk::aligned_ok(tmp as usize) {
+                malloc_printerr("free(): unaligned chunk detected in tcache 2");
+            }
+            if tmp == e {
+                malloc_printerr("free(): double free detected in tcache 2");
+            }
+            tmp = reveal_ptr(
+                core::ptr::addr_of!((*tmp).next) as *const u8,
+                (*tmp).next as *mut u8,
+            ) as *mut Entry;
+            cnt += 1;
         }
-        if !chunk::aligned_ok(tmp as usize) {
-            malloc_printerr("free(): unaligned chunk detected in tcache 2");
-        }
-        if tmp == e {
-            malloc_printerr("free(): double free detected in tcache 2");
-        }
-        tmp = reveal_ptr(
-            core::ptr::addr_of!((*tmp).next) as *const u8,
-            (*tmp).next as *mut u8,
-        ) as *mut Entry;
-        cnt += 1;
     }
 }
 

@@ -59,11 +59,18 @@ fn heap_ok() -> Result<(), TestCaseError> {
     check_all().map_err(|p| TestCaseError::fail(String::from_utf8_lossy(p.as_bytes()).into_owned()))
 }
 
+/// # Safety
+/// `b` is a live block of the model: allocated, not yet freed, `b.size`
+/// bytes long.
 unsafe fn verify(b: &Block) -> Result<(), TestCaseError> {
-    prop_assert!(api::usable_size(b.ptr) >= b.size, "usable size shrank");
+    // SAFETY: `b.ptr` is live and at least `b.size` bytes long.
+    let usable = unsafe { api::usable_size(b.ptr) };
+    prop_assert!(usable >= b.size, "usable size shrank");
     prop_assert_eq!(b.ptr as usize % b.align, 0, "misaligned block");
     for i in 0..b.size {
-        prop_assert_eq!(*b.ptr.add(i), b.fill, "contents changed at offset {}", i);
+        // SAFETY: as above, `i < b.size`.
+        let byte = unsafe { *b.ptr.add(i) };
+        prop_assert_eq!(byte, b.fill, "contents changed at offset {}", i);
     }
     Ok(())
 }

@@ -32,66 +32,97 @@ pub(crate) fn create_key() {
 }
 
 /// The thread's tcache, creating it on first use; null if there is none.
+///
+/// # Safety
+/// Runs on the thread whose cache and arena it manages, after
+/// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
+/// user pointer that the caller owns.
 #[inline]
 pub(crate) unsafe fn tcache_or_init() -> *mut Tcache {
-    let t = tls::get::<{ tls::TCACHE }>();
-    if t > TCACHE_DISABLED {
-        return t as *mut Tcache;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let t = tls::get::<{ tls::TCACHE }>();
+        if t > TCACHE_DISABLED {
+            return t as *mut Tcache;
+        }
+        if t == TCACHE_DISABLED {
+            return core::ptr::null_mut();
+        }
+        init_tcache()
     }
-    if t == TCACHE_DISABLED {
-        return core::ptr::null_mut();
-    }
-    init_tcache()
 }
 
+/// # Safety
+/// Runs on the thread whose cache and arena it manages, after
+/// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
+/// user pointer that the caller owns.
 #[cold]
 unsafe fn init_tcache() -> *mut Tcache {
-    // Mark first: the allocation below must not recurse into this.
-    tls::set::<{ tls::TCACHE }>(TCACHE_DISABLED);
-    let bytes = core::mem::size_of::<Tcache>();
-    let nb = chunk::request2size(bytes);
-    let (mut av, mut held) = arena::arena_get(bytes);
-    let mut mem = int_malloc(av, bytes, nb);
-    if mem.is_null() {
-        (av, held) = arena::arena_get_retry(av, held, bytes);
-        mem = int_malloc(av, bytes, nb);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        // Mark first: the allocation below must not recurse into this.
+        tls::set::<{ tls::TCACHE }>(TCACHE_DISABLED);
+        let bytes = core::mem::size_of::<Tcache>();
+        let nb = chunk::request2size(bytes);
+        let (mut av, mut held) = arena::arena_get(bytes);
+        let mut mem = int_malloc(av, bytes, nb);
+        if mem.is_null() {
+            (av, held) = arena::arena_get_retry(av, held, bytes);
+            mem = int_malloc(av, bytes, nb);
+        }
+        (*av).unlock(held);
+        if mem.is_null() {
+            return core::ptr::null_mut();
+        }
+        core::ptr::write_bytes(mem, 0, bytes);
+        tls::set::<{ tls::TCACHE }>(mem as usize);
+        let k = KEY.load(Ordering::Relaxed);
+        if k != u32::MAX {
+            // SAFETY: `k` is our key; a non-null value arms the destructor.
+            libc::pthread_setspecific(k, core::ptr::dangling::<libc::c_void>());
+        }
+        mem as *mut Tcache
     }
-    (*av).unlock(held);
-    if mem.is_null() {
-        return core::ptr::null_mut();
-    }
-    core::ptr::write_bytes(mem, 0, bytes);
-    tls::set::<{ tls::TCACHE }>(mem as usize);
-    let k = KEY.load(Ordering::Relaxed);
-    if k != u32::MAX {
-        // SAFETY: `k` is our key; a non-null value arms the destructor.
-        libc::pthread_setspecific(k, core::ptr::dangling::<libc::c_void>());
-    }
-    mem as *mut Tcache
 }
 
 /// Return every cached chunk and the cache itself to their arenas, and
 /// detach the thread from its arena.
+///
+/// # Safety
+/// Runs on the thread whose cache and arena it manages, after
+/// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
+/// user pointer that the caller owns.
 pub(crate) unsafe fn shutdown() {
-    let t = tls::get::<{ tls::TCACHE }>();
-    tls::set::<{ tls::TCACHE }>(TCACHE_DISABLED);
-    if t > TCACHE_DISABLED {
-        let tc = t as *mut Tcache;
-        for i in 0..TCACHE_MAX_BINS {
-            while !(*tc).entries[i].is_null() {
-                let e = tcache::get(tc, i);
-                free_chunk_slow(e);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let t = tls::get::<{ tls::TCACHE }>();
+        tls::set::<{ tls::TCACHE }>(TCACHE_DISABLED);
+        if t > TCACHE_DISABLED {
+            let tc = t as *mut Tcache;
+            for i in 0..TCACHE_MAX_BINS {
+                while !(*tc).entries[i].is_null() {
+                    let e = tcache::get(tc, i);
+                    free_chunk_slow(e);
+                }
             }
+            free_chunk_slow(tc as *mut u8);
         }
-        free_chunk_slow(tc as *mut u8);
+        arena::thread_detach();
     }
-    arena::thread_detach();
 }
 
 /// Free a heap chunk straight into its arena, bypassing the cache.
+///
+/// # Safety
+/// Runs on the thread whose cache and arena it manages, after
+/// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
+/// user pointer that the caller owns.
 unsafe fn free_chunk_slow(mem: *mut u8) {
-    let p = mem2chunk(mem);
-    crate::free::int_free(arena::arena_for_chunk(p), p);
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let p = mem2chunk(mem);
+        crate::free::int_free(arena::arena_for_chunk(p), p);
+    }
 }
 
 extern "C" fn thread_exit(arg: *mut libc::c_void) {

@@ -32,58 +32,71 @@ pub(crate) struct Broken {
 /// Call `f(chunk, size, kind)` for every chunk of `av`.  Regions whose start
 /// could not be recorded (more than `MAX_REGIONS`) are skipped; the return
 /// value says whether the walk was complete.
+///
+/// # Safety
+/// `av` is an initialised arena whose lock the caller holds; the heap is
+/// only read.
 pub(crate) unsafe fn walk_arena(
     av: *mut Arena,
     f: &mut dyn FnMut(ChunkPtr, usize, Kind),
 ) -> Result<bool, Broken> {
-    let top = (*av).top;
-    if (*av).is_main() {
-        let n = NREGIONS.load(Ordering::Acquire);
-        for r in REGIONS.iter().take(n.min(MAX_REGIONS)) {
-            walk_region(r.load(Ordering::Relaxed) as ChunkPtr, usize::MAX, top, f)?;
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let top = (*av).top;
+        if (*av).is_main() {
+            let n = NREGIONS.load(Ordering::Acquire);
+            for r in REGIONS.iter().take(n.min(MAX_REGIONS)) {
+                walk_region(r.load(Ordering::Relaxed) as ChunkPtr, usize::MAX, top, f)?;
+            }
+            Ok(n <= MAX_REGIONS)
+        } else {
+            let mut h = heap::heap_for_ptr(top as usize);
+            while !h.is_null() {
+                let end = h as usize + (*h).size;
+                walk_region(heap::first_chunk(h), end, top, f)?;
+                h = (*h).prev;
+            }
+            Ok(true)
         }
-        Ok(n <= MAX_REGIONS)
-    } else {
-        let mut h = heap::heap_for_ptr(top as usize);
-        while !h.is_null() {
-            let end = h as usize + (*h).size;
-            walk_region(heap::first_chunk(h), end, top, f)?;
-            h = (*h).prev;
-        }
-        Ok(true)
     }
 }
 
+/// # Safety
+/// `av` is an initialised arena whose lock the caller holds; the heap is
+/// only read.
 unsafe fn walk_region(
     mut p: ChunkPtr,
     end: usize,
     top: ChunkPtr,
     f: &mut dyn FnMut(ChunkPtr, usize, Kind),
 ) -> Result<(), Broken> {
-    loop {
-        if p == top {
-            f(p, chunk::size(p), Kind::Top);
-            return Ok(());
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        loop {
+            if p == top {
+                f(p, chunk::size(p), Kind::Top);
+                return Ok(());
+            }
+            let size = chunk::size(p);
+            if size < MINSIZE {
+                // Fencepost: the region ends here.
+                return Ok(());
+            }
+            if !chunk::aligned_ok(size) || (p as usize).checked_add(size).is_none_or(|e| e > end) {
+                return Err(Broken {
+                    at: p as usize,
+                    why: "chunk size runs past its region",
+                });
+            }
+            let next = chunk::at_offset(p, size);
+            let kind = if chunk::prev_inuse(next) {
+                Kind::InUse
+            } else {
+                Kind::Free
+            };
+            f(p, size, kind);
+            p = next;
         }
-        let size = chunk::size(p);
-        if size < MINSIZE {
-            // Fencepost: the region ends here.
-            return Ok(());
-        }
-        if !chunk::aligned_ok(size) || (p as usize).checked_add(size).is_none_or(|e| e > end) {
-            return Err(Broken {
-                at: p as usize,
-                why: "chunk size runs past its region",
-            });
-        }
-        let next = chunk::at_offset(p, size);
-        let kind = if chunk::prev_inuse(next) {
-            Kind::InUse
-        } else {
-            Kind::Free
-        };
-        f(p, size, kind);
-        p = next;
     }
 }
 
