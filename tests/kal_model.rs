@@ -41,8 +41,8 @@
 //!   pointers before each scan (see the comment at the top of
 //!   `kal_graph.c`); otherwise a conservative scan may keep a dropped node.
 //!
-//! Engine problems this test found (open; see the two `#[ignore]`d tests,
-//! which pass once they are fixed):
+//! Engine problems this test found (fixed; the two tests that showed them
+//! run without the driver's workarounds):
 //! - The main arena's state in librmalloc's `.bss` is scanned as a root.
 //!   Its `top` pointer (and so would its bin and fastbin heads) points at a
 //!   chunk header, which lies in the last usable word of the chunk just
@@ -309,7 +309,7 @@ fn resolve(confirm: u32, ops: &[Op]) -> Case {
             Op::Scan => cmds.push(Cmd::Scan),
         }
     }
-    for _ in 0..=confirm {
+    for _ in 0..=confirm + 1 {
         cmds.push(Cmd::Scan);
     }
     Case { confirm, cmds }
@@ -482,7 +482,10 @@ impl Model {
                 ))
             }
         }
-        let c = self.confirm;
+        // A chunk unreachable in `confirm_scans` consecutive snapshots is put
+        // in probation at the next snapshot instant, and held only if that
+        // snapshot proves it unreachable too: C + 1 consecutive scans.
+        let c = self.confirm + 1;
         let mut new = Vec::new();
         for (i, (n, flag)) in self.nodes.iter_mut().zip(flags.bytes()).enumerate() {
             match (n.dead, flag) {
@@ -656,17 +659,14 @@ fn kal_model_reclaims_exactly_the_unreachable() {
 }
 
 /// The same model without fence chunks: the node just below the arena's top
-/// chunk must be reclaimable too.  Fails today (main-arena state is a root).
+/// chunk must be reclaimable too (the main arena's own state is not a root).
 #[test]
-#[ignore = "engine: the main arena's top pointer pins the chunk below the top chunk"]
 fn kal_model_without_fences() {
     run_model(false);
 }
 
-/// A scan requested right at start-up must not be lost.  Fails today (about
-/// one run in four here): see the module documentation.
+/// A scan requested right at start-up must not be lost.
 #[test]
-#[ignore = "engine: a scan request made before the scanner thread first runs is lost"]
 fn kal_first_scan_request_is_not_lost() {
     if support::against_glibc() {
         return;
