@@ -153,6 +153,15 @@ pub unsafe fn run(
         if failed || map.special {
             return;
         }
+        // The list was read while this child grew its own tables, which
+        // unmaps their old storage: skip what is no longer mapped (only
+        // this child changes its address space).
+        // SAFETY: MADV_NORMAL changes nothing; it fails with ENOMEM when
+        // part of the range is unmapped.
+        let gone = unsafe { sys::madvise(map.start as *mut u8, map.end - map.start, 0) };
+        if gone == Err(sys::ENOMEM) {
+            return;
+        }
         if map.shared && map.write && shared_copied {
             return; // scanned from its copy, above
         }
