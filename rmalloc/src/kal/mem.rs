@@ -41,6 +41,14 @@ pub fn forget_internal(slot: usize) {
     }
 }
 
+/// The table itself: it holds the bases of the engine's mappings, and a
+/// base is one past the end of whatever chunk ends right below it, so the
+/// table must not be scanned as a root.
+pub fn internal_table() -> (usize, usize) {
+    let p = INTERNAL.as_ptr() as usize;
+    (p, p + core::mem::size_of_val(&INTERNAL))
+}
+
 /// Call `f(start, end)` for every engine mapping.
 pub fn for_each_internal(mut f: impl FnMut(usize, usize)) {
     for (s, l) in INTERNAL.iter() {

@@ -82,6 +82,9 @@ const CLASSES: usize = 256;
 static QUARANTINE: [AtomicBool; CLASSES] = [const { AtomicBool::new(false) }; CLASSES];
 
 pub static PROBATION_MS: AtomicUsize = AtomicUsize::new(1000);
+/// Earliest time (ms) any item can be drained: lets the allocation slow
+/// path skip the queue until then (0: now).
+static NEXT_DUE_MS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 fn class(size: usize) -> usize {
     (size / 16).min(CLASSES - 1)
@@ -310,6 +313,7 @@ pub fn verify(
     PLOCK.lock();
     // SAFETY: both locks held.
     let (items, map) = unsafe { (&mut *ITEMS.0.get(), &mut *PROBATION.0.get()) };
+    NEXT_DUE_MS.store(0, Ordering::Relaxed);
     for it in items.as_mut_slice() {
         if it.state != TENTATIVE {
             continue;
@@ -361,9 +365,13 @@ unsafe fn unflip(map: &mut AddrMap, it: &Item) -> bool {
 /// # Safety
 /// `av` must be the caller's locked arena.
 pub unsafe fn drain(av: *mut Arena, mut budget: usize) {
+    if budget != usize::MAX && now_ms() < NEXT_DUE_MS.load(Ordering::Relaxed) {
+        return;
+    }
     if !QLOCK.try_lock() {
         return;
     }
+    let mut next_due = u64::MAX;
     // SAFETY: QLOCK is held.
     let items = unsafe { &mut *ITEMS.0.get() };
     let now = now_ms();
@@ -378,7 +386,13 @@ pub unsafe fn drain(av: *mut Arena, mut budget: usize) {
             REFUTED => true,
             _ => false,
         };
+        if it.state == HELD && !ready {
+            next_due = next_due.min(it.since_ms + probation_ms);
+        }
         if !mine || !ready || budget == 0 {
+            if ready {
+                next_due = next_due.min(now); // another arena's work
+            }
             left |= mine && it.state != TENTATIVE;
             i += 1;
             continue;
@@ -406,6 +420,14 @@ pub unsafe fn drain(av: *mut Arena, mut budget: usize) {
     if !left {
         // SAFETY: arenas are never freed.
         unsafe { (*av).kal_pending.store(false, Ordering::Release) };
+    }
+    // Nothing to do before the first held item's probation ends (a whole
+    // pass found nothing refuted or due; a partial one leaves 0: now).
+    if budget > 0 {
+        NEXT_DUE_MS.store(
+            if next_due == u64::MAX { 0 } else { next_due },
+            Ordering::Relaxed,
+        );
     }
     QLOCK.unlock();
 }

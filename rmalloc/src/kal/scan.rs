@@ -104,6 +104,7 @@ pub unsafe fn run(
     mem::for_each_internal(|a, b| ok &= s.excluded.push((a, b)));
     // The main arena's own state (top, bins, last remainder) points at
     // chunk boundaries, which would keep the chunk below each alive.
+    ok &= s.excluded.push(mem::internal_table());
     let ma = crate::arena::main_arena() as usize;
     ok &= s
         .excluded
