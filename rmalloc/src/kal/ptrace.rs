@@ -25,6 +25,7 @@ use super::stop::{self, StopError, REG_RIP};
 
 const PTRACE_GETREGS: usize = 12;
 const PTRACE_GETFPREGS: usize = 14;
+const PTRACE_GETSIGINFO: usize = 0x4202;
 const PTRACE_DETACH: usize = 17;
 const PTRACE_SEIZE: usize = 0x4206;
 const PTRACE_INTERRUPT: usize = 0x4207;
@@ -287,7 +288,9 @@ fn attach_range(from: usize, to: usize, gen: u32) -> i32 {
                     if event == 0 && sig != libc::SIGTRAP {
                         CTL.pending_sig[i].store(sig as u32, Ordering::Relaxed);
                     }
-                    record(i, tid, gen);
+                    if !record(i, tid, gen, event == 0) {
+                        return 1;
+                    }
                     break;
                 }
                 // Exited or killed: nothing to record.
@@ -300,11 +303,20 @@ fn attach_range(from: usize, to: usize, gen: u32) -> i32 {
 }
 
 /// Read thread `tid`'s registers into slot `i`.
-fn record(i: usize, tid: i32, gen: u32) {
+fn record(i: usize, tid: i32, gen: u32, delivering: bool) -> bool {
     let mut regs = [0u64; 27];
     if ptrace(PTRACE_GETREGS, tid, 0, regs.as_mut_ptr() as usize).is_err() {
-        return;
+        return false;
     }
+    // A thread stopped while a signal is being delivered to it: a queued
+    // signal's value is held by the kernel, and is a root.
+    let mut info = [0u64; 16];
+    let sigval =
+        if delivering && ptrace(PTRACE_GETSIGINFO, tid, 0, info.as_mut_ptr() as usize).is_ok() {
+            info[3]
+        } else {
+            0
+        };
     let mut fp = [0u64; 64];
     let have_fp = ptrace(PTRACE_GETFPREGS, tid, 0, fp.as_mut_ptr() as usize).is_ok();
     let s = stop::slot_mut(i);
@@ -340,8 +352,10 @@ fn record(i: usize, tid: i32, gen: u32) {
             stop::TEXT.1.load(Ordering::Relaxed),
         );
         (*s).in_allocator = (text.0 <= rip && rip < text.1 && !stop::is_waiter(tid)) as u32;
+        (*s).sigval = sigval;
         (*s).state.store(gen, Ordering::Release);
     }
+    true
 }
 
 fn detach_range(from: usize, to: usize) {

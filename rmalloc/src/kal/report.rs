@@ -1,7 +1,7 @@
 //! Leak reports in LeakSanitizer's format, and the engine's log lines.
 //!
-//! Reports go to `log_path.<pid>` when set (opened once per process, in
-//! append mode), else to stderr.  Everything is formatted into fixed
+//! Reports go to `log_path.<pid>` when set (opened in append mode for each
+//! report and closed after it), else to stderr.  Everything is formatted into fixed
 //! buffers and written with raw system calls: the scanner thread has no
 //! `errno` of its own and must never allocate.
 //!
@@ -17,35 +17,55 @@ use crate::fmt::{FixedBuf, Out, Sink};
 
 use super::mem::MVec;
 
-static LOG_FD: AtomicI32 = AtomicI32::new(2);
+/// `log_path.<pid>` with its NUL, or empty for stderr.  Written at
+/// start-up and in a fork child before any scanner runs.
+struct LogName(core::cell::UnsafeCell<FixedBuf<1100>>);
+// SAFETY: written only while no scanner thread exists (start-up, fork
+// child handler); read-only afterwards.
+unsafe impl Sync for LogName {}
+static LOG_NAME: LogName = LogName(core::cell::UnsafeCell::new(FixedBuf::new()));
+/// Whether reports go to the file (else stderr).
+static TO_FILE: AtomicI32 = AtomicI32::new(0);
 
-/// Open `path.<pid>` for the reports; stderr if it cannot be opened.
+/// Report to `path.<pid>` (opened for each report, in append mode, so no
+/// descriptor of ours stays open for the program to close or reuse);
+/// stderr when unset or when it cannot be opened.
 pub fn open_log(path: Option<&[u8]>) {
+    TO_FILE.store(0, Ordering::Relaxed);
     let Some(path) = path else {
-        LOG_FD.store(2, Ordering::Relaxed);
         return;
     };
-    let mut name = FixedBuf::<1100>::new();
+    // SAFETY: see `LogName`: no other thread reads it now.
+    let name = unsafe { &mut *LOG_NAME.0.get() };
+    *name = FixedBuf::new();
     let _ = write!(
         name,
         "{}.{}\0",
         core::str::from_utf8(path).unwrap_or("kal"),
         sys::getpid()
     );
-    let cstr = core::ffi::CStr::from_bytes_until_nul(name.as_bytes()).unwrap_or(c"/dev/null");
-    match sys::task::open_append(cstr) {
-        Ok(fd) => LOG_FD.store(fd, Ordering::Relaxed),
-        Err(_) => {
-            LOG_FD.store(2, Ordering::Relaxed);
+    match log_fd_open() {
+        Some(fd) => {
+            sys::close(fd);
+            TO_FILE.store(1, Ordering::Relaxed);
+        }
+        None => {
             let mut o = Out::<256>::new(Sink::Fd(2));
             let _ = writeln!(
                 o,
-                "KAL: cannot open log_path {}; reporting to stderr",
-                cstr.to_str().unwrap_or("?")
+                "KAL: cannot open log_path {}.<pid>; reporting to stderr",
+                core::str::from_utf8(path).unwrap_or("?")
             );
             o.flush();
         }
     }
+}
+
+fn log_fd_open() -> Option<i32> {
+    // SAFETY: see `LogName`: read-only once reports can be written.
+    let name = unsafe { &*LOG_NAME.0.get() };
+    let cstr = core::ffi::CStr::from_bytes_until_nul(name.as_bytes()).ok()?;
+    sys::task::open_append(cstr).ok()
 }
 
 /// After `fork`: a child reports to its own `log_path.<pid>`.
@@ -55,8 +75,43 @@ pub fn reopen_after_fork(path: Option<&[u8]>) {
     }
 }
 
-pub fn out() -> Out<1024> {
-    Out::new(Sink::Fd(LOG_FD.load(Ordering::Relaxed)))
+/// A report being written: to the log file (closed when dropped) or stderr.
+pub struct Log {
+    out: Out<1024>,
+    fd: i32,
+}
+
+impl Write for Log {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.out.write_str(s)
+    }
+}
+
+impl Log {
+    pub fn flush(&mut self) {
+        self.out.flush();
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.out.flush();
+        if self.fd != 2 {
+            sys::close(self.fd);
+        }
+    }
+}
+
+pub fn out() -> Log {
+    let fd = if TO_FILE.load(Ordering::Relaxed) != 0 {
+        log_fd_open().unwrap_or(2)
+    } else {
+        2
+    };
+    Log {
+        out: Out::new(Sink::Fd(fd)),
+        fd,
+    }
 }
 
 /// One line at the given verbosity.
@@ -70,18 +125,25 @@ pub fn log(verbosity: u32, need: u32, args: core::fmt::Arguments) {
 
 /// A false reclaim: always reported, on the log and on stderr.
 pub fn false_reclaim(mem: usize, size: usize) {
-    let fd = LOG_FD.load(Ordering::Relaxed);
-    let sinks = [fd, 2];
-    let n = if fd == 2 { 1 } else { 2 };
-    for &sink in &sinks[..n] {
-        let mut o = Out::<512>::new(Sink::Fd(sink));
+    let to_file = TO_FILE.load(Ordering::Relaxed) != 0;
+    for file in [true, false] {
+        if file && !to_file {
+            continue;
+        }
+        let mut o = if file {
+            out()
+        } else {
+            Log {
+                out: Out::new(Sink::Fd(2)),
+                fd: 2,
+            }
+        };
         let _ = writeln!(
             o,
             "=={}== KAL: FALSE RECLAIM: the program used {mem:#x} ({size} bytes) after KAL had \
              reclaimed it; the call is honoured and reclaim of this size class is stopped",
             sys::getpid()
         );
-        o.flush();
     }
 }
 

@@ -246,6 +246,40 @@ pub fn kernel_roots(
             }
         }
     }
+    // Real-time signals queued to one thread: a thread's own `SigPnd`.
+    if let Ok(tasks) = task::open_dir(c"/proc/self/task") {
+        let mut dents = [0u8; 4096];
+        let mut pending = false;
+        while let Ok(n) = task::getdents(tasks, &mut dents) {
+            if n == 0 || pending {
+                break;
+            }
+            let mut off = 0;
+            while off + 19 < n && !pending {
+                let reclen = u16::from_ne_bytes([dents[off + 16], dents[off + 17]]) as usize;
+                let name = &dents[off + 19..off + reclen];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                off += reclen.max(1);
+                let Some(tid) = dec(name) else { continue };
+                let mut pbuf = [0u8; 96];
+                let path = numbered(b"/proc/self/task/", tid, b"/status", &mut pbuf);
+                if read_file(path, scratch).is_err() {
+                    continue; // exited meanwhile
+                }
+                for line in scratch.as_slice().split(|&b| b == b'\n') {
+                    if let Some(rest) = line.strip_prefix(b"SigPnd:") {
+                        let mask = hex(trim(rest)).unwrap_or(0) as u64;
+                        let ours = 1u64 << (stop_signal - 1);
+                        pending |= mask & !ours & 0xffff_ffff_0000_0000 != 0;
+                    }
+                }
+            }
+        }
+        sys::close(tasks);
+        if pending {
+            return Err(KernelRootsError::QueuedSignal);
+        }
+    }
     // epoll registrations: "tfd: 5 events: 19 data: 7f1234567890 ..." lines.
     let Ok(dir) = task::open_dir(c"/proc/self/fd") else {
         return Err(KernelRootsError::Fds);

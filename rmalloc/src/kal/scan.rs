@@ -124,6 +124,7 @@ pub unsafe fn run(
                 m.root_value(h, v as usize);
             }
             m.root_value(h, t.alt_sp as usize);
+            m.root_value(h, t.sigval as usize);
         }
     }
     if o.use_tls {

@@ -49,6 +49,9 @@ pub struct Slot {
     pub alt_size: u64,
     /// The thread was interrupted inside the allocator's own code.
     pub in_allocator: u32,
+    /// `si_value` of a queued signal the thread was stopped delivering
+    /// (ptrace stop only): the kernel holds it for the program.
+    pub sigval: u64,
 }
 
 pub const REG_RSP: usize = 15;
@@ -181,6 +184,7 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc
             TEXT.0.load(Ordering::Relaxed),
             TEXT.1.load(Ordering::Relaxed),
         );
+        (*slot).sigval = 0;
         (*slot).in_allocator = ((text.0 <= rip && rip < text.1) && !is_waiter(me)) as u32;
         (*slot).state.store(gen, Ordering::Release);
     }
