@@ -38,6 +38,24 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
+/// The KAL hook of the allocation slow paths: one flag test on the arena
+/// just taken (see `kal::on_arena`).
+///
+/// # Safety
+/// `av` is the arena the caller just took (locked, or locks elided).
+#[inline(always)]
+unsafe fn kal_hook(av: *mut arena::Arena) {
+    // SAFETY: arenas are never freed; the caller holds `av` (contract).
+    unsafe {
+        if (*av)
+            .kal_pending
+            .load(core::sync::atomic::Ordering::Relaxed)
+        {
+            crate::kal::on_arena(av);
+        }
+    }
+}
+
 #[cold]
 fn enomem() -> *mut u8 {
     set_errno(libc::ENOMEM);
@@ -69,12 +87,7 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     init::ensure();
     thread::tcache_or_init();
     let (mut av, mut held) = arena_get(bytes);
-    if (*av)
-        .kal_pending
-        .load(core::sync::atomic::Ordering::Relaxed)
-    {
-        crate::kal::on_arena(av);
-    }
+    kal_hook(av);
     let mut p = int_malloc(av, bytes, nb);
     if p.is_null() {
         (av, held) = arena_get_retry(av, held, bytes);
@@ -157,6 +170,7 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
     init::ensure();
     thread::tcache_or_init();
     let (mut av, mut held) = arena_get(bytes);
+    kal_hook(av);
     let (mut oldtop, mut fresh_from) = fresh_memory(av);
     let mut mem = int_malloc(av, bytes, nb);
     if mem.is_null() {
@@ -298,6 +312,7 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
     }
     init::ensure();
     let (mut av, mut held) = arena_get(bytes + alignment + MINSIZE);
+    kal_hook(av);
     let mut p = int_memalign(av, alignment, nb);
     if p.is_null() {
         (av, held) = arena_get_retry(av, held, bytes);
