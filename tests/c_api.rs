@@ -18,21 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
-use support::{against_glibc, Output, TempDir};
+use support::{against_glibc, c_dir, cc, Output, TempDir};
 
 /// Deadlock guard for the heavy programs (fork, threads, signals).
 const HEAVY_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn c_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("c")
-}
-
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api")
-}
-
-fn cc() -> String {
-    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
 }
 
 const CFLAGS: &[&str] = &[

@@ -32,7 +32,7 @@
 //! the KAL interface is then absent (the programs find it with dlsym), and
 //! only the program-level expectations (patterns intact, output) are checked.
 
-use rmalloc_integration::{self as support, against_glibc, Output, TempDir};
+use rmalloc_integration::{self as support, against_glibc, c_dir, cc, compile, Output, TempDir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,21 +58,8 @@ const CFLAGS: &[&str] = &[
     "-pthread",
 ];
 
-fn c_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("c")
-}
-
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kal")
-}
-
-fn cc() -> String {
-    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
-}
-
-fn compile(mut cmd: Command, what: &str) {
-    let out = support::run(&mut cmd, Duration::from_secs(120));
-    assert!(out.success(), "compiling {what} failed\n{}", out.describe());
 }
 
 /// The test programs, built once per run.
@@ -99,13 +86,13 @@ fn programs() -> &'static Programs {
             .arg(&roots)
             .arg(c_dir().join("kal_roots.c"))
             .arg("-ldl");
-        compile(cmd, "kal_roots.c");
+        compile(&mut cmd, "kal_roots.c");
         let dso = dir.join("kal_dso.so");
         let mut cmd = Command::new(cc());
         cmd.args(["-O1", "-g", "-fPIC", "-shared", "-Wall", "-Werror", "-o"])
             .arg(&dso)
             .arg(c_dir().join("kal_dso.c"));
-        compile(cmd, "kal_dso.c");
+        compile(&mut cmd, "kal_dso.c");
         let leaky = dir.join("kal_leaky");
         let mut cmd = Command::new(cc());
         cmd.args([
@@ -120,7 +107,7 @@ fn programs() -> &'static Programs {
         .arg(&leaky)
         .arg(c_dir().join("kal_leaky.c"))
         .arg("-ldl");
-        compile(cmd, "kal_leaky.c");
+        compile(&mut cmd, "kal_leaky.c");
         Programs { roots, dso, leaky }
     })
 }
@@ -137,16 +124,7 @@ fn kal_command(
 ) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args(args);
-    for var in [
-        "GLIBC_TUNABLES",
-        "MALLOC_CHECK_",
-        "MALLOC_PERTURB_",
-        "MALLOC_ARENA_MAX",
-        "MALLOC_MMAP_THRESHOLD_",
-        "LD_PRELOAD",
-        "KAL_OPTIONS",
-        "LSAN_OPTIONS",
-    ] {
+    for var in support::ALLOCATOR_ENV {
         cmd.env_remove(var);
     }
     if !against_glibc() {

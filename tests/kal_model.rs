@@ -102,9 +102,8 @@ fn driver() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kal_model");
         std::fs::create_dir_all(&dir).expect("create build dir");
         let exe = dir.join("kal_graph");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/kal_graph.c");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
-        let mut cmd = Command::new(cc);
+        let src = support::c_dir().join("kal_graph.c");
+        let mut cmd = Command::new(support::cc());
         cmd.args([
             "-std=gnu11",
             "-O1",
@@ -120,13 +119,7 @@ fn driver() -> &'static Path {
         .arg(&exe)
         .arg(&src)
         .arg("-ldl");
-        let out = support::run(&mut cmd, Duration::from_secs(120));
-        assert!(
-            out.success(),
-            "compiling {} failed\n{}",
-            src.display(),
-            out.describe()
-        );
+        support::compile(&mut cmd, "kal_graph.c");
         exe
     })
 }
@@ -142,17 +135,7 @@ fn kal_options(confirm: u32) -> String {
 fn run_driver(confirm: u32, args: &[&str], script: &str, timeout: Duration) -> support::Output {
     let mut cmd = Command::new(driver());
     cmd.args(args);
-    for var in [
-        "GLIBC_TUNABLES",
-        "MALLOC_CHECK_",
-        "MALLOC_PERTURB_",
-        "MALLOC_ARENA_MAX",
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TOP_PAD_",
-        "MALLOC_TRIM_THRESHOLD_",
-        "LD_PRELOAD",
-        "RMALLOC_EXIT_STATS",
-    ] {
+    for var in support::ALLOCATOR_ENV.iter().chain(&["RMALLOC_EXIT_STATS"]) {
         cmd.env_remove(var);
     }
     cmd.env("KAL_OPTIONS", kal_options(confirm));

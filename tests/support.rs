@@ -33,6 +33,37 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The C sources of the tests (`tests/c`).
+pub fn c_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("c")
+}
+
+/// The C compiler: `$CC`, default `cc`.
+pub fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
+}
+
+/// Run a compiler command; panics with its output if it fails.
+pub fn compile(cmd: &mut Command, what: &str) {
+    let out = run(cmd, Duration::from_secs(120));
+    assert!(out.success(), "compiling {what} failed\n{}", out.describe());
+}
+
+/// Environment variables that change the allocator's or KAL's behaviour,
+/// cleared before a test program runs (a test sets what it means to).
+pub const ALLOCATOR_ENV: &[&str] = &[
+    "GLIBC_TUNABLES",
+    "MALLOC_CHECK_",
+    "MALLOC_PERTURB_",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "LD_PRELOAD",
+    "KAL_OPTIONS",
+    "LSAN_OPTIONS",
+];
+
 /// True when `RMALLOC_TEST_AGAINST_GLIBC=1`: run without the preload.
 pub fn against_glibc() -> bool {
     std::env::var("RMALLOC_TEST_AGAINST_GLIBC").is_ok_and(|v| v == "1")
