@@ -335,3 +335,59 @@ pub unsafe fn spawn_raw(
         Ok(ret as i32)
     }
 }
+
+/// Create (or truncate) `path` for reading and writing, mode 0600.
+pub fn create_rw(path: &core::ffi::CStr) -> SysResult<i32> {
+    // O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW
+    let flags = 0o2 | 0o100 | 0o1000 | 0o2000000 | 0o400000usize;
+    // SAFETY: `path` is a valid NUL-terminated string.
+    map(unsafe {
+        syscall!(
+            Sysno::openat,
+            (-100isize) as usize,
+            path.as_ptr() as usize,
+            flags,
+            0o600usize
+        )
+    })
+    .map(|fd| fd as i32)
+}
+
+/// Set the length of the file behind `fd`.
+pub fn ftruncate(fd: i32, len: usize) -> SysResult<()> {
+    // SAFETY: no memory is passed.
+    map(unsafe { syscall!(Sysno::ftruncate, fd as usize, len) }).map(|_| ())
+}
+
+/// Remove `path`.
+pub fn unlink(path: &core::ffi::CStr) {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let _ = unsafe {
+        syscall!(
+            Sysno::unlinkat,
+            (-100isize) as usize,
+            path.as_ptr() as usize,
+            0usize
+        )
+    };
+}
+
+/// Map `len` bytes of the file behind `fd`, shared and writable.
+///
+/// # Safety
+/// None beyond owning the returned mapping.
+pub unsafe fn mmap_file_shared(fd: i32, len: usize) -> SysResult<*mut u8> {
+    // SAFETY: a fresh mapping at an address the kernel picks.
+    map(unsafe {
+        syscall!(
+            Sysno::mmap,
+            0usize,
+            len,
+            crate::PROT_READ | crate::PROT_WRITE,
+            MAP_SHARED,
+            fd as usize,
+            0usize
+        )
+    })
+    .map(|p| p as *mut u8)
+}

@@ -128,7 +128,8 @@ extern "C" fn main(_: usize) -> ! {
             task::futex_wait_timeout(&REQ, r, interval);
         }
         let r = REQ.load(Ordering::Acquire);
-        let last = FINAL.load(Ordering::Acquire) && r != handled;
+        // A full-report request is served by the scan that serves it.
+        let last = r != handled && FINAL.swap(false, Ordering::AcqRel);
         let ok = one_scan(e, last);
         handled = r;
         LAST.store(ok, Ordering::Release);
@@ -176,6 +177,7 @@ fn discard(e: &Engine, d: Discard) -> i32 {
         Discard::Heap | Discard::Resources => &STATS.discarded_heap,
     };
     c.fetch_add(1, Ordering::Relaxed);
+    super::statpage::update(&super::c_stats());
     report::log(
         e.opts.verbosity,
         1,
@@ -273,10 +275,14 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
             }
         ),
     );
-    report_new(e, last);
-    if e.opts.mode == Mode::Reclaim && !incomplete && !last {
+    // `__lsan_disable`: hold reports and reclaim back while it is open.
+    if !super::lsan::disabled() || last {
+        report_new(e, last);
+    }
+    if e.opts.mode == Mode::Reclaim && !incomplete && !last && !super::lsan::disabled() {
         queue_due(e);
     }
+    super::statpage::update(&super::c_stats());
     1
 }
 
@@ -367,6 +373,9 @@ fn report_new(e: &mut Engine, last: bool) {
         e.opts.max_leaks,
     );
     STATS.leaks_reported.fetch_add(objects, Ordering::Relaxed);
+    if last && objects > 0 {
+        super::lsan::LEAKS_FOUND.store(true, Ordering::Release);
+    }
 }
 
 /// List what has been unreachable long enough: put in tentative probation
