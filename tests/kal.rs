@@ -1772,3 +1772,30 @@ fn stats_page_is_published_and_removed() {
         .expect("the program names its page");
     assert!(!Path::new(path).exists(), "{path} left behind after exit");
 }
+
+/// `unshare(CLONE_NEWUSER)` needs a single-threaded process: the scanner
+/// steps aside for it and is back afterwards.  Skipped where user
+/// namespaces are not permitted at all (as without KAL).
+#[test]
+fn unshare_of_a_user_namespace_works_under_kal() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(
+        &programs().api,
+        "unshare",
+        Some("mode=detect:leak_check_at_exit=0"),
+    );
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "user namespaces not permitted here: skipped\n{}",
+            out.describe()
+        );
+        return;
+    }
+    assert!(
+        out.success() && out.stdout.contains("PASS"),
+        "{}",
+        out.describe()
+    );
+}

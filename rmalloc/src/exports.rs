@@ -210,6 +210,46 @@ pub unsafe extern "C" fn kal_stats(out: *mut crate::kal::stats::CStats) -> c_int
     unsafe { rmalloc_kal_stats(out) }
 }
 
+/// A raw system call with libc's error convention (-1 and `errno`).
+fn errno_result(r: Result<usize, i32>) -> c_int {
+    match r {
+        Ok(v) => v as c_int,
+        Err(e) => {
+            api::set_errno(e);
+            -1
+        }
+    }
+}
+
+/// `unshare`: joining a new user namespace requires a single-threaded
+/// process, so KAL's scanner thread steps aside first (it restarts later).
+#[no_mangle]
+pub extern "C" fn unshare(flags: c_int) -> c_int {
+    if flags & libc::CLONE_NEWUSER != 0 {
+        crate::kal::suspend_for_namespaces();
+    }
+    // SAFETY: unshare takes only flags.
+    errno_result(unsafe {
+        rmalloc_sys::task::raw(libc::SYS_unshare as usize, [flags as usize, 0, 0, 0, 0, 0])
+    })
+}
+
+/// `setns`: as `unshare`, for entering a user namespace (or any, when the
+/// namespace type is left to the descriptor).
+#[no_mangle]
+pub extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
+    if nstype == 0 || nstype & libc::CLONE_NEWUSER != 0 {
+        crate::kal::suspend_for_namespaces();
+    }
+    // SAFETY: setns takes a descriptor and flags.
+    errno_result(unsafe {
+        rmalloc_sys::task::raw(
+            libc::SYS_setns as usize,
+            [fd as usize, nstype as usize, 0, 0, 0, 0],
+        )
+    })
+}
+
 /// One scan now; see rmalloc.h.
 #[no_mangle]
 pub extern "C" fn rmalloc_kal_scan_now() -> c_int {

@@ -19,9 +19,16 @@ pub const PR_SET_PDEATHSIG: usize = 1;
 pub const PR_SET_NAME: usize = 15;
 pub const MAP_SHARED: usize = 0x01;
 
-/// `clone` flags of a thread that shares everything with its creator but is
-/// unknown to glibc (no TLS of its own, no `CLONE_SETTLS`).
-pub const THREAD_FLAGS: usize = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+/// `clone` flags of a thread unknown to glibc (no TLS of its own, no
+/// `CLONE_SETTLS`): it shares the address space and signal handlers, but
+/// not the filesystem context (so the program's `setns`/`unshare` of mount
+/// namespaces and its `chdir` are its own) nor the descriptor table (so it
+/// can neither close the program's descriptors nor have its own closed
+/// under it); the kernel clears `ctid` when it exits.
+pub const THREAD_FLAGS: usize =
+    0x100 | 0x800 | 0x10000 | 0x40000 | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID;
+pub const CLONE_CHILD_CLEARTID: usize = 0x0020_0000;
+pub const CLONE_CHILD_SETTID: usize = 0x0100_0000;
 
 /// A raw six-argument system call.
 ///
@@ -274,17 +281,28 @@ pub unsafe fn mmap_shared(len: usize) -> SysResult<*mut u8> {
 }
 
 /// Start a thread unknown to glibc on `stack_top`, running `f(arg)`; all
-/// signals are blocked in it.  Returns its tid.
+/// signals are blocked in it.  Returns its tid, which is also stored in
+/// `ctid` (cleared, with a futex wake-up, when the thread exits).
 ///
 /// # Safety
-/// As [`spawn_raw`].
+/// As [`spawn_raw`]; `ctid` must stay valid while the thread runs.
 pub unsafe fn spawn_raw_thread(
     stack_top: *mut u8,
     f: extern "C" fn(usize) -> !,
     arg: usize,
+    ctid: &core::sync::atomic::AtomicU32,
 ) -> SysResult<i32> {
-    // SAFETY: forwarded contract.
-    unsafe { spawn_raw(THREAD_FLAGS, stack_top, f, arg) }
+    // SAFETY: forwarded contract; the kernel sets `ctid` before the thread
+    // runs (CLONE_CHILD_SETTID) and clears it when it exits.
+    unsafe { spawn_raw_ctid(THREAD_FLAGS, stack_top, f, arg, ctid.as_ptr() as usize) }
+}
+
+/// End the calling thread only (not the process).
+pub fn exit_thread() -> ! {
+    loop {
+        // SAFETY: exit does not return.
+        let _ = unsafe { syscall!(Sysno::exit, 0usize) };
+    }
 }
 
 /// `clone(flags)` onto a fresh stack, running `f(arg)` with every signal
@@ -300,6 +318,21 @@ pub unsafe fn spawn_raw(
     stack_top: *mut u8,
     f: extern "C" fn(usize) -> !,
     arg: usize,
+) -> SysResult<i32> {
+    // SAFETY: forwarded contract.
+    unsafe { spawn_raw_ctid(flags, stack_top, f, arg, 0) }
+}
+
+/// [`spawn_raw`] with a `child_tid` word for `CLONE_CHILD_CLEARTID`.
+///
+/// # Safety
+/// As [`spawn_raw`]; `ctid` (if not 0) must stay valid while the task runs.
+unsafe fn spawn_raw_ctid(
+    flags: usize,
+    stack_top: *mut u8,
+    f: extern "C" fn(usize) -> !,
+    arg: usize,
+    ctid: usize,
 ) -> SysResult<i32> {
     let old = sigmask(SIG_SETMASK, !0);
     let ret: isize;
@@ -321,7 +354,7 @@ pub unsafe fn spawn_raw(
             in("rdi") flags,
             in("rsi") stack_top as usize,
             in("rdx") 0usize,
-            in("r10") 0usize,
+            in("r10") ctid,
             in("r8") 0usize,
             in("r12") arg,
             in("r13") f as usize,

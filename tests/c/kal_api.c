@@ -14,6 +14,8 @@
  * Build: cc -O1 -g kal_api.c -ldl.  Prints "PASS" at the end. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +120,19 @@ int main(int argc, char **argv) {
         scrub();
         printf("PASS\n");          /* the driver expects status 23 and this line */
         return 0;
+    } else if (!strcmp(c, "unshare")) {
+        /* A new user namespace needs a single-threaded process: KAL's
+         * scanner steps aside, and comes back at the next allocation. */
+        if (unshare(CLONE_NEWUSER) != 0) {
+            printf("unshare failed: %s\n", strerror(errno));
+            return errno == EINVAL ? 1 : 3;   /* 3: not permitted here */
+        }
+        for (int i = 0; i < 100; i++)
+            drop(5000);                      /* slow-path allocations */
+        int (*scan)(void) = sym("rmalloc_kal_scan_now");
+        int r = scan();
+        printf("scan after unshare %d\n", r);
+        CHECK(r == 1);
     } else if (!strcmp(c, "defaults")) {
         const char *(*mode)(void) = sym("rmalloc_kal_mode");
         printf("mode %s\n", mode());

@@ -307,6 +307,18 @@ fn take_for_fork(m: &crate::lock::Mutex) -> bool {
     false
 }
 
+/// Before `unshare`/`setns` calls that need a single-threaded process: end
+/// the scanner; the next allocation slow path starts it again.
+pub fn suspend_for_namespaces() {
+    if mode() != Mode::Off && scanner::suspend() {
+        RESTART.store(true, Ordering::Release);
+        arena::for_each_arena(|a| {
+            // SAFETY: arenas are never freed.
+            unsafe { (*a).kal_pending.store(true, Ordering::Release) };
+        });
+    }
+}
+
 /// Fork prepare handler (after the arena locks): KAL's own locks, so the
 /// child never inherits a half-updated queue, probation map or registry.
 pub fn fork_prepare() {

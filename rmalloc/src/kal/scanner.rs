@@ -100,6 +100,10 @@ static LAST: AtomicI32 = AtomicI32::new(0);
 /// The next requested scan is the one at exit: report everything.
 static FINAL: AtomicBool = AtomicBool::new(false);
 pub static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The scanner's tid while it runs; the kernel clears it when it exits.
+static SCANNER_TID: AtomicU32 = AtomicU32::new(0);
+/// Asks the scanner to end (see [`suspend`]).
+static QUIT: AtomicBool = AtomicBool::new(false);
 
 const STACK: usize = 256 * 1024;
 
@@ -110,13 +114,23 @@ pub fn start() -> bool {
     };
     // SAFETY: a fresh stack mapping that is never unmapped; `main` never
     // returns and touches no TLS.
-    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0) };
+    QUIT.store(false, Ordering::Release);
+    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0, &SCANNER_TID) };
+    if let Ok(tid) = r {
+        // The kernel stores it too, but only once the thread first runs;
+        // it cannot have exited before (QUIT is clear).
+        SCANNER_TID.store(tid as u32, Ordering::Release);
+    }
     RUNNING.store(r.is_ok(), Ordering::Release);
     r.is_ok()
 }
 
 extern "C" fn main(_: usize) -> ! {
     let _ = task::prctl(task::PR_SET_NAME, c"kal-scanner".as_ptr() as usize);
+    // The descriptor table is this thread's own copy: keep none of the
+    // program's descriptors open (a socket the program closes must close).
+    // SAFETY: close_range only closes this thread's own descriptors.
+    let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;
@@ -124,8 +138,11 @@ extern "C" fn main(_: usize) -> ! {
     let mut handled = DONE.load(Ordering::Acquire);
     loop {
         let r = REQ.load(Ordering::Acquire);
-        if r == handled {
+        if r == handled && !QUIT.load(Ordering::Acquire) {
             task::futex_wait_timeout(&REQ, r, interval);
+        }
+        if QUIT.load(Ordering::Acquire) {
+            task::exit_thread();
         }
         let r = REQ.load(Ordering::Acquire);
         // A full-report request is served by the scan that serves it.
@@ -135,6 +152,25 @@ extern "C" fn main(_: usize) -> ! {
         LAST.store(ok, Ordering::Release);
         DONE.store(r, Ordering::Release);
         sys::futex_wake(&DONE, i32::MAX as u32);
+    }
+}
+
+/// End the scanner thread and wait until it is gone (for system calls that
+/// require a single-threaded process, such as `unshare(CLONE_NEWUSER)`).
+/// Returns whether one was running; `start` brings it back.
+pub fn suspend() -> bool {
+    if !RUNNING.swap(false, Ordering::AcqRel) {
+        return false;
+    }
+    QUIT.store(true, Ordering::Release);
+    REQ.fetch_add(1, Ordering::AcqRel);
+    sys::futex_wake(&REQ, 1);
+    loop {
+        let t = SCANNER_TID.load(Ordering::Acquire);
+        if t == 0 {
+            return true;
+        }
+        task::futex_wait_timeout(&SCANNER_TID, t, 100_000_000);
     }
 }
 
