@@ -17,6 +17,9 @@ use crate::malloc::int_malloc;
 /// `av` is an initialised arena whose lock the caller holds; `oldp` (for
 /// `int_realloc`) is an in-use heap chunk of `av` of size `oldsize` that the
 /// caller owns.
+// Inlined into its only caller, `api::realloc`: left out of line it costs
+// about 2% more instructions on the realloc workload (callgrind).
+#[inline(always)]
 pub(crate) unsafe fn int_realloc(
     av: *mut Arena,
     oldp: ChunkPtr,
