@@ -138,8 +138,9 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
     let saved = errno();
     init::ensure();
     if raw & IS_MMAPPED != 0 {
-        if crate::kal::claim(p) {
-            // A chunk KAL had reclaimed: restored, now freed as the program asks.
+        // A chunk KAL holds in probation is restored and then freed as the
+        // program asks; one KAL let go of meanwhile shows it in its header.
+        if crate::kal::claim(p) || chunk::size_nomask(p) & IS_MMAPPED == 0 {
             set_errno(saved);
             return free(chunk2mem(p));
         }

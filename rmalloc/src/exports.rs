@@ -221,6 +221,67 @@ fn errno_result(r: Result<usize, i32>) -> c_int {
     }
 }
 
+/// `madvise`, passed on; KAL notes `MADV_DONTFORK`/`MADV_WIPEONFORK`, whose
+/// memory a fork-based snapshot cannot see (its reclaim then stops).
+#[no_mangle]
+pub extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    if advice == libc::MADV_DONTFORK || advice == libc::MADV_WIPEONFORK {
+        crate::kal::note_fork_hidden_memory();
+    }
+    // SAFETY: the kernel validates the range; the caller's contract is
+    // madvise(2)'s.
+    errno_result(unsafe {
+        rmalloc_sys::task::raw(
+            libc::SYS_madvise as usize,
+            [addr as usize, len, advice as usize, 0, 0, 0],
+        )
+    })
+}
+
+// Credential and root-directory changes: glibc applies set*id to every
+// thread it knows; KAL's scanner is not one of them, so it steps aside and
+// is started again (with the new identity) at the next allocation.
+macro_rules! identity_change {
+    ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+                static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+                let mut f = REAL.load(core::sync::atomic::Ordering::Relaxed);
+                if f == 0 {
+                    let name = concat!(stringify!($name), "\0");
+                    // SAFETY: a NUL-terminated symbol name; the next
+                    // definition after ours is libc's.
+                    f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+                    if f == 0 {
+                        api::set_errno(libc::ENOSYS);
+                        return -1;
+                    }
+                    REAL.store(f, core::sync::atomic::Ordering::Relaxed);
+                }
+                crate::kal::suspend_for_namespaces();
+                // SAFETY: `f` is libc's function of this very signature.
+                let real: unsafe extern "C" fn($($ty),*) -> c_int = unsafe { core::mem::transmute(f) };
+                // SAFETY: the caller's contract is that of the libc function.
+                unsafe { real($($arg),*) }
+            }
+        )*
+    };
+}
+
+identity_change! {
+    setuid(uid: libc::uid_t);
+    setgid(gid: libc::gid_t);
+    seteuid(uid: libc::uid_t);
+    setegid(gid: libc::gid_t);
+    setreuid(r: libc::uid_t, e: libc::uid_t);
+    setregid(r: libc::gid_t, e: libc::gid_t);
+    setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t);
+    setresgid(r: libc::gid_t, e: libc::gid_t, s: libc::gid_t);
+    setgroups(n: usize, list: *const libc::gid_t);
+    chroot(path: *const c_char);
+}
+
 /// `unshare`: joining a new user namespace requires a single-threaded
 /// process, so KAL's scanner thread steps aside first (it restarts later).
 #[no_mangle]

@@ -20,13 +20,12 @@ pub const PR_SET_NAME: usize = 15;
 pub const MAP_SHARED: usize = 0x01;
 
 /// `clone` flags of a thread unknown to glibc (no TLS of its own, no
-/// `CLONE_SETTLS`): it shares the address space and signal handlers, but
-/// not the filesystem context (so the program's `setns`/`unshare` of mount
-/// namespaces and its `chdir` are its own) nor the descriptor table (so it
-/// can neither close the program's descriptors nor have its own closed
-/// under it); the kernel clears `ctid` when it exits.
+/// `CLONE_SETTLS`): it shares the address space, the descriptor table (its
+/// reports go to the program's stderr as it is now) and signal handlers,
+/// but not the filesystem context (the program's `setns`/`unshare` of
+/// mount namespaces are its own); the kernel clears `ctid` when it exits.
 pub const THREAD_FLAGS: usize =
-    0x100 | 0x800 | 0x10000 | 0x40000 | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID;
+    0x100 | 0x400 | 0x800 | 0x10000 | 0x40000 | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID;
 pub const CLONE_CHILD_CLEARTID: usize = 0x0020_0000;
 pub const CLONE_CHILD_SETTID: usize = 0x0100_0000;
 
@@ -369,10 +368,34 @@ unsafe fn spawn_raw_ctid(
     }
 }
 
-/// Create (or truncate) `path` for reading and writing, mode 0600.
+/// Copy `len` bytes at `src` in this process into `dst`, without a fault
+/// signal for memory that cannot be read (a file mapping past its end):
+/// `process_vm_readv` on ourselves reports that as an error instead.
+/// Returns the number of bytes copied.
+///
+/// # Safety
+/// `dst` must be writable for `len` bytes.
+pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<usize> {
+    let local = [dst as usize, len];
+    let remote = [src, len];
+    // SAFETY: two single-element iovec arrays; the kernel checks `src`.
+    map(unsafe {
+        syscall!(
+            Sysno::process_vm_readv,
+            crate::getpid() as usize,
+            local.as_ptr() as usize,
+            1usize,
+            remote.as_ptr() as usize,
+            1usize,
+            0usize
+        )
+    })
+}
+
+/// Create `path` (which must not exist) for reading and writing, mode 0600.
 pub fn create_rw(path: &core::ffi::CStr) -> SysResult<i32> {
-    // O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW
-    let flags = 0o2 | 0o100 | 0o1000 | 0o2000000 | 0o400000usize;
+    // O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW
+    let flags = 0o2 | 0o100 | 0o200 | 0o2000000 | 0o400000usize;
     // SAFETY: `path` is a valid NUL-terminated string.
     map(unsafe {
         syscall!(

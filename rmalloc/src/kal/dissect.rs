@@ -268,7 +268,11 @@ pub unsafe fn dissect(
         match h.find(a + HDR) {
             Some(i) if h.chunks.as_slice()[i].0 == a => {
                 let f = &mut h.flags.as_mut_slice()[i];
-                *f = if held { PROBATION } else { *f | TENTATIVE };
+                *f = if held {
+                    (*f & MMAPPED) | PROBATION
+                } else {
+                    *f | TENTATIVE
+                };
             }
             // A tentative chunk that is no chunk here is simply refuted.
             _ => missing |= held,
@@ -283,7 +287,8 @@ pub unsafe fn dissect(
     ignored.for_each(|a, _| {
         if let Some(i) = h.find(a + HDR) {
             if h.chunks.as_slice()[i].0 == a {
-                h.flags.as_mut_slice()[i] = PROBATION;
+                let f = &mut h.flags.as_mut_slice()[i];
+                *f = (*f & MMAPPED) | PROBATION;
             }
         }
     });

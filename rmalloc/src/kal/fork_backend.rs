@@ -82,10 +82,15 @@ fn copy_shared(f: &mut Frozen) -> bool {
             break;
         }
         let off = f.shared_copy.len();
-        // SAFETY: a readable mapping of this process, stable while every
-        // other thread is stopped; the buffer has room for `len` more bytes.
-        let src = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
-        ok &= f.shared_copy.extend_from_slice(src) && f.shared_index.push((m.start, len, off));
+        // SAFETY: `reserve` made room for `len` more bytes after `off`; the
+        // kernel reads the source (stable: every other thread is stopped)
+        // and reports what it cannot read instead of raising SIGBUS.
+        let copied = unsafe { task::copy_from_self(f.shared_copy.tail_ptr(), m.start, len) };
+        if copied != Ok(len) || !f.shared_copy.grow_len(len) {
+            ok = false;
+            break;
+        }
+        ok &= f.shared_index.push((m.start, len, off));
     }
     ok
 }
@@ -213,6 +218,13 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                     1,
                     format_args!("kernel-held roots unreadable: {e:?}"),
                 );
+                return Err(Discard::Roots);
+            }
+            *incomplete_roots = true;
+        }
+        if super::FORK_HIDDEN_MEMORY.load(Ordering::Acquire) {
+            if o.mode == Mode::Reclaim {
+                release();
                 return Err(Discard::Roots);
             }
             *incomplete_roots = true;

@@ -159,15 +159,18 @@ impl<T: Copy> MVec<T> {
         true
     }
 
-    /// Append a whole slice; false (nothing stored) when memory is refused.
-    pub fn extend_from_slice(&mut self, src: &[T]) -> bool {
-        if !self.reserve(src.len()) {
+    /// Where the next element goes (inside the capacity after `reserve`).
+    pub fn tail_ptr(&mut self) -> *mut T {
+        self.ptr.wrapping_add(self.len)
+    }
+
+    /// Count `n` more elements as initialised (written through a raw
+    /// pointer after `reserve`); false if there is no room.
+    pub fn grow_len(&mut self, n: usize) -> bool {
+        if self.len + n > self.cap {
             return false;
         }
-        // SAFETY: room for `src.len()` more elements after `reserve`; the
-        // source cannot overlap our own mapping's unused tail.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(self.len), src.len()) };
-        self.len += src.len();
+        self.len += n;
         true
     }
 

@@ -172,7 +172,6 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         return false;
     }
     registry::ON.store(true, Ordering::Release);
-    statpage::create();
     MODE.store(o.mode as u8, Ordering::Release);
     BACKEND.store(backend as u8, Ordering::Relaxed);
     if !scanner::start() {
@@ -254,8 +253,8 @@ pub fn altstacks() -> impl Iterator<Item = usize> {
 /// `av` is the caller's locked arena.
 #[cold]
 pub unsafe fn on_arena(av: *mut Arena) {
-    if RESTART.swap(false, Ordering::AcqRel) && mode() != Mode::Off {
-        scanner::start();
+    if RESTART.load(Ordering::Acquire) && mode() != Mode::Off && scanner::start() {
+        RESTART.store(false, Ordering::Release);
     }
     // SAFETY: `av` is locked by the caller (contract).
     unsafe { reclaim::drain(av, 64) };
@@ -305,6 +304,14 @@ fn take_for_fork(m: &crate::lock::Mutex) -> bool {
         sys::task::sleep_ns(1_000);
     }
     false
+}
+
+/// The program used `MADV_DONTFORK` or `MADV_WIPEONFORK`: the fork
+/// backend's child cannot see that memory, so no snapshot proves anything.
+pub static FORK_HIDDEN_MEMORY: AtomicBool = AtomicBool::new(false);
+
+pub fn note_fork_hidden_memory() {
+    FORK_HIDDEN_MEMORY.store(true, Ordering::Release);
 }
 
 /// Before `unshare`/`setns` calls that need a single-threaded process: end

@@ -278,6 +278,19 @@ pub unsafe fn flip_due(due: &[Due]) {
         if quarantined(d.size) || map.get(d.chunk).is_some() || fast.get(d.chunk).is_some() {
             continue;
         }
+        // A thread stopped with the chunk in a register may be in the middle
+        // of freeing it (its header read, not yet acted on): leave it.
+        let (lo, hi) = (d.chunk, d.chunk + d.size + 2 * chunk::SIZE_SZ);
+        let in_flight = super::stop::slots().iter().any(|s| {
+            super::stop::stopped(s)
+                && s.gregs
+                    .iter()
+                    .chain(s.xmm.iter())
+                    .any(|&v| (lo..=hi).contains(&(v as usize)))
+        });
+        if in_flight {
+            continue;
+        }
         // SAFETY: the heap is at rest (contract).
         if !unsafe { still_leaked(&it) } {
             continue;
@@ -341,19 +354,32 @@ pub fn verify(
 }
 
 /// Take `it` out of probation: restore its header (heap chunk).  Returns
-/// whether it was still held (not claimed by the program meanwhile).
+/// whether the chunk was still held *and* still exactly as KAL left it
+/// (only then may it be freed).
 ///
 /// # Safety
 /// The chunk's arena is locked by the caller; PLOCK is held.
 unsafe fn unflip(map: &mut AddrMap, it: &Item) -> bool {
     if map.remove(it.chunk).is_none() {
-        return false;
+        return false; // the program claimed it meanwhile
     }
     IN_PROBATION.fetch_sub(1, Ordering::Relaxed);
-    if it.arena != 0 {
-        let p = it.chunk as ChunkPtr;
-        // SAFETY: a chunk KAL flipped; its arena is locked (contract).
-        unsafe { chunk::set_head(p, chunk::size_nomask(p) & !IS_MMAPPED) };
+    // SAFETY: arena locked (contract); the heap is checked to still hold
+    // the chunk before its header is read.
+    if !unsafe { still_mapped(it) } {
+        return false;
+    }
+    if it.arena == 0 {
+        return true;
+    }
+    let p = it.chunk as ChunkPtr;
+    // SAFETY: mapped (checked), arena locked.
+    unsafe {
+        let raw = chunk::size_nomask(p);
+        if raw & IS_MMAPPED == 0 || raw & !SIZE_BITS != it.size {
+            return false; // not the header KAL set: leave it alone
+        }
+        chunk::set_head(p, raw & !IS_MMAPPED);
     }
     true
 }

@@ -106,16 +106,28 @@ static SCANNER_TID: AtomicU32 = AtomicU32::new(0);
 static QUIT: AtomicBool = AtomicBool::new(false);
 
 const STACK: usize = 256 * 1024;
+static STACK_TOP: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// Start the scanner thread.
 pub fn start() -> bool {
-    let Some((stack, len, _)) = mem::map(STACK) else {
-        return false;
-    };
-    // SAFETY: a fresh stack mapping that is never unmapped; `main` never
-    // returns and touches no TLS.
+    // One stack for every scanner of the process: a previous one has
+    // exited (the kernel cleared its tid) before another is started.
+    let mut top = STACK_TOP.load(Ordering::Acquire);
+    if top == 0 {
+        let Some((stack, len, _)) = mem::map(STACK) else {
+            return false;
+        };
+        top = stack as usize + len;
+        STACK_TOP.store(top, Ordering::Release);
+    }
+    if SCANNER_TID.load(Ordering::Acquire) != 0 {
+        return false; // the previous scanner has not ended yet
+    }
+    super::statpage::create();
     QUIT.store(false, Ordering::Release);
-    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0, &SCANNER_TID) };
+    // SAFETY: a stack mapping that is never unmapped and that no other
+    // scanner uses; `main` never returns and touches no TLS.
+    let r = unsafe { task::spawn_raw_thread(top as *mut u8, main, 0, &SCANNER_TID) };
     if let Ok(tid) = r {
         // The kernel stores it too, but only once the thread first runs;
         // it cannot have exited before (QUIT is clear).
@@ -127,10 +139,6 @@ pub fn start() -> bool {
 
 extern "C" fn main(_: usize) -> ! {
     let _ = task::prctl(task::PR_SET_NAME, c"kal-scanner".as_ptr() as usize);
-    // The descriptor table is this thread's own copy: keep none of the
-    // program's descriptors open (a socket the program closes must close).
-    // SAFETY: close_range only closes this thread's own descriptors.
-    let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;
@@ -155,9 +163,10 @@ extern "C" fn main(_: usize) -> ! {
     }
 }
 
-/// End the scanner thread and wait until it is gone (for system calls that
-/// require a single-threaded process, such as `unshare(CLONE_NEWUSER)`).
-/// Returns whether one was running; `start` brings it back.
+/// End the scanner thread and wait (at most 10 s) until it is gone, for
+/// system calls that require a single-threaded process, such as
+/// `unshare(CLONE_NEWUSER)`.  Returns whether one was running; `start`
+/// brings it back once it has ended.
 pub fn suspend() -> bool {
     if !RUNNING.swap(false, Ordering::AcqRel) {
         return false;
@@ -165,10 +174,16 @@ pub fn suspend() -> bool {
     QUIT.store(true, Ordering::Release);
     REQ.fetch_add(1, Ordering::AcqRel);
     sys::futex_wake(&REQ, 1);
+    // A scan in progress finishes first; bounded, so the caller's system
+    // call is never held up for long (it then fails as without KAL's help).
+    let deadline = task::now_ns() + 10_000_000_000;
     loop {
         let t = SCANNER_TID.load(Ordering::Acquire);
         if t == 0 {
             return true;
+        }
+        if task::now_ns() >= deadline {
+            return true; // it ends after its scan; `start` waits for that
         }
         task::futex_wait_timeout(&SCANNER_TID, t, 100_000_000);
     }
@@ -440,6 +455,8 @@ fn queue_due(e: &mut Engine) {
 /// Only from the fork child handler (one thread exists).
 pub unsafe fn reset_after_fork() {
     RUNNING.store(false, Ordering::Release);
+    // The parent's scanner does not exist here (its stack is free to use).
+    SCANNER_TID.store(0, Ordering::Release);
     FINAL.store(false, Ordering::Relaxed);
     // SAFETY: no scanner thread exists in the child (function contract).
     let e = unsafe { engine() };

@@ -68,8 +68,21 @@ pub fn create() {
     let Ok(cpath) = core::ffi::CStr::from_bytes_until_nul(name.as_bytes()) else {
         return;
     };
-    let Ok(fd) = sys::task::create_rw(cpath) else {
+    if !PAGE.load(Ordering::Acquire).is_null() {
         return;
+    }
+    // A file left by an earlier process with this pid (killed before it
+    // could remove it) is replaced; one we cannot remove (another user's,
+    // in the sticky /dev/shm) means no page.
+    let fd = match sys::task::create_rw(cpath) {
+        Ok(fd) => fd,
+        Err(_) => {
+            sys::task::unlink(cpath);
+            match sys::task::create_rw(cpath) {
+                Ok(fd) => fd,
+                Err(_) => return,
+            }
+        }
     };
     let ok = sys::task::ftruncate(fd, LEN).is_ok();
     // SAFETY: a fresh shared mapping of our own file.
@@ -119,12 +132,12 @@ pub fn remove() {
     }
 }
 
-/// Fork child: the inherited mapping is the parent's page; make our own.
+/// Fork child: the inherited mapping is the parent's page; drop it (the
+/// child's own is made when its scanner starts, if it ever does).
 pub fn after_fork_child() {
     let old = PAGE.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if !old.is_null() {
         // SAFETY: unmapping our view of the parent's page affects only us.
         let _ = unsafe { sys::munmap(old as *mut u8, LEN) };
-        create();
     }
 }
