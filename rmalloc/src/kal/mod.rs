@@ -455,6 +455,9 @@ pub fn scan_now() -> i32 {
     if mode() == Mode::Off {
         return -1;
     }
+    if RESTART.load(Ordering::Acquire) && scanner::start() {
+        RESTART.store(false, Ordering::Release);
+    }
     let r = scanner::request_and_wait(false, 120_000_000_000);
     if mode() == Mode::Reclaim {
         arena::for_each_arena(|a| {
