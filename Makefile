@@ -28,8 +28,15 @@ include tests/tests.mk
 include benches/bench.mk
 include kernel-patch/kernel.mk
 
-# Every test there is.  Kernel tests last: they are the slowest on a cold cache.
-test: test-lint test-unit test-integration kernel-test
+# Every test there is, stage by stage with the time each took.  Kernel
+# tests last: they are the slowest on a cold cache.
+TEST_STAGES := test-lint test-unit test-integration kernel-test
+test:
+	@total=$$(date +%s); for s in $(TEST_STAGES); do \
+		start=$$(date +%s); echo "=== make test: $$s"; \
+		$(MAKE) --no-print-directory $$s || { echo "=== make test: $$s FAILED after $$(( $$(date +%s) - start )) s"; exit 1; }; \
+		echo "=== make test: $$s took $$(( $$(date +%s) - start )) s"; \
+	done; echo "=== make test: all stages took $$(( $$(date +%s) - total )) s"
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

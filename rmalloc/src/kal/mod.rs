@@ -88,11 +88,8 @@ pub fn start_from_env() {
     // (written for LeakSanitizer: keys KAL does not know are skipped), its
     // `kal_default_options`, then `KAL_OPTIONS`.
     let mut o = options::Options::defaults();
-    for (name, lenient) in [
-        (c"__lsan_default_options", true),
-        (c"kal_default_options", false),
-    ] {
-        if let Some(s) = program_string(name) {
+    for (which, lenient) in [(0, true), (1, false)] {
+        if let Some(s) = program_string(which) {
             if let Err(e) = options::parse_into(&mut o, s, lenient) {
                 return say(e.as_bytes());
             }
@@ -123,13 +120,35 @@ pub fn start_from_env() {
     }
 }
 
-/// The string a function `name` of the program returns, if it defines one
-/// (`const char *name(void)`, LeakSanitizer's convention).
-fn program_string(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: dlsym with a NUL-terminated name; runs in the constructor,
-    // where allocating (dlerror's buffer) is fine.
-    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if f.is_null() {
+// The program's default-option functions, as weak references: resolved by
+// the loader to the program's definitions when it exports them, to null
+// otherwise.  (A `dlsym` lookup would do the same but allocate its error
+// message when the symbol is missing, changing the heap of every program.)
+core::arch::global_asm!(".weak __lsan_default_options", ".weak kal_default_options");
+
+/// The address of `__lsan_default_options` (`which` = 0) or
+/// `kal_default_options` (1), or null.
+fn weak_options_fn(which: u32) -> usize {
+    let f: usize;
+    // SAFETY: loads a GOT entry (filled by the loader; 0 for an undefined
+    // weak symbol); no memory is written.
+    unsafe {
+        if which == 0 {
+            core::arch::asm!("mov {}, qword ptr [rip + __lsan_default_options@GOTPCREL]",
+                out(reg) f, options(nostack, readonly, preserves_flags));
+        } else {
+            core::arch::asm!("mov {}, qword ptr [rip + kal_default_options@GOTPCREL]",
+                out(reg) f, options(nostack, readonly, preserves_flags));
+        }
+    }
+    f
+}
+
+/// The string the program's default-options function returns, if it
+/// defines one (`const char *f(void)`, LeakSanitizer's convention).
+fn program_string(which: u32) -> Option<&'static [u8]> {
+    let f = weak_options_fn(which);
+    if f == 0 {
         return None;
     }
     // SAFETY: by the convention, the symbol is a function taking nothing
