@@ -50,7 +50,7 @@ impl Sampler {
             let t0 = Instant::now();
             let mut v = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Some(rss) = stats::rss_bytes(pid) {
+                if let Some(rss) = stats::rss_bytes(pid).filter(|&r| r > 0) {
                     let reclaimed = stats::read(pid).ok().map(|s| s.reclaimed_bytes);
                     v.push(Sample {
                         t: t0.elapsed().as_secs_f64(),

@@ -87,11 +87,13 @@ pub fn find_library() -> Result<PathBuf, Fail> {
         let candidates = [dir.join("../lib").join(LIB_NAME), dir.join(LIB_NAME)];
         match candidates.iter().find(|c| c.is_file()) {
             Some(c) => c.clone(),
-            None => return Err(Fail::kal(format!(
+            None => {
+                return Err(Fail::kal(format!(
                 "{LIB_NAME} not found (looked in {} and {}); set RMALLOC_LIB=/path/to/{LIB_NAME}",
                 dir.join("../lib").display(),
                 dir.display()
-            ))),
+            )))
+            }
         }
     };
     let abs = chosen

@@ -258,14 +258,18 @@ fn real_main() -> Result<i32, Fail> {
 
 /// `kal report`: the raw reports, unchanged, with a note on stderr.
 fn report(files: &[PathBuf]) -> Result<i32, Fail> {
-    eprintln!(
-        "kal: note: allocation stacks are not recorded yet, so there is nothing to symbolize; \
-         the reports are printed as KAL wrote them"
-    );
     let mut status = 0;
+    let mut noted = false;
     for (i, f) in files.iter().enumerate() {
         match std::fs::read(f) {
             Ok(bytes) => {
+                if !noted {
+                    eprintln!(
+                        "kal: note: allocation stacks are not recorded yet, so there is nothing \
+                         to symbolize; reports are printed as KAL wrote them"
+                    );
+                    noted = true;
+                }
                 if files.len() > 1 {
                     out(&format!(
                         "{}==> {} <==\n",
