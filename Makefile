@@ -35,6 +35,7 @@ install: lib
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librmalloc.so
 	install -m 0644 rmalloc/include/rmalloc.h $(DESTDIR)$(PREFIX)/include/rmalloc.h
+	install -m 0644 rmalloc/include/kal.h $(DESTDIR)$(PREFIX)/include/kal.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|0.1.0|g' rmalloc/rmalloc.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/rmalloc.pc
 

@@ -67,6 +67,9 @@ struct Programs {
     roots: PathBuf,
     dso: PathBuf,
     leaky: PathBuf,
+    /// kal_api.c, and the same built with its `kal_default_options`.
+    api: PathBuf,
+    api_defaults: PathBuf,
 }
 
 fn programs() -> &'static Programs {
@@ -108,7 +111,30 @@ fn programs() -> &'static Programs {
         .arg(c_dir().join("kal_leaky.c"))
         .arg("-ldl");
         compile(&mut cmd, "kal_leaky.c");
-        Programs { roots, dso, leaky }
+        let api = dir.join("kal_api");
+        let api_defaults = dir.join("kal_api_defaults");
+        for (exe, extra) in [
+            (&api, &[][..]),
+            (&api_defaults, &["-DKAL_API_DEFAULTS", "-rdynamic"][..]),
+        ] {
+            let mut cmd = Command::new(cc());
+            cmd.args(["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"])
+                .args(extra)
+                .arg("-I")
+                .arg(&include)
+                .arg("-o")
+                .arg(exe)
+                .arg(c_dir().join("kal_api.c"))
+                .arg("-ldl");
+            compile(&mut cmd, "kal_api.c");
+        }
+        Programs {
+            roots,
+            dso,
+            leaky,
+            api,
+            api_defaults,
+        }
     })
 }
 
@@ -1641,4 +1667,135 @@ SUMMARY: KAL: 4160 byte(s) leaked in 3 allocation(s).
         .map(|(k, b, n)| (k, (b, n)))
         .collect();
     assert_eq!(groups["Direct leak"], (4096, 1));
+}
+
+/// Run one case of kal_api.c with `kal` as KAL_OPTIONS.
+fn api_case(exe: &Path, case: &str, kal: Option<&str>) -> Output {
+    let tmp = TempDir::new("kal-api");
+    let out = support::run(
+        &mut kal_command(exe, &[case], kal, &[], &tmp.path().join("stats")),
+        TIMEOUT,
+    );
+    eprintln!(
+        "[kal] api {case} KAL_OPTIONS={}: {:.2?}",
+        kal.unwrap_or("(unset)"),
+        out.elapsed
+    );
+    out
+}
+
+const API_RECLAIM: &str =
+    "mode=reclaim:confirm_scans=2:min_free_age_ms=0:probation_ms=0:leak_check_at_exit=0";
+
+/// LeakSanitizer's interface does what it says: an ignored object is neither
+/// reported nor reclaimed, a root region keeps what it points to, disable
+/// holds reports and reclaim back until enable, the recoverable check
+/// answers whether there are leaks.
+#[test]
+fn lsan_interface_has_its_effects() {
+    if against_glibc() {
+        return;
+    }
+    let p = programs();
+    for (case, opts) in [
+        ("ignore", API_RECLAIM),
+        ("disable", API_RECLAIM),
+        ("recover", API_RECLAIM),
+        ("region", "mode=detect:confirm_scans=2:leak_check_at_exit=0"),
+    ] {
+        let out = api_case(&p.api, case, Some(opts));
+        assert!(
+            out.success() && out.stdout.contains("PASS"),
+            "case {case}\n{}",
+            out.describe()
+        );
+    }
+}
+
+/// `exitcode=23` with leaks at exit: the report, then status 23, with the
+/// program's buffered output flushed; without the option the status stays 0.
+#[test]
+fn exitcode_when_leaks_are_found_at_exit() {
+    if against_glibc() {
+        return;
+    }
+    let p = programs();
+    let out = api_case(&p.api, "exitcode", Some("mode=detect:exitcode=23"));
+    assert_eq!(out.status.code(), Some(23), "{}", out.describe());
+    assert!(
+        out.stdout.contains("PASS"),
+        "stdout lost\n{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("Direct leak of"), "{}", out.describe());
+    let out = api_case(&p.api, "exitcode", Some("mode=detect"));
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+}
+
+/// A program's own `kal_default_options` turns KAL on without KAL_OPTIONS
+/// (and its `__lsan_default_options`, with LeakSanitizer-only keys, is
+/// accepted alongside).
+#[test]
+fn program_default_options_are_read() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(&programs().api_defaults, "defaults", None);
+    assert!(
+        out.success() && out.stdout.contains("mode detect") && !out.stderr.contains("KAL: "),
+        "{}",
+        out.describe()
+    );
+}
+
+/// The statistics page exists while KAL runs, with its header, counts scans,
+/// and is removed at exit.
+#[test]
+fn stats_page_is_published_and_removed() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(
+        &programs().api,
+        "statpage",
+        Some("mode=detect:leak_check_at_exit=0"),
+    );
+    assert!(
+        out.success() && out.stdout.contains("PASS"),
+        "{}",
+        out.describe()
+    );
+    let path = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("statpage "))
+        .expect("the program names its page");
+    assert!(!Path::new(path).exists(), "{path} left behind after exit");
+}
+
+/// `unshare(CLONE_NEWUSER)` needs a single-threaded process: the scanner
+/// steps aside for it and is back afterwards.  Skipped where user
+/// namespaces are not permitted at all (as without KAL).
+#[test]
+fn unshare_of_a_user_namespace_works_under_kal() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(
+        &programs().api,
+        "unshare",
+        Some("mode=detect:leak_check_at_exit=0"),
+    );
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "user namespaces not permitted here: skipped\n{}",
+            out.describe()
+        );
+        return;
+    }
+    assert!(
+        out.success() && out.stdout.contains("PASS"),
+        "{}",
+        out.describe()
+    );
 }

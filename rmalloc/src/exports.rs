@@ -159,6 +159,97 @@ pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::s
     }
 }
 
+// LeakSanitizer's interface (sanitizer/lsan_interface.h), and the same
+// calls under KAL's names (kal.h).  See `kal::lsan` for the differences.
+macro_rules! lsan_pair {
+    ($($lsan:ident / $kal:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $body:expr;)*) => {
+        $(
+            #[no_mangle]
+            pub extern "C" fn $lsan($($arg: $ty),*) -> $ret {
+                $body
+            }
+            #[no_mangle]
+            pub extern "C" fn $kal($($arg: $ty),*) -> $ret {
+                $body
+            }
+        )*
+    };
+}
+
+lsan_pair! {
+    __lsan_do_leak_check / kal_do_leak_check() -> () = crate::kal::do_leak_check();
+    __lsan_do_recoverable_leak_check / kal_do_recoverable_leak_check() -> c_int =
+        crate::kal::do_recoverable_leak_check();
+    __lsan_ignore_object / kal_ignore_object(p: *const c_void) -> () =
+        crate::kal::lsan::ignore_object(p as usize);
+    __lsan_register_root_region / kal_register_root_region(p: *const c_void, n: usize) -> () =
+        crate::kal::lsan::register_root_region(p as usize, n);
+    __lsan_unregister_root_region / kal_unregister_root_region(p: *const c_void, n: usize) -> () = {
+        if !crate::kal::lsan::unregister_root_region(p as usize, n) {
+            let _ = rmalloc_sys::write_all(
+                2,
+                b"KAL: __lsan_unregister_root_region: region was not registered\n",
+            );
+        }
+    };
+    __lsan_disable / kal_disable() -> () = crate::kal::lsan::disable();
+    __lsan_enable / kal_enable() -> () = {
+        if !crate::kal::lsan::enable() {
+            let _ = rmalloc_sys::write_all(2, b"KAL: unmatched call to __lsan_enable()\n");
+        }
+    };
+}
+
+/// `kal_stats`: the same as `rmalloc_kal_stats`.
+///
+/// # Safety
+/// As `rmalloc_kal_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn kal_stats(out: *mut crate::kal::stats::CStats) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { rmalloc_kal_stats(out) }
+}
+
+/// A raw system call with libc's error convention (-1 and `errno`).
+fn errno_result(r: Result<usize, i32>) -> c_int {
+    match r {
+        Ok(v) => v as c_int,
+        Err(e) => {
+            api::set_errno(e);
+            -1
+        }
+    }
+}
+
+/// `unshare`: joining a new user namespace requires a single-threaded
+/// process, so KAL's scanner thread steps aside first (it restarts later).
+#[no_mangle]
+pub extern "C" fn unshare(flags: c_int) -> c_int {
+    if flags & libc::CLONE_NEWUSER != 0 {
+        crate::kal::suspend_for_namespaces();
+    }
+    // SAFETY: unshare takes only flags.
+    errno_result(unsafe {
+        rmalloc_sys::task::raw(libc::SYS_unshare as usize, [flags as usize, 0, 0, 0, 0, 0])
+    })
+}
+
+/// `setns`: as `unshare`, for entering a user namespace (or any, when the
+/// namespace type is left to the descriptor).
+#[no_mangle]
+pub extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
+    if nstype == 0 || nstype & libc::CLONE_NEWUSER != 0 {
+        crate::kal::suspend_for_namespaces();
+    }
+    // SAFETY: setns takes a descriptor and flags.
+    errno_result(unsafe {
+        rmalloc_sys::task::raw(
+            libc::SYS_setns as usize,
+            [fd as usize, nstype as usize, 0, 0, 0, 0],
+        )
+    })
+}
+
 /// One scan now; see rmalloc.h.
 #[no_mangle]
 pub extern "C" fn rmalloc_kal_scan_now() -> c_int {

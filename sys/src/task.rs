@@ -19,9 +19,16 @@ pub const PR_SET_PDEATHSIG: usize = 1;
 pub const PR_SET_NAME: usize = 15;
 pub const MAP_SHARED: usize = 0x01;
 
-/// `clone` flags of a thread that shares everything with its creator but is
-/// unknown to glibc (no TLS of its own, no `CLONE_SETTLS`).
-pub const THREAD_FLAGS: usize = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+/// `clone` flags of a thread unknown to glibc (no TLS of its own, no
+/// `CLONE_SETTLS`): it shares the address space and signal handlers, but
+/// not the filesystem context (so the program's `setns`/`unshare` of mount
+/// namespaces and its `chdir` are its own) nor the descriptor table (so it
+/// can neither close the program's descriptors nor have its own closed
+/// under it); the kernel clears `ctid` when it exits.
+pub const THREAD_FLAGS: usize =
+    0x100 | 0x800 | 0x10000 | 0x40000 | CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID;
+pub const CLONE_CHILD_CLEARTID: usize = 0x0020_0000;
+pub const CLONE_CHILD_SETTID: usize = 0x0100_0000;
 
 /// A raw six-argument system call.
 ///
@@ -274,17 +281,28 @@ pub unsafe fn mmap_shared(len: usize) -> SysResult<*mut u8> {
 }
 
 /// Start a thread unknown to glibc on `stack_top`, running `f(arg)`; all
-/// signals are blocked in it.  Returns its tid.
+/// signals are blocked in it.  Returns its tid, which is also stored in
+/// `ctid` (cleared, with a futex wake-up, when the thread exits).
 ///
 /// # Safety
-/// As [`spawn_raw`].
+/// As [`spawn_raw`]; `ctid` must stay valid while the thread runs.
 pub unsafe fn spawn_raw_thread(
     stack_top: *mut u8,
     f: extern "C" fn(usize) -> !,
     arg: usize,
+    ctid: &core::sync::atomic::AtomicU32,
 ) -> SysResult<i32> {
-    // SAFETY: forwarded contract.
-    unsafe { spawn_raw(THREAD_FLAGS, stack_top, f, arg) }
+    // SAFETY: forwarded contract; the kernel sets `ctid` before the thread
+    // runs (CLONE_CHILD_SETTID) and clears it when it exits.
+    unsafe { spawn_raw_ctid(THREAD_FLAGS, stack_top, f, arg, ctid.as_ptr() as usize) }
+}
+
+/// End the calling thread only (not the process).
+pub fn exit_thread() -> ! {
+    loop {
+        // SAFETY: exit does not return.
+        let _ = unsafe { syscall!(Sysno::exit, 0usize) };
+    }
 }
 
 /// `clone(flags)` onto a fresh stack, running `f(arg)` with every signal
@@ -300,6 +318,21 @@ pub unsafe fn spawn_raw(
     stack_top: *mut u8,
     f: extern "C" fn(usize) -> !,
     arg: usize,
+) -> SysResult<i32> {
+    // SAFETY: forwarded contract.
+    unsafe { spawn_raw_ctid(flags, stack_top, f, arg, 0) }
+}
+
+/// [`spawn_raw`] with a `child_tid` word for `CLONE_CHILD_CLEARTID`.
+///
+/// # Safety
+/// As [`spawn_raw`]; `ctid` (if not 0) must stay valid while the task runs.
+unsafe fn spawn_raw_ctid(
+    flags: usize,
+    stack_top: *mut u8,
+    f: extern "C" fn(usize) -> !,
+    arg: usize,
+    ctid: usize,
 ) -> SysResult<i32> {
     let old = sigmask(SIG_SETMASK, !0);
     let ret: isize;
@@ -321,7 +354,7 @@ pub unsafe fn spawn_raw(
             in("rdi") flags,
             in("rsi") stack_top as usize,
             in("rdx") 0usize,
-            in("r10") 0usize,
+            in("r10") ctid,
             in("r8") 0usize,
             in("r12") arg,
             in("r13") f as usize,
@@ -334,4 +367,60 @@ pub unsafe fn spawn_raw(
     } else {
         Ok(ret as i32)
     }
+}
+
+/// Create (or truncate) `path` for reading and writing, mode 0600.
+pub fn create_rw(path: &core::ffi::CStr) -> SysResult<i32> {
+    // O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW
+    let flags = 0o2 | 0o100 | 0o1000 | 0o2000000 | 0o400000usize;
+    // SAFETY: `path` is a valid NUL-terminated string.
+    map(unsafe {
+        syscall!(
+            Sysno::openat,
+            (-100isize) as usize,
+            path.as_ptr() as usize,
+            flags,
+            0o600usize
+        )
+    })
+    .map(|fd| fd as i32)
+}
+
+/// Set the length of the file behind `fd`.
+pub fn ftruncate(fd: i32, len: usize) -> SysResult<()> {
+    // SAFETY: no memory is passed.
+    map(unsafe { syscall!(Sysno::ftruncate, fd as usize, len) }).map(|_| ())
+}
+
+/// Remove `path`.
+pub fn unlink(path: &core::ffi::CStr) {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let _ = unsafe {
+        syscall!(
+            Sysno::unlinkat,
+            (-100isize) as usize,
+            path.as_ptr() as usize,
+            0usize
+        )
+    };
+}
+
+/// Map `len` bytes of the file behind `fd`, shared and writable.
+///
+/// # Safety
+/// None beyond owning the returned mapping.
+pub unsafe fn mmap_file_shared(fd: i32, len: usize) -> SysResult<*mut u8> {
+    // SAFETY: a fresh mapping at an address the kernel picks.
+    map(unsafe {
+        syscall!(
+            Sysno::mmap,
+            0usize,
+            len,
+            crate::PROT_READ | crate::PROT_WRITE,
+            MAP_SHARED,
+            fd as usize,
+            0usize
+        )
+    })
+    .map(|p| p as *mut u8)
 }

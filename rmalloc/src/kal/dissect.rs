@@ -277,6 +277,16 @@ pub unsafe fn dissect(
     if missing {
         return Err(DissectError::Inconsistent);
     }
+    // Objects the program asked to ignore: kept, and roots.
+    // SAFETY: frozen image (function contract).
+    let (ignored, _) = unsafe { super::lsan::frozen() };
+    ignored.for_each(|a, _| {
+        if let Some(i) = h.find(a + HDR) {
+            if h.chunks.as_slice()[i].0 == a {
+                h.flags.as_mut_slice()[i] = PROBATION;
+            }
+        }
+    });
     // Thread caches.
     for s in slots {
         if super::stop::stopped(s) && s.tcache > 1 {

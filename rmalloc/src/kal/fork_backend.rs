@@ -144,6 +144,7 @@ fn heap_busy() -> bool {
     });
     busy |= arena::LIST_LOCK.is_locked() || arena::FREE_LIST_LOCK.is_locked();
     busy |= super::registry::LOCK.is_locked() || !super::reclaim::locks_free();
+    busy |= super::lsan::lock().is_locked();
     busy
 }
 

@@ -26,6 +26,7 @@
 
 pub mod dissect;
 pub mod fork_backend;
+pub mod lsan;
 pub mod mark;
 pub mod mem;
 pub mod options;
@@ -37,6 +38,7 @@ pub mod roots;
 pub mod scan;
 pub mod scanner;
 pub mod snapshot;
+pub mod statpage;
 pub mod stats;
 pub mod stop;
 
@@ -82,18 +84,33 @@ pub fn start_from_env() {
     if secure {
         return; // set-user-ID programs ignore KAL_OPTIONS, as glibc MALLOC_*
     }
+    // Settings, weakest first: the program's `__lsan_default_options`
+    // (written for LeakSanitizer: keys KAL does not know are skipped), its
+    // `kal_default_options`, then `KAL_OPTIONS`.
+    let mut o = options::Options::defaults();
+    for (name, lenient) in [
+        (c"__lsan_default_options", true),
+        (c"kal_default_options", false),
+    ] {
+        if let Some(s) = program_string(name) {
+            if let Err(e) = options::parse_into(&mut o, s, lenient) {
+                return say(e.as_bytes());
+            }
+        }
+    }
     // SAFETY: getenv with a NUL-terminated name; the result is a C string
     // of the environment or null.  It neither allocates nor locks.
     let v = unsafe { libc::getenv(c"KAL_OPTIONS".as_ptr()) };
-    if v.is_null() {
-        return;
+    if !v.is_null() {
+        // SAFETY: non-null getenv results are NUL-terminated strings.
+        let s = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+        if let Err(e) = options::parse_into(&mut o, s, false) {
+            return say(e.as_bytes());
+        }
     }
-    // SAFETY: non-null getenv results are NUL-terminated strings.
-    let s = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
-    let o = match options::parse(s) {
-        Ok(o) => o,
-        Err(e) => return say(e.as_bytes()),
-    };
+    if let Err(e) = options::check(&o) {
+        return say(e.as_bytes());
+    }
     if o.mode == Mode::Off {
         return;
     }
@@ -104,6 +121,25 @@ pub fn start_from_env() {
     if !enable(o, backend) {
         say(b"KAL: could not start (no memory, signal in use, or no thread); KAL stays off");
     }
+}
+
+/// The string a function `name` of the program returns, if it defines one
+/// (`const char *name(void)`, LeakSanitizer's convention).
+fn program_string(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: dlsym with a NUL-terminated name; runs in the constructor,
+    // where allocating (dlerror's buffer) is fine.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: by the convention, the symbol is a function taking nothing
+    // and returning a NUL-terminated string that lives for the process.
+    let s = unsafe {
+        let f: extern "C" fn() -> *const core::ffi::c_char = core::mem::transmute(f);
+        f()
+    };
+    // SAFETY: as above.
+    (!s.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(s) }.to_bytes())
 }
 
 fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
@@ -136,6 +172,7 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         return false;
     }
     registry::ON.store(true, Ordering::Release);
+    statpage::create();
     MODE.store(o.mode as u8, Ordering::Release);
     BACKEND.store(backend as u8, Ordering::Relaxed);
     if !scanner::start() {
@@ -256,7 +293,7 @@ pub fn mmapped_removed(p: ChunkPtr) {
 
 /// Which of KAL's locks `fork_prepare` took (bit per lock).
 static FORK_HELD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-const ALL_FORK_LOCKS: u8 = 0b111;
+const ALL_FORK_LOCKS: u8 = 0b1111;
 
 /// Take `m` within about 10 ms, or give up (a signal handler that forks
 /// may have interrupted this very thread inside a KAL lock).
@@ -270,6 +307,18 @@ fn take_for_fork(m: &crate::lock::Mutex) -> bool {
     false
 }
 
+/// Before `unshare`/`setns` calls that need a single-threaded process: end
+/// the scanner; the next allocation slow path starts it again.
+pub fn suspend_for_namespaces() {
+    if mode() != Mode::Off && scanner::suspend() {
+        RESTART.store(true, Ordering::Release);
+        arena::for_each_arena(|a| {
+            // SAFETY: arenas are never freed.
+            unsafe { (*a).kal_pending.store(true, Ordering::Release) };
+        });
+    }
+}
+
 /// Fork prepare handler (after the arena locks): KAL's own locks, so the
 /// child never inherits a half-updated queue, probation map or registry.
 pub fn fork_prepare() {
@@ -281,6 +330,7 @@ pub fn fork_prepare() {
         (1u8, reclaim::queue_lock()),
         (2, reclaim::probation_lock()),
         (4, &registry::LOCK),
+        (8, lsan::lock()),
     ] {
         if take_for_fork(m) {
             held |= bit;
@@ -296,6 +346,7 @@ pub fn fork_parent() {
         (1u8, reclaim::queue_lock()),
         (2, reclaim::probation_lock()),
         (4, &registry::LOCK),
+        (8, lsan::lock()),
     ] {
         if held & bit != 0 {
             m.unlock();
@@ -314,6 +365,8 @@ pub fn after_fork_child() {
     }
     stop::reset_after_fork();
     ptrace::reset_after_fork();
+    lsan::reset_after_fork();
+    statpage::after_fork_child();
     registry::reset_after_fork();
     reclaim::reset_after_fork();
     stats::reset();
@@ -346,9 +399,47 @@ pub fn at_exit() {
     }
     // SAFETY: options are written once before the scanner starts.
     let o = unsafe { scanner::engine() }.opts;
-    if o.leak_check_at_exit {
+    if o.leak_check_at_exit && lsan::first_check() {
         scanner::request_and_wait(true, 10_000_000_000);
+        exit_if_leaked(o.exitcode);
     }
+    statpage::remove();
+}
+
+/// LeakSanitizer's `exitcode`: after a full check found leaks, end the
+/// process with that status (0: leave it alone).
+fn exit_if_leaked(code: i32) {
+    if code != 0 && lsan::LEAKS_FOUND.load(Ordering::Acquire) {
+        statpage::remove();
+        // SAFETY: flushing stdio at exit; the program's buffers would
+        // otherwise be lost by the immediate exit below.
+        unsafe { libc::fflush(core::ptr::null_mut()) };
+        sys::task::exit_now(code);
+    }
+}
+
+/// `__lsan_do_leak_check`: a full check and report now, once per process;
+/// with `exitcode`, leaks end the process.
+pub fn do_leak_check() {
+    if mode() == Mode::Off || !lsan::first_check() {
+        return;
+    }
+    // SAFETY: options are written once before the scanner starts.
+    let code = unsafe { scanner::engine() }.opts.exitcode;
+    lsan::LEAKS_FOUND.store(false, Ordering::Release);
+    scanner::request_and_wait(true, 120_000_000_000);
+    exit_if_leaked(code);
+}
+
+/// `__lsan_do_recoverable_leak_check`: a full check and report now; 1 if
+/// it found leaks.
+pub fn do_recoverable_leak_check() -> i32 {
+    if mode() == Mode::Off {
+        return 0;
+    }
+    lsan::LEAKS_FOUND.store(false, Ordering::Release);
+    scanner::request_and_wait(true, 120_000_000_000);
+    lsan::LEAKS_FOUND.load(Ordering::Acquire) as i32
 }
 
 /// `rmalloc_kal_scan_now`: one scan now, then (reclaim mode) free what

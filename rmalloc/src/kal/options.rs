@@ -63,6 +63,8 @@ pub struct Options {
     pub leak_check_at_exit: bool,
     /// Scanner at SCHED_IDLE rather than SCHED_BATCH nice 19.
     pub sched_idle: bool,
+    /// Exit status when the exit-time check finds leaks (0: unchanged).
+    pub exitcode: i32,
 }
 
 impl Options {
@@ -88,6 +90,7 @@ impl Options {
             stop_timeout_ms: 100,
             leak_check_at_exit: true,
             sched_idle: false,
+            exitcode: 0,
         }
     }
 
@@ -152,10 +155,21 @@ impl core::fmt::Display for Shown<'_> {
     }
 }
 
-/// Parse a `KAL_OPTIONS` value.
+/// Parse a `KAL_OPTIONS` value alone (start-up layers the program's
+/// defaults under it with [`parse_into`]).
+#[cfg(test)]
 pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
     let mut o = Options::defaults();
-    for item in s.split(|&b| b == b':' || b == b' ' || b == b'\t') {
+    parse_into(&mut o, s, false)?;
+    check(&o)?;
+    Ok(o)
+}
+
+/// Apply the settings of `s` to `o`.  With `lenient` (a program's
+/// `__lsan_default_options`, written for LeakSanitizer), keys KAL does not
+/// know are skipped instead of refused.
+pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseError> {
+    for item in s.split(|&b| b == b':' || b == b' ' || b == b'\t' || b == b',') {
         if item.is_empty() {
             continue;
         }
@@ -222,6 +236,7 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
             b"use_globals" => o.use_globals = flag(key, v)?,
             b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
             b"sched_idle" => o.sched_idle = flag(key, v)?,
+            b"exitcode" => o.exitcode = num(key, v, 0, 255)? as i32,
             b"log_path" => {
                 if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
                     return Err(err(format_args!(
@@ -231,6 +246,7 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
                 o.log_path[..v.len()].copy_from_slice(v);
                 o.log_path_len = v.len();
             }
+            _ if lenient => {}
             _ => {
                 return Err(err(format_args!(
                     "KAL: unknown option '{}'; KAL stays off",
@@ -239,6 +255,11 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
             }
         }
     }
+    Ok(())
+}
+
+/// Refuse combinations that could not work or would be unsafe.
+pub fn check(o: &Options) -> Result<(), ParseError> {
     if matches!(o.stop_signal, 9 | 19) {
         return Err(err(format_args!(
             "KAL: stop_signal cannot be SIGKILL or SIGSTOP; KAL stays off"
@@ -250,7 +271,7 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
              mode=reclaim (allowed with mode=detect only); KAL stays off"
         )));
     }
-    Ok(o)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -138,6 +138,21 @@ pub unsafe fn run(
     for v in super::altstacks() {
         m.root_value(h, v);
     }
+    // Regions the program registered (`__lsan_register_root_region`), as
+    // far as they are mapped.
+    // SAFETY: frozen image.
+    let (_, regions) = unsafe { super::lsan::frozen() };
+    for &(a, b) in regions {
+        let (a, b) = ((a + 7) & !7, b & !7);
+        if b > a
+            // SAFETY: MADV_NORMAL changes nothing; it tells whether the
+            // range is mapped.
+            && unsafe { sys::madvise((a & !4095) as *mut u8, b - (a & !4095), 0) }.is_ok()
+        {
+            // SAFETY: mapped (checked) and frozen.
+            unsafe { m.root_range(h, a, b) };
+        }
+    }
     // Shared mappings are not copied on write: their contents were copied
     // at the instant, and the copies are the roots.
     for &(start, len, off) in shared_index {

@@ -100,6 +100,10 @@ static LAST: AtomicI32 = AtomicI32::new(0);
 /// The next requested scan is the one at exit: report everything.
 static FINAL: AtomicBool = AtomicBool::new(false);
 pub static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The scanner's tid while it runs; the kernel clears it when it exits.
+static SCANNER_TID: AtomicU32 = AtomicU32::new(0);
+/// Asks the scanner to end (see [`suspend`]).
+static QUIT: AtomicBool = AtomicBool::new(false);
 
 const STACK: usize = 256 * 1024;
 
@@ -110,13 +114,23 @@ pub fn start() -> bool {
     };
     // SAFETY: a fresh stack mapping that is never unmapped; `main` never
     // returns and touches no TLS.
-    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0) };
+    QUIT.store(false, Ordering::Release);
+    let r = unsafe { task::spawn_raw_thread(stack.add(len), main, 0, &SCANNER_TID) };
+    if let Ok(tid) = r {
+        // The kernel stores it too, but only once the thread first runs;
+        // it cannot have exited before (QUIT is clear).
+        SCANNER_TID.store(tid as u32, Ordering::Release);
+    }
     RUNNING.store(r.is_ok(), Ordering::Release);
     r.is_ok()
 }
 
 extern "C" fn main(_: usize) -> ! {
     let _ = task::prctl(task::PR_SET_NAME, c"kal-scanner".as_ptr() as usize);
+    // The descriptor table is this thread's own copy: keep none of the
+    // program's descriptors open (a socket the program closes must close).
+    // SAFETY: close_range only closes this thread's own descriptors.
+    let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;
@@ -124,16 +138,39 @@ extern "C" fn main(_: usize) -> ! {
     let mut handled = DONE.load(Ordering::Acquire);
     loop {
         let r = REQ.load(Ordering::Acquire);
-        if r == handled {
+        if r == handled && !QUIT.load(Ordering::Acquire) {
             task::futex_wait_timeout(&REQ, r, interval);
         }
+        if QUIT.load(Ordering::Acquire) {
+            task::exit_thread();
+        }
         let r = REQ.load(Ordering::Acquire);
-        let last = FINAL.load(Ordering::Acquire) && r != handled;
+        // A full-report request is served by the scan that serves it.
+        let last = r != handled && FINAL.swap(false, Ordering::AcqRel);
         let ok = one_scan(e, last);
         handled = r;
         LAST.store(ok, Ordering::Release);
         DONE.store(r, Ordering::Release);
         sys::futex_wake(&DONE, i32::MAX as u32);
+    }
+}
+
+/// End the scanner thread and wait until it is gone (for system calls that
+/// require a single-threaded process, such as `unshare(CLONE_NEWUSER)`).
+/// Returns whether one was running; `start` brings it back.
+pub fn suspend() -> bool {
+    if !RUNNING.swap(false, Ordering::AcqRel) {
+        return false;
+    }
+    QUIT.store(true, Ordering::Release);
+    REQ.fetch_add(1, Ordering::AcqRel);
+    sys::futex_wake(&REQ, 1);
+    loop {
+        let t = SCANNER_TID.load(Ordering::Acquire);
+        if t == 0 {
+            return true;
+        }
+        task::futex_wait_timeout(&SCANNER_TID, t, 100_000_000);
     }
 }
 
@@ -176,6 +213,7 @@ fn discard(e: &Engine, d: Discard) -> i32 {
         Discard::Heap | Discard::Resources => &STATS.discarded_heap,
     };
     c.fetch_add(1, Ordering::Relaxed);
+    super::statpage::update(&super::c_stats());
     report::log(
         e.opts.verbosity,
         1,
@@ -273,10 +311,14 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
             }
         ),
     );
-    report_new(e, last);
-    if e.opts.mode == Mode::Reclaim && !incomplete && !last {
+    // `__lsan_disable`: hold reports and reclaim back while it is open.
+    if !super::lsan::disabled() || last {
+        report_new(e, last);
+    }
+    if e.opts.mode == Mode::Reclaim && !incomplete && !last && !super::lsan::disabled() {
         queue_due(e);
     }
+    super::statpage::update(&super::c_stats());
     1
 }
 
@@ -367,6 +409,9 @@ fn report_new(e: &mut Engine, last: bool) {
         e.opts.max_leaks,
     );
     STATS.leaks_reported.fetch_add(objects, Ordering::Relaxed);
+    if last && objects > 0 {
+        super::lsan::LEAKS_FOUND.store(true, Ordering::Release);
+    }
 }
 
 /// List what has been unreachable long enough: put in tentative probation
