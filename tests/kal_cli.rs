@@ -267,11 +267,6 @@ fn check_exit_status_23_with_leak_0_without() {
     let p = prog.to_str().unwrap();
     let out = run(&mut kal(&["check", "--", p, "5"]));
     assert_eq!(out.code(), Some(23), "leaks: 23\n{}", out.describe());
-    assert!(
-        out.stderr.contains("ERROR: KAL: detected memory leaks"),
-        "with a report\n{}",
-        out.describe()
-    );
     let out = run(&mut kal(&["check", "--", p, "0"]));
     assert_eq!(out.code(), Some(0), "no leak: 0\n{}", out.describe());
     let out = run(&mut kal(&["check", "--exitcode", "42", "--", p, "5"]));
@@ -281,6 +276,27 @@ fn check_exit_status_23_with_leak_0_without() {
         out.code(),
         Some(3),
         "the program's own failure passes through\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn check_reports_leaks_on_stderr_and_in_log() {
+    let dir = TempDir::new("kal-cli-check-report");
+    let prog = build(dir.path(), "leaky", LEAKY_C, false);
+    let p = prog.to_str().unwrap();
+    let logs = dir.path().join("logs");
+    let out = run(kal(&["check", "--log"]).arg(&logs).args(["--", p, "5"]));
+    assert_eq!(out.code(), Some(23), "{}", out.describe());
+    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one report file kal.<pid> in --log DIR");
+    let text = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(text.contains("ERROR: KAL: detected memory leaks"), "{text}");
+    // Without --log, the report is on stderr, where a CI log shows it.
+    let out = run(&mut kal(&["check", "--", p, "5"]));
+    assert!(
+        out.stderr.contains("ERROR: KAL: detected memory leaks"),
+        "the exit-time report on stderr\n{}",
         out.describe()
     );
 }
