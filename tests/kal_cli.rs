@@ -364,6 +364,20 @@ fn bad_invocations_give_one_line() {
     }
     let out = run(&mut kal(&["run", "--", "/nonexistent/program"]));
     assert_eq!(out.code(), Some(127), "{}", out.describe());
+
+    // A kal with no library beside it (and no RMALLOC_LIB).
+    let dir = TempDir::new("kal-cli-nolib");
+    let lone = dir.path().join("kal");
+    std::fs::copy(kal_bin(), &lone).unwrap();
+    let out = run(Command::new(&lone)
+        .env_remove("RMALLOC_LIB")
+        .args(["run", "--", "true"]));
+    assert_one_line_error(&out, "library not found");
+    assert!(
+        out.stderr.contains("librmalloc.so not found"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
