@@ -127,9 +127,11 @@ int main(int argc, char **argv) {
 "#;
 
 const PRELOAD_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
 __attribute__((constructor)) static void hello(void) {
-    fprintf(stdout, "hello from the user's preload\n");
+    fprintf(stdout, "hello from the user's preload in %s\n", program_invocation_short_name);
     fflush(stdout);
 }
 "#;
@@ -225,8 +227,9 @@ fn run_keeps_existing_ld_preload_entries() {
     let out = run(kal(&["run", "--", prog.to_str().unwrap()]).env("LD_PRELOAD", &so));
     assert!(out.success(), "{}", out.describe());
     assert!(
-        out.stdout.contains("hello from the user's preload"),
-        "the user's preload still loaded\n{}",
+        out.stdout
+            .contains("hello from the user's preload in status\n"),
+        "the user's preload still loaded in the program (not only in kal)\n{}",
         out.describe()
     );
     assert!(
