@@ -38,8 +38,15 @@ test:
 		echo "=== make test: $$s took $$(( $$(date +%s) - start )) s"; \
 	done; echo "=== make test: all stages took $$(( $$(date +%s) - total )) s"
 
+# kal finds the library beside itself: $(PREFIX)/bin/kal and $(PREFIX)/lib/librmalloc.so.
+# Its --chart draws text with Debian's DejaVu Sans (fonts-dejavu-core).
 install: lib
+	$(NEED_APT) fonts-dejavu-core
+	$(CARGO) build --release -p kal
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(TARGET)/release/kal $(DESTDIR)$(PREFIX)/bin/kal
+	install -m 0644 rmalloc/cli/kal.1 $(DESTDIR)$(PREFIX)/share/man/man1/kal.1
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/librmalloc.so
 	install -m 0644 rmalloc/include/rmalloc.h $(DESTDIR)$(PREFIX)/include/rmalloc.h
 	install -m 0644 rmalloc/include/kal.h $(DESTDIR)$(PREFIX)/include/kal.h

@@ -1,7 +1,14 @@
 # Integration tests: C programs and real programs run against librmalloc.so.
 .PHONY: test-integration
-test-integration: lib
+test-integration: lib kal-cli
 	$(CARGO) test --release -p rmalloc-integration
+
+# The kal command (rmalloc/cli), driven by tests/kal_cli.rs from
+# target/release/kal; its --chart test needs a font (fonts-dejavu-core).
+.PHONY: kal-cli
+kal-cli:
+	$(NEED_APT) fonts-dejavu-core
+	$(CARGO) build --release -p kal
 
 # Real programs driven by tests/programs.rs (installed only when missing).
 test-integration: programs-deps

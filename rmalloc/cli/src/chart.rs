@@ -1,0 +1,244 @@
+//! `kal run --chart FILE.png`: sample the program's RSS and KAL's reclaimed
+//! bytes while it runs, then draw RSS over time with reclaim events marked.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use plotters::prelude::*;
+
+use crate::launch::io_msg;
+use crate::{stats, Fail};
+
+/// How often the sampler reads /proc and the stats page.
+const PERIOD: Duration = Duration::from_millis(100);
+
+/// Font files tried in order (after $KAL_CHART_FONT): Debian's
+/// fonts-dejavu-core and the usual places of other distributions.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// One reading.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Seconds since the program started.
+    pub t: f64,
+    /// VmRSS in bytes.
+    pub rss: u64,
+    /// Bytes KAL had reclaimed so far (None without a stats page).
+    pub reclaimed: Option<u64>,
+}
+
+/// The sampling thread of a running program.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut v = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(rss) = stats::rss_bytes(pid).filter(|&r| r > 0) {
+                    let reclaimed = stats::read(pid).ok().map(|s| s.reclaimed_bytes);
+                    v.push(Sample {
+                        t: t0.elapsed().as_secs_f64(),
+                        rss,
+                        reclaimed,
+                    });
+                }
+                std::thread::sleep(PERIOD);
+            }
+            v
+        });
+        Sampler { stop, thread }
+    }
+
+    /// Stop sampling (call before the child is reaped) and return the samples.
+    pub fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Refuse an unusable chart path before the program runs, not after.
+pub fn check_output(path: &Path) -> Result<(), Fail> {
+    let png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !png {
+        return Err(Fail::new(
+            crate::EXIT_USAGE,
+            format!(
+                "--chart {}: the chart is a PNG file; name it *.png",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| {
+            Fail::kal(format!(
+                "cannot write chart {}: {}",
+                path.display(),
+                io_msg(&e)
+            ))
+        })?;
+    load_font()?;
+    Ok(())
+}
+
+/// Register a sans-serif font for plotters' ab_glyph text renderer.
+fn load_font() -> Result<(), Fail> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let env = std::env::var("KAL_CHART_FONT").ok().filter(|s| !s.is_empty());
+        let candidates: Vec<String> = env
+            .into_iter()
+            .chain(FONTS.iter().map(|s| s.to_string()))
+            .collect();
+        for c in &candidates {
+            if let Ok(bytes) = std::fs::read(c) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err("no font for the chart: install fonts-dejavu-core or set KAL_CHART_FONT=/path/to/font.ttf".to_string())
+    })
+    .clone()
+    .map_err(Fail::kal)
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Times at which KAL's reclaimed total grew, with the RSS then.
+fn reclaim_events(samples: &[Sample]) -> Vec<(f64, f64)> {
+    let mut last = 0u64;
+    let mut ev = Vec::new();
+    for s in samples {
+        if let Some(r) = s.reclaimed {
+            if r > last {
+                ev.push((s.t, s.rss as f64 / MIB));
+            }
+            last = last.max(r);
+        }
+    }
+    ev
+}
+
+/// Draw the chart to `path`.
+pub fn draw(path: &Path, title: &str, samples: &[Sample]) -> Result<(), Fail> {
+    load_font()?;
+    let err =
+        |e: &dyn std::fmt::Display| Fail::kal(format!("drawing chart {}: {e}", path.display()));
+    let t_max = samples.last().map_or(0.0, |s| s.t).max(1.0);
+    let rss: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.rss as f64 / MIB)).collect();
+    let reclaimed: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|s| s.reclaimed.map(|r| (s.t, r as f64 / MIB)))
+        .collect();
+    let events = reclaim_events(samples);
+    let y_max = rss
+        .iter()
+        .chain(reclaimed.iter())
+        .map(|p| p.1)
+        .fold(1.0f64, f64::max)
+        * 1.15;
+
+    let root = BitMapBackend::new(path, (1024, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("MiB")
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+
+    let blue = RGBColor(31, 119, 180);
+    let green = RGBColor(44, 160, 44);
+    let red = RGBColor(214, 39, 40);
+    chart
+        .draw_series(LineSeries::new(rss.iter().copied(), blue.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("RSS (VmRSS)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], blue.stroke_width(2)));
+    if reclaimed.iter().any(|p| p.1 > 0.0) {
+        chart
+            .draw_series(LineSeries::new(
+                reclaimed.iter().copied(),
+                green.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label("freed by KAL reclaim (total)")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], green.stroke_width(2)));
+    }
+    if !events.is_empty() {
+        chart
+            .draw_series(
+                events
+                    .iter()
+                    .map(|&(t, y)| TriangleMarker::new((t, y), 7, red.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label(format!("reclaim event ({})", events.len()))
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, red.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_where_reclaimed_grows() {
+        let s = |t, r| Sample {
+            t,
+            rss: 1 << 20,
+            reclaimed: r,
+        };
+        let v = [
+            s(0.0, None),
+            s(0.1, Some(0)),
+            s(0.2, Some(5)),
+            s(0.3, Some(5)),
+            s(0.4, Some(9)),
+        ];
+        let e = reclaim_events(&v);
+        assert_eq!(e.iter().map(|e| e.0).collect::<Vec<_>>(), [0.2, 0.4]);
+    }
+}
