@@ -12,7 +12,7 @@
 #                detect and rmalloc+KAL reclaim, single- and multi-threaded
 
 BENCH_APT := gcc libc6-dev binutils python3 perl sqlite3 git \
-	libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 redis-server redis-tools
+	libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 redis-server redis-tools fonts-dejavu-core
 BENCH_BIN := $(TARGET)/release/rmalloc-bench
 BENCH_OUT := $(TARGET)/bench
 BENCH_ARGS = --rmalloc $(LIB) --out $(BENCH_OUT) --src $(CURDIR)/benches

@@ -166,6 +166,26 @@ pub fn run(cfg: &Config) -> Result<(), String> {
             Err(why) => columns.push(unavailable("rmalloc, no leak", why)),
         }
         print_summary(&title, &columns, requests);
+        let png = cfg.out.join(format!("demo-{threads}t-rss.png"));
+        let series: Vec<(String, Vec<(f64, f64)>)> = columns
+            .iter()
+            .filter_map(|c| {
+                c.result
+                    .as_ref()
+                    .ok()
+                    .map(|m| (c.label.to_string(), m.ticks.clone()))
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let chart_title = if threads == 0 {
+            "leaky server, single-threaded: RSS over time".to_string()
+        } else {
+            format!("leaky server, {threads} workers: RSS over time")
+        };
+        match kal::plot::lines(&png, &chart_title, "RSS (MiB)", &series) {
+            Ok(()) => println!("Chart of RSS over time: {}\n", png.display()),
+            Err(e) => println!("No chart: {e}\n"),
+        }
     }
     if let Some(why) = &kal_missing {
         println!("NOTE: {why}.");

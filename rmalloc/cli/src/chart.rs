@@ -15,16 +15,6 @@ use crate::{stats, Fail};
 /// How often the sampler reads /proc and the stats page.
 const PERIOD: Duration = Duration::from_millis(100);
 
-/// Font files tried in order (after $KAL_CHART_FONT): Debian's
-/// fonts-dejavu-core and the usual places of other distributions.
-const FONTS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
 /// One reading.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -102,27 +92,8 @@ pub fn check_output(path: &Path) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Register a sans-serif font for plotters' ab_glyph text renderer.
 fn load_font() -> Result<(), Fail> {
-    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let env = std::env::var("KAL_CHART_FONT").ok().filter(|s| !s.is_empty());
-        let candidates: Vec<String> = env
-            .into_iter()
-            .chain(FONTS.iter().map(|s| s.to_string()))
-            .collect();
-        for c in &candidates {
-            if let Ok(bytes) = std::fs::read(c) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return Ok(());
-                }
-            }
-        }
-        Err("no font for the chart: install fonts-dejavu-core or set KAL_CHART_FONT=/path/to/font.ttf".to_string())
-    })
-    .clone()
-    .map_err(Fail::kal)
+    kal::plot::load_font().map_err(Fail::kal)
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
