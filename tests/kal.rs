@@ -1799,3 +1799,28 @@ fn unshare_of_a_user_namespace_works_under_kal() {
         out.describe()
     );
 }
+
+/// A mark that does not finish within `scan_timeout_ms` is abandoned (its
+/// child killed, so its copy-on-write pages cannot pile up), the snapshot
+/// discarded with a reason, and the program unaffected.
+#[test]
+fn a_mark_over_its_time_budget_is_abandoned() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(
+        &programs().api,
+        "slow",
+        Some("mode=detect:scan_timeout_ms=1:verbosity=1:leak_check_at_exit=0"),
+    );
+    assert!(
+        out.success() && out.stdout.contains("PASS"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("did not finish within scan_timeout_ms"),
+        "{}",
+        out.describe()
+    );
+}

@@ -181,6 +181,39 @@ pub fn wait_clone(pid: i32) -> SysResult<i32> {
     }
 }
 
+/// Wait for clone child `pid` at most `timeout_ns`; then kill it (SIGKILL)
+/// and reap it.  Returns its wait status, or `Err(ETIMEDOUT)` if it had to
+/// be killed.
+pub fn wait_clone_timeout(pid: i32, timeout_ns: u64) -> SysResult<i32> {
+    let deadline = now_ns().saturating_add(timeout_ns);
+    let mut pause = 100_000u64;
+    loop {
+        let mut status = 0i32;
+        // SAFETY: `status` is a valid int to write; no rusage.
+        match map(unsafe {
+            syscall!(
+                Sysno::wait4,
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                WCLONE | 1, // WNOHANG
+                0usize
+            )
+        }) {
+            Ok(0) => {}
+            Ok(_) => return Ok(status),
+            Err(crate::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        if now_ns() >= deadline {
+            kill(pid, SIGKILL);
+            let _ = wait_clone(pid);
+            return Err(ETIMEDOUT);
+        }
+        sleep_ns(pause);
+        pause = (pause * 2).min(20_000_000);
+    }
+}
+
 /// Send `sig` to process `pid`.
 pub fn kill(pid: i32, sig: usize) {
     // SAFETY: sending a signal has no memory effects on us.

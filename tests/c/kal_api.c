@@ -133,6 +133,20 @@ int main(int argc, char **argv) {
         int r = scan();
         printf("scan after unshare %d\n", r);
         CHECK(r == 1);
+    } else if (!strcmp(c, "slow")) {
+        /* A mark that cannot finish within scan_timeout_ms is abandoned:
+         * the scan is discarded and the program goes on. */
+        static void **list;
+        for (int i = 0; i < 300000; i++) {
+            void **n = malloc(64);
+            n[0] = list;
+            list = n;
+        }
+        int (*scan)(void) = sym("rmalloc_kal_scan_now");
+        int r = scan();
+        printf("scan with a 1 ms budget %d, discarded %lu\n", r,
+               (unsigned long)st().scans_discarded);
+        CHECK(r == 0 && st().scans_discarded >= 1);
     } else if (!strcmp(c, "defaults")) {
         const char *(*mode)(void) = sym("rmalloc_kal_mode");
         printf("mode %s\n", mode());

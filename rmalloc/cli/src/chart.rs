@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use plotters::prelude::*;
-
 use crate::launch::io_msg;
 use crate::{stats, Fail};
 
@@ -113,82 +111,27 @@ fn reclaim_events(samples: &[Sample]) -> Vec<(f64, f64)> {
     ev
 }
 
-/// Draw the chart to `path`.
+/// Draw the chart to `path`: RSS and KAL's reclaimed total over time, with
+/// the moments reclaim happened marked.
 pub fn draw(path: &Path, title: &str, samples: &[Sample]) -> Result<(), Fail> {
-    load_font()?;
-    let err =
-        |e: &dyn std::fmt::Display| Fail::kal(format!("drawing chart {}: {e}", path.display()));
-    let t_max = samples.last().map_or(0.0, |s| s.t).max(1.0);
     let rss: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.rss as f64 / MIB)).collect();
     let reclaimed: Vec<(f64, f64)> = samples
         .iter()
         .filter_map(|s| s.reclaimed.map(|r| (s.t, r as f64 / MIB)))
         .collect();
-    let events = reclaim_events(samples);
-    let y_max = rss
-        .iter()
-        .chain(reclaimed.iter())
-        .map(|p| p.1)
-        .fold(1.0f64, f64::max)
-        * 1.15;
-
-    let root = BitMapBackend::new(path, (1024, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("MiB")
-        .axis_desc_style(("sans-serif", 18))
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(&e))?;
-
-    let blue = RGBColor(31, 119, 180);
-    let green = RGBColor(44, 160, 44);
-    let red = RGBColor(214, 39, 40);
-    chart
-        .draw_series(LineSeries::new(rss.iter().copied(), blue.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("RSS (VmRSS)")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], blue.stroke_width(2)));
+    let mut series = vec![("RSS (VmRSS)".to_string(), rss)];
     if reclaimed.iter().any(|p| p.1 > 0.0) {
-        chart
-            .draw_series(LineSeries::new(
-                reclaimed.iter().copied(),
-                green.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label("freed by KAL reclaim (total)")
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], green.stroke_width(2)));
+        series.push(("freed by KAL reclaim (total)".to_string(), reclaimed));
     }
-    if !events.is_empty() {
-        chart
-            .draw_series(
-                events
-                    .iter()
-                    .map(|&(t, y)| TriangleMarker::new((t, y), 7, red.filled())),
-            )
-            .map_err(|e| err(&e))?
-            .label(format!("reclaim event ({})", events.len()))
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, red.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let events = reclaim_events(samples);
+    kal::plot::lines_with_markers(
+        path,
+        title,
+        "MiB",
+        &series,
+        Some(("reclaim event", &events)),
+    )
+    .map_err(Fail::kal)
 }
 
 #[cfg(test)]

@@ -56,6 +56,17 @@ pub fn lines(
     y_desc: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), String> {
+    lines_with_markers(path, title, y_desc, series, None)
+}
+
+/// [`lines`], plus named event markers (red triangles) at given points.
+pub fn lines_with_markers(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    markers: Option<(&str, &[(f64, f64)])>,
+) -> Result<(), String> {
     load_font()?;
     let err = |e: &dyn std::fmt::Display| format!("drawing chart {}: {e}", path.display());
     let pts = series.iter().flat_map(|s| s.1.iter());
@@ -88,6 +99,18 @@ pub fn lines(
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))
             .map_err(|e| err(&e))?;
+    }
+    if let Some((name, points)) = markers.filter(|m| !m.1.is_empty()) {
+        let red = RGBColor(214, 39, 40);
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 7, red.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label(format!("{name} ({})", points.len()))
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, red.filled()));
     }
     chart
         .configure_series_labels()

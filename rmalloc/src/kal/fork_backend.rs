@@ -282,8 +282,12 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                         (t_fork - t_roots) / 1000
                     ),
                 );
-                return match task::wait_clone(pid) {
+                // A mark that cannot finish (a machine with no idle CPU for
+                // it) is abandoned: the child's copy-on-write pages would
+                // otherwise grow with every write the program makes.
+                return match task::wait_clone_timeout(pid, o.scan_timeout_ms * 1_000_000) {
                     Ok(0) => f.results.outcome(),
+                    Err(task::ETIMEDOUT) => Err(Discard::Slow),
                     _ => Err(Discard::Resources),
                 };
             }

@@ -65,6 +65,8 @@ pub struct Options {
     pub sched_idle: bool,
     /// Exit status when the exit-time check finds leaks (0: unchanged).
     pub exitcode: i32,
+    /// A snapshot child still marking after this long is killed (discard).
+    pub scan_timeout_ms: u64,
 }
 
 impl Options {
@@ -91,6 +93,7 @@ impl Options {
             leak_check_at_exit: true,
             sched_idle: false,
             exitcode: 0,
+            scan_timeout_ms: 30_000,
         }
     }
 
@@ -237,6 +240,7 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
             b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
             b"sched_idle" => o.sched_idle = flag(key, v)?,
             b"exitcode" => o.exitcode = num(key, v, 0, 255)? as i32,
+            b"scan_timeout_ms" => o.scan_timeout_ms = num(key, v, 1, 86_400_000)?,
             b"log_path" => {
                 if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
                     return Err(err(format_args!(

@@ -225,7 +225,7 @@ fn discard(e: &Engine, d: Discard) -> i32 {
     let c = match d {
         Discard::Stop => &STATS.discarded_stop,
         Discard::Roots => &STATS.discarded_roots,
-        Discard::Heap | Discard::Resources => &STATS.discarded_heap,
+        Discard::Heap | Discard::Resources | Discard::Slow => &STATS.discarded_heap,
     };
     c.fetch_add(1, Ordering::Relaxed);
     super::statpage::update(&super::c_stats());

@@ -28,6 +28,8 @@ pub enum Discard {
     Roots,
     /// The engine ran out of memory or could not create the snapshot.
     Resources,
+    /// The mark did not finish within `scan_timeout_ms`.
+    Slow,
 }
 
 impl Discard {
@@ -37,6 +39,7 @@ impl Discard {
             Discard::Heap => "the heap was mid-update or inconsistent",
             Discard::Roots => "a root source could not be read",
             Discard::Resources => "no memory or process for the snapshot",
+            Discard::Slow => "the mark did not finish within scan_timeout_ms (no idle CPU for it)",
         }
     }
 }
