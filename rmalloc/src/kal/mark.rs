@@ -130,6 +130,11 @@ impl Marker {
         }
     }
 
+    /// Flag the unmarked candidates that the words of `[start, end)` (chunk
+    /// `from`'s user area) point to as indirect leaks.
+    ///
+    /// # Safety
+    /// `[start, end)` must be readable, frozen memory.
     unsafe fn follow_unreached(&mut self, h: &mut Heap, from: usize, start: usize, end: usize) {
         let mut p = start as *const usize;
         while (p as usize) + 8 <= end {
