@@ -468,9 +468,6 @@ fn fork_in_multithreaded_program() {
 /// own (issue 8, bug 1): the allocator's locking must run after every
 /// prepare handler and before every parent and child handler.
 #[test]
-#[ignore = "known bug (issue 8): about 1 run in 10 aborts with 'double free or corruption (out)' \
-            in the busy thread after forks from fresh threads whose handlers allocate and call \
-            mallinfo2; run with --ignored to reproduce"]
 fn fork_with_allocating_atfork_handlers() {
     let out = run_ok("fork_handlers", &["40"], HEAVY_TIMEOUT);
     assert!(out.stdout.contains("forks: 40"), "{}", out.describe());

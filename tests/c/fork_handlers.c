@@ -21,7 +21,13 @@
 #include <stdatomic.h>
 #include <sys/wait.h>
 
+/* Keeps allocations from being optimised away.  The handlers' sink is written
+ * only by the thread running them (forks are one at a time); the busy thread
+ * has its own: had it stored into and reloaded the handlers' sink, it could
+ * read back a handler's pointer (stored in between, e.g. while the busy thread
+ * was preempted after a copy-on-write fault) and free it a second time. */
 static void *volatile sink;
+static void *volatile busy_sink;
 static atomic_int stop;
 static atomic_long handler_calls, busy_ops;
 
@@ -76,8 +82,9 @@ static void *busy(void *arg) {
   unsigned seed = 7;
   while (!atomic_load(&stop)) {
     size_t n = rand_r(&seed) % 4 ? rand_r(&seed) % 600 : 2000 + rand_r(&seed) % 60000;
-    sink = malloc(n);
-    free(sink);
+    void *p = malloc(n);
+    busy_sink = p;
+    free(p);
     atomic_fetch_add(&busy_ops, 1);
   }
   return arg;
