@@ -3,6 +3,7 @@
 //! one repetition to the next) so that machine noise spreads over all of them.
 
 use crate::allocators::{self, Allocator};
+use crate::callgrind;
 use crate::exec::{self, Outcome, Spec};
 use crate::report::{self, Machine, Run};
 use crate::workloads::{self, Workload};
@@ -22,6 +23,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         src: &cfg.src,
         out: &cfg.out,
         quick: cfg.quick,
+        callgrind: false,
     };
     let launcher = workloads::helpers(&cfg.src, &cfg.out)?;
     let wls = workloads::prepare(&env, cfg.only_workloads.as_deref())?;
@@ -122,6 +124,10 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     };
     let summary = report::summarize(&wls, &allocs, &runs, &reference);
     let mut text = report::render(&wls, &allocs, &summary, &machine);
+    if cfg.callgrind {
+        text += "\n";
+        text += &callgrind::run(cfg, &allocs, &launcher)?;
+    }
     if cfg.kal_sections {
         text += "\n";
         text += &redis::run(cfg, &allocs)?;

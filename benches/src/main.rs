@@ -11,10 +11,13 @@
 //! Environment: `BENCH_RUNS` (repetitions, default 5), `BENCH_QUICK=1` (reduced
 //! sizes for a smoke run), `BENCH_WORKLOADS` / `BENCH_ALLOCATORS` (comma-separated
 //! names to restrict the run; glibc, the baseline, always runs), `BENCH_KAL=0`
-//! (skip the redis and pause sections of `bench`).
+//! (skip the redis and pause sections of `bench`), `BENCH_CALLGRIND=1` (add
+//! each pair's instruction count under `valgrind --tool=callgrind`, at a
+//! reduced size: slow, but repeatable on a busy machine).
 
 mod allocators;
 mod bench;
+mod callgrind;
 mod demo;
 mod exec;
 mod pause;
@@ -37,6 +40,8 @@ pub struct Config {
     pub only_allocators: Option<Vec<String>>,
     /// Run the redis and KAL pause sections after the comparison.
     pub kal_sections: bool,
+    /// Add callgrind instruction counts (slow, so opt-in).
+    pub callgrind: bool,
 }
 
 const USAGE: &str = "usage: rmalloc-bench (bench|demo|kal) [--rmalloc LIB] [--out DIR] [--src DIR]";
@@ -67,6 +72,7 @@ fn config(args: &[String]) -> Result<(String, Config), String> {
         only_workloads: env_list("BENCH_WORKLOADS"),
         only_allocators: env_list("BENCH_ALLOCATORS"),
         kal_sections: std::env::var("BENCH_KAL").map_or(true, |v| v != "0"),
+        callgrind: std::env::var("BENCH_CALLGRIND").is_ok_and(|v| !v.is_empty() && v != "0"),
     };
     let mut it = args.iter();
     let cmd = it.next().ok_or(USAGE)?.clone();

@@ -101,7 +101,7 @@ fn ratio(x: Option<f64>, base: Option<f64>) -> Option<f64> {
     }
 }
 
-fn geomean(v: &[f64]) -> Option<f64> {
+pub fn geomean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
 }
 

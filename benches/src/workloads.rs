@@ -22,10 +22,22 @@ pub struct Env<'a> {
     /// Output directory: compiled programs in `bin/`, inputs in `data/`.
     pub out: &'a Path,
     pub quick: bool,
+    /// Sizes for the callgrind pass: a fraction of the usual ones.
+    pub callgrind: bool,
+}
+
+/// The SCALE argument of the workloads that take one.
+pub fn scale(env: &Env) -> &'static str {
+    match (env.callgrind, env.quick) {
+        (true, true) => "0.01",
+        (true, false) => "0.03",
+        (false, true) => "0.1",
+        (false, false) => "1",
+    }
 }
 
 /// (name, source, threads, description) of the synthetic workloads.
-const SYNTHETIC: [(&str, &str, u32, &str); 9] = [
+const SYNTHETIC: [(&str, &str, u32, &str); 13] = [
     (
         "small-1t",
         "small",
@@ -60,6 +72,30 @@ const SYNTHETIC: [(&str, &str, u32, &str); 9] = [
         "128 KiB-8 MiB blocks, every page touched",
     ),
     ("large-2t", "large", 2, "same work split over 2 threads"),
+    (
+        "larson-4t",
+        "larson",
+        4,
+        "Larson server: random replace, threads exit, successors free their blocks",
+    ),
+    (
+        "xthread-8t",
+        "xthread",
+        8,
+        "4 producers deal 16 B-2 KiB messages to 4 consumers that free them",
+    ),
+    (
+        "scratch-2t",
+        "scratch",
+        2,
+        "cache-scratch: write small blocks after freeing the main thread's (false sharing)",
+    ),
+    (
+        "sizes-1t",
+        "sizes",
+        1,
+        "cycles through 288 request sizes, 16 B-64 KiB, FIFO window",
+    ),
 ];
 
 /// Helper programs in `bin/` besides the workloads.
@@ -88,10 +124,12 @@ pub fn prepare(env: &Env, only: Option<&[String]>) -> Result<Vec<Workload>, Stri
     fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
     let wanted = |name: &str| only.is_none() || only.is_some_and(|o| o.iter().any(|n| n == name));
-    let scale = if env.quick { "0.1" } else { "1" };
+    let scale = scale(env);
     let dir = env.src.join("workloads");
 
-    for prog in ["small", "mixed", "prodcons", "realloc", "large"] {
+    for prog in [
+        "small", "mixed", "prodcons", "realloc", "large", "larson", "xthread", "scratch", "sizes",
+    ] {
         compile(&dir.join(format!("{prog}.c")), &bin.join(prog), &[])?;
     }
     let mut list = Vec::new();
@@ -204,7 +242,7 @@ fn path_arg(p: &Path) -> String {
 
 /// The generated SQLite database (built once; quick mode uses a smaller one).
 fn sqlite_db(env: &Env, dir: &Path, data: &Path) -> Result<PathBuf, String> {
-    let (orders, customers) = if env.quick {
+    let (orders, customers) = if env.quick || env.callgrind {
         (20_000, 2_000)
     } else {
         (150_000, 15_000)
@@ -244,7 +282,11 @@ fn git_env(data: &Path) -> Vec<(String, String)> {
 
 /// The generated git repository (built once with `git fast-import`).
 fn git_repo(env: &Env, dir: &Path, data: &Path) -> Result<PathBuf, String> {
-    let commits = if env.quick { 150 } else { 1000 };
+    let commits = if env.quick || env.callgrind {
+        150
+    } else {
+        1000
+    };
     let repo = data.join(format!("git-{commits}"));
     if repo.join(".git/bench-complete").exists() {
         return Ok(repo);

@@ -118,7 +118,7 @@ static void *worker_trampoline(void *p)
 
 /* Parse `THREADS SCALE`, run the worker on that many threads (the main thread
  * is thread 0), combine the per-thread results in thread order, print them. */
-static int run_workers(int argc, char **argv, worker_fn fn)
+__attribute__((unused)) static int run_workers(int argc, char **argv, worker_fn fn)
 {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
     double scale = argc > 2 ? atof(argv[2]) : 1.0;
