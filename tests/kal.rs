@@ -1824,3 +1824,22 @@ fn a_mark_over_its_time_budget_is_abandoned() {
         out.describe()
     );
 }
+
+/// The scanner is a thread glibc does not know: a single-threaded program
+/// keeps `__libc_single_threaded` set (and so its lock elision) under KAL.
+#[test]
+fn single_threaded_programs_stay_single_threaded_for_glibc() {
+    if against_glibc() {
+        return;
+    }
+    let out = api_case(
+        &programs().api,
+        "single",
+        Some("mode=detect:leak_check_at_exit=0"),
+    );
+    assert!(
+        out.success() && out.stdout.contains("PASS"),
+        "{}",
+        out.describe()
+    );
+}

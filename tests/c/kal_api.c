@@ -147,6 +147,14 @@ int main(int argc, char **argv) {
         printf("scan with a 1 ms budget %d, discarded %lu\n", r,
                (unsigned long)st().scans_discarded);
         CHECK(r == 0 && st().scans_discarded >= 1);
+    } else if (!strcmp(c, "single")) {
+        /* KAL's scanner is invisible to glibc: a single-threaded program
+         * stays single-threaded for it, so malloc keeps eliding its locks. */
+        extern char __libc_single_threaded;
+        int (*scan)(void) = sym("rmalloc_kal_scan_now");
+        CHECK(scan() == 1);             /* the scanner exists and works */
+        printf("__libc_single_threaded %d\n", __libc_single_threaded);
+        CHECK(__libc_single_threaded == 1);
     } else if (!strcmp(c, "defaults")) {
         const char *(*mode)(void) = sym("rmalloc_kal_mode");
         printf("mode %s\n", mode());
