@@ -1553,6 +1553,28 @@ fn real_program_python3_threads_under_reclaim() {
     });
 }
 
+/// CPython's own test suites (a few, chosen to allocate a lot: containers,
+/// JSON, strings) under reclaim at 5 ms: the same verdicts as under glibc.
+#[test]
+fn real_program_python3_test_suites_under_reclaim() {
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    real_program("python3 test suites", None, |_| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg("-s").arg(workload("py_suites.py")).args([
+            "test_dict",
+            "test_list",
+            "test_json",
+            "test_string",
+        ]);
+        cmd.env("PYTHONMALLOC", "malloc")
+            .env("PYTHONHASHSEED", "0")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd
+    });
+}
+
 #[test]
 fn real_program_perl_under_reclaim() {
     if !have("/usr/bin/perl") {
