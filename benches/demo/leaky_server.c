@@ -393,8 +393,15 @@ int main(int argc, char **argv)
             leaked += workers[i].leaked;
         double t = now(), rss = rss_mib();
         peak = rss > peak ? rss : peak;
-        printf("tick %2d  t=%6.2fs  %9.0f req/s  rss=%7.1f MiB  leaked=%7.1f MiB\n", tick, t - start,
+        printf("tick %2d  t=%6.2fs  %9.0f req/s  rss=%7.1f MiB  leaked=%7.1f MiB", tick, t - start,
                (requests / TICKS) / (t - last), rss, leaked / 1048576.0);
+        /* KAL's reclaimed total so far, where the malloc has KAL. */
+        int (*kal_stats)(struct rmalloc_kal_stats *) =
+            (int (*)(struct rmalloc_kal_stats *))dlsym(RTLD_DEFAULT, "rmalloc_kal_stats");
+        struct rmalloc_kal_stats ks = {.size = sizeof ks};
+        if (kal_stats && kal_stats(&ks) == 0)
+            printf("  reclaimed=%7.1f MiB", ks.reclaimed_bytes / 1048576.0);
+        printf("\n");
         last = t;
     }
     double elapsed = now() - start;

@@ -34,6 +34,9 @@ struct Measured {
     malloc_from: String,
     /// (seconds since start, RSS MiB) at each tenth of the requests.
     ticks: Vec<(f64, f64)>,
+    /// (seconds since start, RSS MiB) at the ticks where KAL's reclaimed
+    /// total had grown since the tick before.
+    reclaim_events: Vec<(f64, f64)>,
     rate: f64,
     leaked_mib: f64,
     checksum: String,
@@ -182,7 +185,18 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         } else {
             format!("leaky server, {threads} workers: RSS over time")
         };
-        match kal::plot::lines(&png, &chart_title, "RSS (MiB)", &series) {
+        let events: Vec<(f64, f64)> = columns
+            .iter()
+            .filter_map(|c| c.result.as_ref().ok())
+            .flat_map(|m| m.reclaim_events.iter().copied())
+            .collect();
+        match kal::plot::lines_with_markers(
+            &png,
+            &chart_title,
+            "RSS (MiB)",
+            &series,
+            Some(("KAL reclaimed more", &events)),
+        ) {
             Ok(()) => println!("Chart of RSS over time: {}\n", png.display()),
             Err(e) => println!("No chart: {e}\n"),
         }
@@ -240,6 +254,7 @@ fn measure(spec: &Spec, launcher: &Path, log: &Path) -> Result<Measured, String>
             .unwrap_or("?")
             .to_string(),
         ticks: ticks(&text),
+        reclaim_events: reclaim_events(&text),
         rate: num("rate"),
         leaked_mib: num("leaked_mib"),
         checksum: s
@@ -266,19 +281,40 @@ fn measure(spec: &Spec, launcher: &Path, log: &Path) -> Result<Measured, String>
 }
 
 /// (t, rss) from the `tick  N  t=  1.23s  ... rss=  18.7 MiB ...` lines.
+/// The number after `key` in a tick line (`t=  1.23s` gives 1.23).
+fn tick_field(l: &str, key: &str) -> Option<f64> {
+    let rest = &l[l.find(key)? + key.len()..];
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches('s')
+        .parse()
+        .ok()
+}
+
 fn ticks(text: &str) -> Vec<(f64, f64)> {
-    let after = |l: &str, key: &str| -> Option<f64> {
-        let rest = &l[l.find(key)? + key.len()..];
-        rest.split_whitespace()
-            .next()?
-            .trim_end_matches('s')
-            .parse()
-            .ok()
-    };
+    let after = tick_field;
     text.lines()
         .filter(|l| l.starts_with("tick"))
         .filter_map(|l| Some((after(l, "t=")?, after(l, "rss=")?)))
         .collect()
+}
+
+/// Ticks at which the `reclaimed=` total grew: (t, rss).
+fn reclaim_events(text: &str) -> Vec<(f64, f64)> {
+    let after = tick_field;
+    let mut last = 0.0;
+    let mut ev = Vec::new();
+    for l in text.lines().filter(|l| l.starts_with("tick")) {
+        if let (Some(t), Some(rss), Some(r)) =
+            (after(l, "t="), after(l, "rss="), after(l, "reclaimed="))
+        {
+            if r > last {
+                ev.push((t, rss));
+            }
+            last = r;
+        }
+    }
+    ev
 }
 
 /// Formats one row's value for one column.
