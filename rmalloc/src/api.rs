@@ -4,9 +4,6 @@
 //! These are plain Rust functions; `exports.rs` gives them their C names.
 //! Keeping them separate lets the crate's own tests drive the allocator
 //! in-process without replacing the test binary's `malloc`.
-// Not yet converted to `unsafe_op_in_unsafe_fn` (issue 8): these files are
-// being changed for KAL at the same time; convert them after that merge.
-#![allow(unsafe_op_in_unsafe_fn)]
 
 use crate::arena::{self, arena_for_chunk, arena_get, arena_get_retry};
 use crate::chunk::{
@@ -68,36 +65,46 @@ fn enomem() -> *mut u8 {
 /// Always safe to call; unsafe because it hands out raw memory.
 #[inline(always)]
 pub unsafe fn malloc(bytes: usize) -> *mut u8 {
-    let Some(nb) = checked_request2size(bytes) else {
-        return enomem();
-    };
-    let t = tls::get::<{ tls::TCACHE }>();
-    let idx = csize2tidx(nb);
-    if t > TCACHE_DISABLED && idx < PARAMS.tcache_bins() {
-        let tc = t as *mut Tcache;
-        if (*tc).counts[idx] != 0 {
-            return tcache::get(tc, idx);
+    // SAFETY: a TCACHE slot above TCACHE_DISABLED is this thread's live
+    // cache, and `tcache::get` takes only from a non-empty bin of it.
+    unsafe {
+        let Some(nb) = checked_request2size(bytes) else {
+            return enomem();
+        };
+        let t = tls::get::<{ tls::TCACHE }>();
+        let idx = csize2tidx(nb);
+        if t > TCACHE_DISABLED && idx < PARAMS.tcache_bins() {
+            let tc = t as *mut Tcache;
+            if (*tc).counts[idx] != 0 {
+                return tcache::get(tc, idx);
+            }
         }
+        malloc_slow(bytes, nb)
     }
-    malloc_slow(bytes, nb)
 }
 
+/// # Safety
+/// Called by `malloc` with `nb` the checked chunk size for `bytes`.
 #[inline(never)]
 unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
-    init::ensure();
-    thread::tcache_or_init();
-    let (mut av, mut held) = arena_get(bytes);
-    kal_hook(av);
-    let mut p = int_malloc(av, bytes, nb);
-    if p.is_null() {
-        (av, held) = arena_get_retry(av, held, bytes);
-        p = int_malloc(av, bytes, nb);
+    // SAFETY: `arena_get` returns the thread's arena locked (token `held`), which
+    // is what `int_malloc` and the retry require; it is unlocked once.
+    unsafe {
+        init::ensure();
+        thread::tcache_or_init();
+        let (mut av, mut held) = arena_get(bytes);
+        kal_hook(av);
+        let mut p = int_malloc(av, bytes, nb);
+        if p.is_null() {
+            (av, held) = arena_get_retry(av, held, bytes);
+            p = int_malloc(av, bytes, nb);
+        }
+        (*av).unlock(held);
+        if p.is_null() {
+            return enomem();
+        }
+        p
     }
-    (*av).unlock(held);
-    if p.is_null() {
-        return enomem();
-    }
-    p
 }
 
 /// `free`.  Preserves `errno`.
@@ -106,54 +113,65 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
 /// `mem` must be null or a live pointer from this allocator.
 #[inline(always)]
 pub unsafe fn free(mem: *mut u8) {
-    if mem.is_null() {
-        return;
-    }
-    let p = mem2chunk(mem);
-    let raw = chunk::size_nomask(p);
-    let t = tls::get::<{ tls::TCACHE }>();
-    if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
-        let size = raw & !SIZE_BITS;
-        let idx = csize2tidx(size);
-        if idx < PARAMS.tcache_bins() {
-            check_pointer(p, size);
-            let tc = t as *mut Tcache;
-            let e = mem as *mut Entry;
-            if (*e).key == tcache::key() {
-                tcache::check_double_free(tc, e, idx);
-            }
-            if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
-                tcache::put(tc, p, idx);
-                return;
-            }
-            // Bin full: checked already, straight to the arena.
-            return crate::free::free_full_bin(p, size);
+    // SAFETY: `mem` is a live chunk of ours (contract), so its header is readable
+    // and, once `check_pointer` passes, it can go to the cache or arena.
+    unsafe {
+        if mem.is_null() {
+            return;
         }
+        let p = mem2chunk(mem);
+        let raw = chunk::size_nomask(p);
+        let t = tls::get::<{ tls::TCACHE }>();
+        if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
+            let size = raw & !SIZE_BITS;
+            let idx = csize2tidx(size);
+            if idx < PARAMS.tcache_bins() {
+                check_pointer(p, size);
+                let tc = t as *mut Tcache;
+                let e = mem as *mut Entry;
+                if (*e).key == tcache::key() {
+                    tcache::check_double_free(tc, e, idx);
+                }
+                if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+                    tcache::put(tc, p, idx);
+                    return;
+                }
+                // Bin full: checked already, straight to the arena.
+                return crate::free::free_full_bin(p, size);
+            }
+        }
+        free_slow(p, raw);
     }
-    free_slow(p, raw);
 }
 
+/// # Safety
+/// `p` is the chunk of a live pointer the program passed to `free`, and
+/// `raw` its size field as read by `free`.
 #[inline(never)]
 unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
-    let saved = errno();
-    init::ensure();
-    if raw & IS_MMAPPED != 0 {
-        // A chunk KAL holds in probation is restored and then freed as the
-        // program asks; one KAL let go of meanwhile shows it in its header.
-        if crate::kal::claim(p) || chunk::size_nomask(p) & IS_MMAPPED == 0 {
-            set_errno(saved);
-            return free(chunk2mem(p));
+    // SAFETY: `p` is a live chunk being freed once (contract); mmapped ones are
+    // unmapped, heap ones go to their own arena after `check_pointer`.
+    unsafe {
+        let saved = errno();
+        init::ensure();
+        if raw & IS_MMAPPED != 0 {
+            // A chunk KAL holds in probation is restored and then freed as the
+            // program asks; one KAL let go of meanwhile shows it in its header.
+            if crate::kal::claim(p) || chunk::size_nomask(p) & IS_MMAPPED == 0 {
+                set_errno(saved);
+                return free(chunk2mem(p));
+            }
+            PARAMS.note_mmapped_free(raw);
+            mmap_chunk::unmap_chunk(p);
+        } else {
+            check_pointer(p, raw & !SIZE_BITS);
+            // A thread's first free creates its cache, as its first malloc would;
+            // int_free then caches the chunk if there is room.
+            thread::tcache_or_init();
+            int_free(arena_for_chunk(p), p);
         }
-        PARAMS.note_mmapped_free(raw);
-        mmap_chunk::unmap_chunk(p);
-    } else {
-        check_pointer(p, raw & !SIZE_BITS);
-        // A thread's first free creates its cache, as its first malloc would;
-        // int_free then caches the chunk if there is room.
-        thread::tcache_or_init();
-        int_free(arena_for_chunk(p), p);
+        set_errno(saved);
     }
-    set_errno(saved);
 }
 
 /// `calloc`.  Like glibc's, it goes straight to the arena (not the thread
@@ -162,62 +180,73 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
 /// # Safety
 /// Always safe to call.
 pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
-    let Some(bytes) = n.checked_mul(size) else {
-        return enomem();
-    };
-    let Some(nb) = checked_request2size(bytes) else {
-        return enomem();
-    };
-    init::ensure();
-    thread::tcache_or_init();
-    let (mut av, mut held) = arena_get(bytes);
-    kal_hook(av);
-    let (mut oldtop, mut fresh_from) = fresh_memory(av);
-    let mut mem = int_malloc(av, bytes, nb);
-    if mem.is_null() {
-        (av, held) = arena_get_retry(av, held, bytes);
-        (oldtop, fresh_from) = fresh_memory(av);
-        mem = int_malloc(av, bytes, nb);
-    }
-    (*av).unlock(held);
-    if mem.is_null() {
-        return enomem();
-    }
-    let p = mem2chunk(mem);
-    let perturb = PARAMS.perturb_enabled();
-    if chunk::is_mmapped(p) {
-        // Fresh mappings are already zero.
-        if perturb {
-            core::ptr::write_bytes(mem, 0, bytes);
+    // SAFETY: the arena is used only while locked; `mem` is a fresh chunk of at
+    // least `bytes` (mmapped) or `csz - SIZE_SZ` usable bytes to clear.
+    unsafe {
+        let Some(bytes) = n.checked_mul(size) else {
+            return enomem();
+        };
+        let Some(nb) = checked_request2size(bytes) else {
+            return enomem();
+        };
+        init::ensure();
+        thread::tcache_or_init();
+        let (mut av, mut held) = arena_get(bytes);
+        kal_hook(av);
+        let (mut oldtop, mut fresh_from) = fresh_memory(av);
+        let mut mem = int_malloc(av, bytes, nb);
+        if mem.is_null() {
+            (av, held) = arena_get_retry(av, held, bytes);
+            (oldtop, fresh_from) = fresh_memory(av);
+            mem = int_malloc(av, bytes, nb);
         }
-        return mem;
+        (*av).unlock(held);
+        if mem.is_null() {
+            return enomem();
+        }
+        let p = mem2chunk(mem);
+        let perturb = PARAMS.perturb_enabled();
+        if chunk::is_mmapped(p) {
+            // Fresh mappings are already zero.
+            if perturb {
+                core::ptr::write_bytes(mem, 0, bytes);
+            }
+            return mem;
+        }
+        let mut csz = chunk::size(p);
+        if !perturb && p == oldtop && (p as usize) + csz > fresh_from {
+            csz = fresh_from - p as usize;
+        }
+        core::ptr::write_bytes(mem, 0, csz - SIZE_SZ);
+        mem
     }
-    let mut csz = chunk::size(p);
-    if !perturb && p == oldtop && (p as usize) + csz > fresh_from {
-        csz = fresh_from - p as usize;
-    }
-    core::ptr::write_bytes(mem, 0, csz - SIZE_SZ);
-    mem
 }
 
 /// The top chunk of `av` (locked) and the address from which the memory
 /// beyond it has never been handed out since the kernel supplied it (so is
 /// still zero).  Conservative: without a single contiguous main heap, only
 /// the top chunk's end counts as fresh.
+///
+/// # Safety
+/// `av` is an initialised arena whose lock the caller holds.
 unsafe fn fresh_memory(av: *mut arena::Arena) -> (chunk::ChunkPtr, usize) {
-    let top = (*av).top;
-    let end = top as usize + chunk::size(top);
-    if (*av).is_main() {
-        if (*av).contiguous()
-            && crate::top::NREGIONS.load(core::sync::atomic::Ordering::Relaxed) == 1
-        {
-            let base = crate::top::SBRK_BASE.load(core::sync::atomic::Ordering::Relaxed);
-            return (top, end.max(base + (*av).max_system_mem));
+    // SAFETY: `av` is locked (contract), so its top and accounting are stable;
+    // a non-main top lies in a heap whose header `heap_for_ptr` finds.
+    unsafe {
+        let top = (*av).top;
+        let end = top as usize + chunk::size(top);
+        if (*av).is_main() {
+            if (*av).contiguous()
+                && crate::top::NREGIONS.load(core::sync::atomic::Ordering::Relaxed) == 1
+            {
+                let base = crate::top::SBRK_BASE.load(core::sync::atomic::Ordering::Relaxed);
+                return (top, end.max(base + (*av).max_system_mem));
+            }
+            (top, end)
+        } else {
+            let h = crate::heap::heap_for_ptr(top as usize);
+            (top, end.max(h as usize + (*h).mprotect_size))
         }
-        (top, end)
-    } else {
-        let h = crate::heap::heap_for_ptr(top as usize);
-        (top, end.max(h as usize + (*h).mprotect_size))
     }
 }
 
@@ -226,56 +255,60 @@ unsafe fn fresh_memory(av: *mut arena::Arena) -> (chunk::ChunkPtr, usize) {
 /// # Safety
 /// `old` must be null or a live pointer from this allocator.
 pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
-    if bytes == 0 && !old.is_null() {
-        free(old);
-        return core::ptr::null_mut();
-    }
-    if old.is_null() {
-        return malloc(bytes);
-    }
-    let oldp = mem2chunk(old);
-    if chunk::is_mmapped(oldp) {
-        // A chunk KAL had reclaimed is restored before it is resized.
-        crate::kal::claim(oldp);
-    }
-    let oldsize = chunk::size(oldp);
-    if (oldp as usize) > oldsize.wrapping_neg() || chunk::misaligned_chunk(oldp) {
-        malloc_printerr("realloc(): invalid pointer");
-    }
-    let Some(nb) = checked_request2size(bytes) else {
-        return enomem();
-    };
-    init::ensure();
-    if chunk::is_mmapped(oldp) {
-        let np = mmap_chunk::remap_chunk(oldp, nb);
-        if !np.is_null() {
-            return chunk2mem(np);
+    // SAFETY: `old` is live (contract): its header is readable, and a move copies
+    // at most its usable bytes before freeing it.
+    unsafe {
+        if bytes == 0 && !old.is_null() {
+            free(old);
+            return core::ptr::null_mut();
         }
-        if oldsize - SIZE_SZ >= nb {
-            return old;
+        if old.is_null() {
+            return malloc(bytes);
         }
-        let newmem = malloc(bytes);
-        if newmem.is_null() {
+        let oldp = mem2chunk(old);
+        if chunk::is_mmapped(oldp) {
+            // A chunk KAL had reclaimed is restored before it is resized.
+            crate::kal::claim(oldp);
+        }
+        let oldsize = chunk::size(oldp);
+        if (oldp as usize) > oldsize.wrapping_neg() || chunk::misaligned_chunk(oldp) {
+            malloc_printerr("realloc(): invalid pointer");
+        }
+        let Some(nb) = checked_request2size(bytes) else {
+            return enomem();
+        };
+        init::ensure();
+        if chunk::is_mmapped(oldp) {
+            let np = mmap_chunk::remap_chunk(oldp, nb);
+            if !np.is_null() {
+                return chunk2mem(np);
+            }
+            if oldsize - SIZE_SZ >= nb {
+                return old;
+            }
+            let newmem = malloc(bytes);
+            if newmem.is_null() {
+                return newmem;
+            }
+            core::ptr::copy_nonoverlapping(old, newmem, oldsize - chunk::HDR);
+            mmap_chunk::unmap_chunk(oldp);
             return newmem;
         }
-        core::ptr::copy_nonoverlapping(old, newmem, oldsize - chunk::HDR);
-        mmap_chunk::unmap_chunk(oldp);
-        return newmem;
+        let av = arena_for_chunk(oldp);
+        let held = (*av).lock();
+        let newp = int_realloc(av, oldp, oldsize, nb);
+        (*av).unlock(held);
+        if !newp.is_null() {
+            return newp;
+        }
+        // The arena is exhausted: try elsewhere and move.
+        let newmem = malloc(bytes);
+        if !newmem.is_null() {
+            core::ptr::copy_nonoverlapping(old, newmem, oldsize - SIZE_SZ);
+            int_free(av, oldp);
+        }
+        newmem
     }
-    let av = arena_for_chunk(oldp);
-    let held = (*av).lock();
-    let newp = int_realloc(av, oldp, oldsize, nb);
-    (*av).unlock(held);
-    if !newp.is_null() {
-        return newp;
-    }
-    // The arena is exhausted: try elsewhere and move.
-    let newmem = malloc(bytes);
-    if !newmem.is_null() {
-        core::ptr::copy_nonoverlapping(old, newmem, oldsize - SIZE_SZ);
-        int_free(av, oldp);
-    }
-    newmem
 }
 
 /// `reallocarray`.
@@ -283,9 +316,12 @@ pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
 /// # Safety
 /// As `realloc`.
 pub unsafe fn reallocarray(old: *mut u8, n: usize, size: usize) -> *mut u8 {
-    match n.checked_mul(size) {
-        Some(b) => realloc(old, b),
-        None => enomem(),
+    // SAFETY: forwarded to `realloc` under the same contract.
+    unsafe {
+        match n.checked_mul(size) {
+            Some(b) => realloc(old, b),
+            None => enomem(),
+        }
     }
 }
 
@@ -294,36 +330,40 @@ pub unsafe fn reallocarray(old: *mut u8, n: usize, size: usize) -> *mut u8 {
 /// # Safety
 /// Always safe to call.
 pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
-    if alignment <= ALIGN {
-        return malloc(bytes);
+    // SAFETY: `int_memalign` runs on the arena locked by `arena_get`(_retry),
+    // which is unlocked once.
+    unsafe {
+        if alignment <= ALIGN {
+            return malloc(bytes);
+        }
+        let mut alignment = core::cmp::max(alignment, MINSIZE);
+        if alignment > usize::MAX / 2 + 1 {
+            set_errno(libc::EINVAL);
+            return core::ptr::null_mut();
+        }
+        if !alignment.is_power_of_two() {
+            alignment = alignment.next_power_of_two();
+        }
+        let Some(nb) = checked_request2size(bytes) else {
+            return enomem();
+        };
+        if nb > usize::MAX - alignment - MINSIZE {
+            return enomem();
+        }
+        init::ensure();
+        let (mut av, mut held) = arena_get(bytes + alignment + MINSIZE);
+        kal_hook(av);
+        let mut p = int_memalign(av, alignment, nb);
+        if p.is_null() {
+            (av, held) = arena_get_retry(av, held, bytes);
+            p = int_memalign(av, alignment, nb);
+        }
+        (*av).unlock(held);
+        if p.is_null() {
+            return enomem();
+        }
+        p
     }
-    let mut alignment = core::cmp::max(alignment, MINSIZE);
-    if alignment > usize::MAX / 2 + 1 {
-        set_errno(libc::EINVAL);
-        return core::ptr::null_mut();
-    }
-    if !alignment.is_power_of_two() {
-        alignment = alignment.next_power_of_two();
-    }
-    let Some(nb) = checked_request2size(bytes) else {
-        return enomem();
-    };
-    if nb > usize::MAX - alignment - MINSIZE {
-        return enomem();
-    }
-    init::ensure();
-    let (mut av, mut held) = arena_get(bytes + alignment + MINSIZE);
-    kal_hook(av);
-    let mut p = int_memalign(av, alignment, nb);
-    if p.is_null() {
-        (av, held) = arena_get_retry(av, held, bytes);
-        p = int_memalign(av, alignment, nb);
-    }
-    (*av).unlock(held);
-    if p.is_null() {
-        return enomem();
-    }
-    p
 }
 
 /// `posix_memalign`: returns 0, `EINVAL` or `ENOMEM`.
@@ -331,16 +371,19 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
 /// # Safety
 /// `out` must be valid for writing a pointer.
 pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) -> i32 {
-    let w = core::mem::size_of::<usize>();
-    if !alignment.is_multiple_of(w) || !(alignment / w).is_power_of_two() {
-        return libc::EINVAL;
+    // SAFETY: `out` is writable (contract).
+    unsafe {
+        let w = core::mem::size_of::<usize>();
+        if !alignment.is_multiple_of(w) || !(alignment / w).is_power_of_two() {
+            return libc::EINVAL;
+        }
+        let m = memalign(alignment, bytes);
+        if m.is_null() {
+            return libc::ENOMEM;
+        }
+        *out = m;
+        0
     }
-    let m = memalign(alignment, bytes);
-    if m.is_null() {
-        return libc::ENOMEM;
-    }
-    *out = m;
-    0
 }
 
 /// `valloc`.
@@ -348,7 +391,8 @@ pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) 
 /// # Safety
 /// Always safe to call.
 pub unsafe fn valloc(bytes: usize) -> *mut u8 {
-    memalign(os::pagesize(), bytes)
+    // SAFETY: `memalign` has no precondition.
+    unsafe { memalign(os::pagesize(), bytes) }
 }
 
 /// `pvalloc`, including glibc 2.36's rounding (`& -(pagesize - 1)`).
@@ -356,11 +400,14 @@ pub unsafe fn valloc(bytes: usize) -> *mut u8 {
 /// # Safety
 /// Always safe to call.
 pub unsafe fn pvalloc(bytes: usize) -> *mut u8 {
-    let ps = os::pagesize();
-    let Some(r) = bytes.checked_add(ps - 1) else {
-        return enomem();
-    };
-    memalign(ps, r & (ps - 1).wrapping_neg())
+    // SAFETY: `memalign` has no precondition.
+    unsafe {
+        let ps = os::pagesize();
+        let Some(r) = bytes.checked_add(ps - 1) else {
+            return enomem();
+        };
+        memalign(ps, r & (ps - 1).wrapping_neg())
+    }
 }
 
 /// `malloc_usable_size`.
@@ -368,17 +415,20 @@ pub unsafe fn pvalloc(bytes: usize) -> *mut u8 {
 /// # Safety
 /// `mem` must be null or a live pointer from this allocator.
 pub unsafe fn usable_size(mem: *mut u8) -> usize {
-    if mem.is_null() {
-        return 0;
-    }
-    let p = mem2chunk(mem);
-    if chunk::is_mmapped(p) {
-        crate::kal::claim(p);
-    }
-    if chunk::is_mmapped(p) || chunk::inuse(p) {
-        chunk::usable_size(p)
-    } else {
-        0
+    // SAFETY: `mem` is null or live (contract), so its header is readable.
+    unsafe {
+        if mem.is_null() {
+            return 0;
+        }
+        let p = mem2chunk(mem);
+        if chunk::is_mmapped(p) {
+            crate::kal::claim(p);
+        }
+        if chunk::is_mmapped(p) || chunk::inuse(p) {
+            chunk::usable_size(p)
+        } else {
+            0
+        }
     }
 }
 
@@ -414,37 +464,43 @@ pub fn malloc_trim(pad: usize) -> i32 {
     result
 }
 
+/// # Safety
+/// `av` is an initialised arena whose lock the caller holds.
 unsafe fn trim_arena(av: *mut arena::Arena, pad: usize) -> i32 {
-    crate::free::malloc_consolidate(av);
-    let ps = os::pagesize();
-    let psindex = crate::bins::bin_index(ps);
-    let mut result = 0;
-    for i in 1..crate::bins::NBINS {
-        if i != 1 && i < psindex {
-            continue;
-        }
-        let bin = (*av).bin_at(i);
-        let mut p = (*bin).bk;
-        while p != bin {
-            let size = chunk::size(p);
-            let hdr = core::mem::size_of::<chunk::Chunk>();
-            if size > ps - 1 + hdr {
-                let paligned = os::align_up(p as usize + hdr, ps);
-                let left = size - (paligned - p as usize);
-                if left > ps - 1 {
-                    let _ = rmalloc_sys::madvise(
-                        paligned as *mut u8,
-                        left & !(ps - 1),
-                        rmalloc_sys::MADV_DONTNEED,
-                    );
-                    result = 1;
-                }
+    // SAFETY: `av` is locked (contract): its bins are stable, and the pages
+    // advised away lie wholly inside free chunks, past their headers.
+    unsafe {
+        crate::free::malloc_consolidate(av);
+        let ps = os::pagesize();
+        let psindex = crate::bins::bin_index(ps);
+        let mut result = 0;
+        for i in 1..crate::bins::NBINS {
+            if i != 1 && i < psindex {
+                continue;
             }
-            p = (*p).bk;
+            let bin = (*av).bin_at(i);
+            let mut p = (*bin).bk;
+            while p != bin {
+                let size = chunk::size(p);
+                let hdr = core::mem::size_of::<chunk::Chunk>();
+                if size > ps - 1 + hdr {
+                    let paligned = os::align_up(p as usize + hdr, ps);
+                    let left = size - (paligned - p as usize);
+                    if left > ps - 1 {
+                        let _ = rmalloc_sys::madvise(
+                            paligned as *mut u8,
+                            left & !(ps - 1),
+                            rmalloc_sys::MADV_DONTNEED,
+                        );
+                        result = 1;
+                    }
+                }
+                p = (*p).bk;
+            }
         }
+        if (*av).is_main() && crate::top::systrim(av, pad) {
+            result = 1;
+        }
+        result
     }
-    if (*av).is_main() && crate::top::systrim(av, pad) {
-        result = 1;
-    }
-    result
 }

@@ -13,9 +13,6 @@
 //! - `next` forms a ring through all arenas, starting at the main arena,
 //!   and is only extended (under `LIST_LOCK`);
 //! - `next_free` lists arenas with no attached thread (under `FREE_LIST_LOCK`).
-// Not yet converted to `unsafe_op_in_unsafe_fn` (issue 8): these files are
-// being changed for KAL at the same time; convert them after that merge.
-#![allow(unsafe_op_in_unsafe_fn)]
 
 use core::ptr::{addr_of_mut, null_mut};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -228,12 +225,19 @@ static NARENAS_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static NEXT_TO_USE: AtomicPtr<Arena> = AtomicPtr::new(null_mut());
 
 /// Arena that owns heap chunk `p` (not for mmapped chunks).
+///
+/// # Safety
+/// `p` is a heap chunk (not mmapped) of some arena.
 #[inline(always)]
 pub(crate) unsafe fn arena_for_chunk(p: ChunkPtr) -> *mut Arena {
-    if chunk::is_main_arena(p) {
-        main_arena()
-    } else {
-        (*heap::heap_for_ptr(p as usize)).ar_ptr
+    // SAFETY: a non-main chunk lies in a heap whose header, at the aligned
+    // base `heap_for_ptr` computes, names its arena.
+    unsafe {
+        if chunk::is_main_arena(p) {
+            main_arena()
+        } else {
+            (*heap::heap_for_ptr(p as usize)).ar_ptr
+        }
     }
 }
 
@@ -254,25 +258,40 @@ pub(crate) fn for_each_arena(mut f: impl FnMut(*mut Arena)) {
 
 /// The calling thread's arena, locked (with the token to unlock it).
 /// Picks one on first use.
+///
+/// # Safety
+/// The allocator is initialised; the caller unlocks the arena with the
+/// returned token once.
 #[inline]
 pub(crate) unsafe fn arena_get(bytes: usize) -> (*mut Arena, Held) {
-    let a = tls::get::<{ tls::ARENA }>();
-    if a > tls::ARENA_EXITED {
-        let a = a as *mut Arena;
-        return (a, (*a).lock());
+    // SAFETY: an ARENA slot above ARENA_EXITED is an arena this thread
+    // attached to, and arenas are never freed.
+    unsafe {
+        let a = tls::get::<{ tls::ARENA }>();
+        if a > tls::ARENA_EXITED {
+            let a = a as *mut Arena;
+            return (a, (*a).lock());
+        }
+        arena_get2(bytes, null_mut())
     }
-    arena_get2(bytes, null_mut())
 }
 
 /// After a failed allocation in `a` (locked with `h`), unlock it and return
 /// another arena, locked, to retry in (glibc's `arena_get_retry`).
+///
+/// # Safety
+/// `a` is an arena the caller locked with token `h`; the caller unlocks
+/// the returned arena with the returned token once.
 pub(crate) unsafe fn arena_get_retry(a: *mut Arena, h: Held, bytes: usize) -> (*mut Arena, Held) {
-    (*a).unlock(h);
-    if a != main_arena() {
-        let m = main_arena();
-        (m, (*m).lock())
-    } else {
-        arena_get2(bytes, a)
+    // SAFETY: `a` is locked with `h` (contract); the main arena is a static.
+    unsafe {
+        (*a).unlock(h);
+        if a != main_arena() {
+            let m = main_arena();
+            (m, (*m).lock())
+        } else {
+            arena_get2(bytes, a)
+        }
     }
 }
 
@@ -303,47 +322,60 @@ fn ncores() -> usize {
     }
 }
 
+/// # Safety
+/// As `arena_get`; `avoid` is null or an arena.
 #[cold]
 unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> (*mut Arena, Held) {
-    if tls::get::<{ tls::ARENA }>() == tls::ARENA_EXITED {
-        return borrow_arena(avoid);
-    }
-    if let Some(a) = get_free_list() {
-        return a;
-    }
-    let mut limit = NARENAS_LIMIT.load(Ordering::Relaxed);
-    if limit == 0 {
-        if PARAMS.arena_max() != 0 {
-            limit = PARAMS.arena_max();
-            NARENAS_LIMIT.store(limit, Ordering::Relaxed);
-        } else if NARENAS.load(Ordering::Relaxed) > PARAMS.arena_test() {
-            limit = 8 * ncores();
-            NARENAS_LIMIT.store(limit, Ordering::Relaxed);
+    // SAFETY: the helpers' contracts are this one's (arenas and their ring are
+    // never freed).
+    unsafe {
+        if tls::get::<{ tls::ARENA }>() == tls::ARENA_EXITED {
+            return borrow_arena(avoid);
         }
-    }
-    loop {
-        let n = NARENAS.load(Ordering::Relaxed);
-        if n <= limit.wrapping_sub(1) {
-            if NARENAS
-                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
-            let a = new_arena(size);
-            if !a.0.is_null() {
-                return a;
-            }
-            NARENAS.fetch_sub(1, Ordering::Relaxed);
+        if let Some(a) = get_free_list() {
+            return a;
         }
-        return reused_arena(avoid);
+        let mut limit = NARENAS_LIMIT.load(Ordering::Relaxed);
+        if limit == 0 {
+            if PARAMS.arena_max() != 0 {
+                limit = PARAMS.arena_max();
+                NARENAS_LIMIT.store(limit, Ordering::Relaxed);
+            } else if NARENAS.load(Ordering::Relaxed) > PARAMS.arena_test() {
+                limit = 8 * ncores();
+                NARENAS_LIMIT.store(limit, Ordering::Relaxed);
+            }
+        }
+        loop {
+            let n = NARENAS.load(Ordering::Relaxed);
+            if n <= limit.wrapping_sub(1) {
+                if NARENAS
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let a = new_arena(size);
+                if !a.0.is_null() {
+                    return a;
+                }
+                NARENAS.fetch_sub(1, Ordering::Relaxed);
+            }
+            return reused_arena(avoid);
+        }
     }
 }
 
 /// Drop the calling thread's attachment to `a` (caller holds FREE_LIST_LOCK).
+///
+/// # Safety
+/// `a` is null or an arena the calling thread is attached to, and the
+/// caller holds `FREE_LIST_LOCK`.
 unsafe fn detach(a: *mut Arena) {
-    if !a.is_null() {
-        (*a).attached_threads -= 1;
+    // SAFETY: `attached_threads` is guarded by `FREE_LIST_LOCK`, held (contract).
+    unsafe {
+        if !a.is_null() {
+            (*a).attached_threads -= 1;
+        }
     }
 }
 
@@ -352,171 +384,218 @@ unsafe fn detach(a: *mut Arena) {
 /// attaching, because nothing would detach the thread again and the arena
 /// would never return to the free list.  Arenas are shared under their lock
 /// anyway; this one only briefly has a user it does not count.
+///
+/// # Safety
+/// `avoid` is null or an arena.
 unsafe fn borrow_arena(avoid: *mut Arena) -> (*mut Arena, Held) {
-    let mut a = main_arena();
-    if a == avoid {
-        a = (*a).next.load(Ordering::Acquire);
+    // SAFETY: the main arena and its ring successor are arenas, never freed.
+    unsafe {
+        let mut a = main_arena();
+        if a == avoid {
+            a = (*a).next.load(Ordering::Acquire);
+        }
+        (a, (*a).lock())
     }
-    (a, (*a).lock())
 }
 
+/// # Safety
+/// The calling thread's ARENA slot is null, exited or an arena.
 unsafe fn get_free_list() -> Option<(*mut Arena, Held)> {
-    if FREE_LIST.load(Ordering::Relaxed).is_null() {
-        return None;
+    // SAFETY: free-list arenas are live and are popped under `FREE_LIST_LOCK`;
+    // `replaced` is detached under the same lock.
+    unsafe {
+        if FREE_LIST.load(Ordering::Relaxed).is_null() {
+            return None;
+        }
+        let replaced = tls::get::<{ tls::ARENA }>() as *mut Arena;
+        FREE_LIST_LOCK.lock();
+        let a = FREE_LIST.load(Ordering::Relaxed);
+        if !a.is_null() {
+            FREE_LIST.store((*a).next_free, Ordering::Relaxed);
+            (*a).attached_threads = 1;
+            detach(replaced);
+        }
+        FREE_LIST_LOCK.unlock();
+        if a.is_null() {
+            return None;
+        }
+        tls::set::<{ tls::ARENA }>(a as usize);
+        Some((a, (*a).lock()))
     }
-    let replaced = tls::get::<{ tls::ARENA }>() as *mut Arena;
-    FREE_LIST_LOCK.lock();
-    let a = FREE_LIST.load(Ordering::Relaxed);
-    if !a.is_null() {
-        FREE_LIST.store((*a).next_free, Ordering::Relaxed);
-        (*a).attached_threads = 1;
-        detach(replaced);
-    }
-    FREE_LIST_LOCK.unlock();
-    if a.is_null() {
-        return None;
-    }
-    tls::set::<{ tls::ARENA }>(a as usize);
-    Some((a, (*a).lock()))
 }
 
+/// # Safety
+/// The allocator is initialised; a non-null result is locked for the
+/// caller, who unlocks it with the returned token.
 unsafe fn new_arena(size: usize) -> (*mut Arena, Held) {
-    let hdr = core::mem::size_of::<HeapInfo>() + core::mem::size_of::<Arena>() + ALIGN;
-    let mut h = heap::new_heap(hdr, PARAMS.top_pad());
-    if h.is_null() {
-        h = heap::new_heap(hdr, 0);
+    // SAFETY: `h` is a fresh heap of `h.size` bytes with room (`hdr`) for its
+    // header, the arena and an aligned top chunk, all written in bounds;
+    // the ring and free-list counts change under their locks.
+    unsafe {
+        let hdr = core::mem::size_of::<HeapInfo>() + core::mem::size_of::<Arena>() + ALIGN;
+        let mut h = heap::new_heap(hdr, PARAMS.top_pad());
         if h.is_null() {
-            return (null_mut(), Held::NOT_TAKEN);
+            h = heap::new_heap(hdr, 0);
+            if h.is_null() {
+                return (null_mut(), Held::NOT_TAKEN);
+            }
         }
-    }
-    let _ = size;
-    let a = (h as *mut u8).add(core::mem::size_of::<HeapInfo>()) as *mut Arena;
-    a.write(Arena::new());
-    (*h).ar_ptr = a;
-    (*a).init_state();
-    (*a).attached_threads = 1;
-    (*a).system_mem.store((*h).size, Ordering::Relaxed);
-    (*a).max_system_mem = (*h).size;
-    // The top chunk starts after the arena, aligned so its user pointer is.
-    let mut top = (a as *mut u8).add(core::mem::size_of::<Arena>());
-    let mis = (chunk::chunk2mem(top as ChunkPtr) as usize) & ALIGN_MASK;
-    if mis > 0 {
-        top = top.add(ALIGN - mis);
-    }
-    (*a).top = top as ChunkPtr;
-    let top_size = (h as usize + (*h).size) - top as usize;
-    debug_assert!(top_size >= MINSIZE);
-    chunk::set_head(top as ChunkPtr, top_size | PREV_INUSE);
+        let _ = size;
+        let a = (h as *mut u8).add(core::mem::size_of::<HeapInfo>()) as *mut Arena;
+        a.write(Arena::new());
+        (*h).ar_ptr = a;
+        (*a).init_state();
+        (*a).attached_threads = 1;
+        (*a).system_mem.store((*h).size, Ordering::Relaxed);
+        (*a).max_system_mem = (*h).size;
+        // The top chunk starts after the arena, aligned so its user pointer is.
+        let mut top = (a as *mut u8).add(core::mem::size_of::<Arena>());
+        let mis = (chunk::chunk2mem(top as ChunkPtr) as usize) & ALIGN_MASK;
+        if mis > 0 {
+            top = top.add(ALIGN - mis);
+        }
+        (*a).top = top as ChunkPtr;
+        let top_size = (h as usize + (*h).size) - top as usize;
+        debug_assert!(top_size >= MINSIZE);
+        chunk::set_head(top as ChunkPtr, top_size | PREV_INUSE);
 
-    let list = LIST_LOCK.lock_held();
-    let m = main_arena();
-    (*a).next
-        .store((*m).next.load(Ordering::Relaxed), Ordering::Relaxed);
-    (*m).next.store(a, Ordering::Release);
-    LIST_LOCK.release(list);
+        let list = LIST_LOCK.lock_held();
+        let m = main_arena();
+        (*a).next
+            .store((*m).next.load(Ordering::Relaxed), Ordering::Relaxed);
+        (*m).next.store(a, Ordering::Release);
+        LIST_LOCK.release(list);
 
-    let replaced = tls::get::<{ tls::ARENA }>() as *mut Arena;
-    tls::set::<{ tls::ARENA }>(a as usize);
-    FREE_LIST_LOCK.lock();
-    detach(replaced);
-    FREE_LIST_LOCK.unlock();
-    let held = (*a).lock();
-    if !list.taken() && held.taken() {
-        // This thread holds the fork locks (fork's prepare handler took the
-        // list lock for it): the new arena stays locked with the others
-        // until the parent or child handler, so no other thread can be
-        // inside it when the process is copied.
-        return (a, Held::NOT_TAKEN);
+        let replaced = tls::get::<{ tls::ARENA }>() as *mut Arena;
+        tls::set::<{ tls::ARENA }>(a as usize);
+        FREE_LIST_LOCK.lock();
+        detach(replaced);
+        FREE_LIST_LOCK.unlock();
+        let held = (*a).lock();
+        if !list.taken() && held.taken() {
+            // This thread holds the fork locks (fork's prepare handler took the
+            // list lock for it): the new arena stays locked with the others
+            // until the parent or child handler, so no other thread can be
+            // inside it when the process is copied.
+            return (a, Held::NOT_TAKEN);
+        }
+        (a, held)
     }
-    (a, held)
 }
 
+/// # Safety
+/// `avoid` is null or an arena.
 unsafe fn reused_arena(avoid: *mut Arena) -> (*mut Arena, Held) {
-    let mut start = NEXT_TO_USE.load(Ordering::Relaxed);
-    if start.is_null() {
-        start = main_arena();
-    }
-    let mut result = start;
-    let mut held = None;
-    if single_threaded() {
-        held = Some(Held::NOT_TAKEN);
-    }
-    while held.is_none() {
-        if let Some(h) = (*result).mutex.try_lock_held() {
-            held = Some(h);
-            break;
+    // SAFETY: every arena on the ring is live forever; attachment counts and the
+    // free list change under `FREE_LIST_LOCK`.
+    unsafe {
+        let mut start = NEXT_TO_USE.load(Ordering::Relaxed);
+        if start.is_null() {
+            start = main_arena();
         }
-        result = (*result).next.load(Ordering::Acquire);
-        if result == start {
-            break;
+        let mut result = start;
+        let mut held = None;
+        if single_threaded() {
+            held = Some(Held::NOT_TAKEN);
         }
-    }
-    let held = match held {
-        Some(h) => h,
-        None => {
-            if result == avoid {
-                result = (*result).next.load(Ordering::Acquire);
+        while held.is_none() {
+            if let Some(h) = (*result).mutex.try_lock_held() {
+                held = Some(h);
+                break;
             }
-            (*result).mutex.lock_held()
+            result = (*result).next.load(Ordering::Acquire);
+            if result == start {
+                break;
+            }
         }
-    };
-    FREE_LIST_LOCK.lock();
-    detach(tls::get::<{ tls::ARENA }>() as *mut Arena);
-    if (*result).attached_threads == 0 {
-        remove_from_free_list(result);
+        let held = match held {
+            Some(h) => h,
+            None => {
+                if result == avoid {
+                    result = (*result).next.load(Ordering::Acquire);
+                }
+                (*result).mutex.lock_held()
+            }
+        };
+        FREE_LIST_LOCK.lock();
+        detach(tls::get::<{ tls::ARENA }>() as *mut Arena);
+        if (*result).attached_threads == 0 {
+            remove_from_free_list(result);
+        }
+        (*result).attached_threads += 1;
+        FREE_LIST_LOCK.unlock();
+        tls::set::<{ tls::ARENA }>(result as usize);
+        NEXT_TO_USE.store((*result).next.load(Ordering::Acquire), Ordering::Relaxed);
+        (result, held)
     }
-    (*result).attached_threads += 1;
-    FREE_LIST_LOCK.unlock();
-    tls::set::<{ tls::ARENA }>(result as usize);
-    NEXT_TO_USE.store((*result).next.load(Ordering::Acquire), Ordering::Relaxed);
-    (result, held)
 }
 
 /// Unlink `a` from the free list (caller holds FREE_LIST_LOCK).
+///
+/// # Safety
+/// `a` is an arena and the caller holds `FREE_LIST_LOCK`.
 unsafe fn remove_from_free_list(a: *mut Arena) {
-    let mut prev: *mut *mut Arena = FREE_LIST.as_ptr();
-    while !(*prev).is_null() {
-        if *prev == a {
-            *prev = (*a).next_free;
-            return;
+    // SAFETY: the free list links only arenas, and it is stable under
+    // `FREE_LIST_LOCK` (contract).
+    unsafe {
+        let mut prev: *mut *mut Arena = FREE_LIST.as_ptr();
+        while !(*prev).is_null() {
+            if *prev == a {
+                *prev = (*a).next_free;
+                return;
+            }
+            prev = addr_of_mut!((**prev).next_free);
         }
-        prev = addr_of_mut!((**prev).next_free);
     }
 }
 
 /// Thread exit: the thread no longer uses its arena; an arena nobody uses
 /// goes on the free list for the next new thread.
+///
+/// # Safety
+/// Called once per thread at its exit, with no arena lock held.
 pub(crate) unsafe fn thread_detach() {
-    let a = tls::get::<{ tls::ARENA }>();
-    tls::set::<{ tls::ARENA }>(tls::ARENA_EXITED);
-    if a <= tls::ARENA_EXITED {
-        return;
+    // SAFETY: an ARENA slot above ARENA_EXITED is this thread's attached
+    // arena; its count and the free list change under `FREE_LIST_LOCK`.
+    unsafe {
+        let a = tls::get::<{ tls::ARENA }>();
+        tls::set::<{ tls::ARENA }>(tls::ARENA_EXITED);
+        if a <= tls::ARENA_EXITED {
+            return;
+        }
+        let a = a as *mut Arena;
+        FREE_LIST_LOCK.lock();
+        (*a).attached_threads -= 1;
+        if (*a).attached_threads == 0 {
+            (*a).next_free = FREE_LIST.load(Ordering::Relaxed);
+            FREE_LIST.store(a, Ordering::Relaxed);
+        }
+        FREE_LIST_LOCK.unlock();
     }
-    let a = a as *mut Arena;
-    FREE_LIST_LOCK.lock();
-    (*a).attached_threads -= 1;
-    if (*a).attached_threads == 0 {
-        (*a).next_free = FREE_LIST.load(Ordering::Relaxed);
-        FREE_LIST.store(a, Ordering::Relaxed);
-    }
-    FREE_LIST_LOCK.unlock();
 }
 
 /// Child side of `fork`: only the forking thread survives.  Every lock is
 /// reset, and every arena but that thread's own goes on the free list.
+///
+/// # Safety
+/// Only in the child right after `fork`, which has just this thread.
 pub(crate) unsafe fn reinit_after_fork() {
-    let mine = tls::get::<{ tls::ARENA }>() as *mut Arena;
-    FREE_LIST_LOCK.reset();
-    LIST_LOCK.reset();
-    FREE_LIST.store(null_mut(), Ordering::Relaxed);
-    for_each_arena(|a| {
-        (*a).mutex.reset();
-        if a == mine {
-            (*a).attached_threads = 1;
-        } else {
-            (*a).attached_threads = 0;
-            (*a).next_free = FREE_LIST.load(Ordering::Relaxed);
-            FREE_LIST.store(a, Ordering::Relaxed);
-        }
-    });
+    // SAFETY: the child is single-threaded, so resetting the locks and writing
+    // every arena's list fields races with nothing.
+    unsafe {
+        let mine = tls::get::<{ tls::ARENA }>() as *mut Arena;
+        FREE_LIST_LOCK.reset();
+        LIST_LOCK.reset();
+        FREE_LIST.store(null_mut(), Ordering::Relaxed);
+        for_each_arena(|a| {
+            (*a).mutex.reset();
+            if a == mine {
+                (*a).attached_threads = 1;
+            } else {
+                (*a).attached_threads = 0;
+                (*a).next_free = FREE_LIST.load(Ordering::Relaxed);
+                FREE_LIST.store(a, Ordering::Relaxed);
+            }
+        });
+    }
 }

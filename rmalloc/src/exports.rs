@@ -4,9 +4,6 @@
 //! Only built into the shared library and rlib users (not into this
 //! crate's unit tests, which must keep the test harness on its own malloc).
 //! Each function is a thin shim over `api.rs` / `stats.rs`.
-// Not yet converted to `unsafe_op_in_unsafe_fn` (issue 8): these files are
-// being changed for KAL at the same time; convert them after that merge.
-#![allow(unsafe_op_in_unsafe_fn)]
 
 use core::ffi::{c_char, c_int, c_void};
 
@@ -18,9 +15,14 @@ type Ptr = *mut c_void;
 macro_rules! export {
     ($($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $body:expr;)*) => {
         $(
+            /// # Safety
+            /// The contract of the C function of this name.
             #[no_mangle]
+            // A few bodies (`mallopt`, `mallinfo`, ...) call safe functions.
+            #[allow(unused_unsafe)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-                $body
+                // SAFETY: see the comment above `export!`'s use below.
+                unsafe { $body }
             }
         )*
     };
@@ -101,6 +103,10 @@ static INIT: extern "C" fn() = at_load;
 
 /// `struct rmalloc_kal_stats` (rmalloc.h): fill as much as the caller's
 /// `size` allows.
+///
+/// # Safety
+/// `out` is null or points to a writable `struct rmalloc_kal_stats` whose
+/// `size` field holds its size in bytes.
 #[no_mangle]
 pub unsafe extern "C" fn rmalloc_kal_stats(out: *mut crate::kal::stats::CStats) -> c_int {
     let min = 16u64;
@@ -133,6 +139,10 @@ pub extern "C" fn rmalloc_kal_mode() -> *const c_char {
 /// `sigaltstack`, passed to the kernel unchanged; the stacks registered are
 /// remembered as roots for KAL (the kernel holds the only reference to a
 /// heap-allocated signal stack, and no interface reads another thread's).
+///
+/// # Safety
+/// As sigaltstack(2): `ss` and `old` are null or valid for reading and
+/// writing a `stack_t` respectively.
 #[no_mangle]
 pub unsafe extern "C" fn sigaltstack(ss: *const libc::stack_t, old: *mut libc::stack_t) -> c_int {
     // SAFETY: the kernel validates both pointers (EFAULT); the caller's
@@ -244,6 +254,8 @@ pub extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int
 macro_rules! identity_change {
     ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
         $(
+            /// # Safety
+            /// The contract of the libc function of this name.
             #[no_mangle]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
                 static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
