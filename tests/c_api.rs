@@ -27,20 +27,10 @@ fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api")
 }
 
-const CFLAGS: &[&str] = &[
-    "-std=gnu11",
-    "-O1",
-    "-g",
-    // Keep the compiler from folding or eliding malloc/free calls.
-    "-fno-builtin",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    // mallinfo/valloc/pvalloc are deprecated; misuse.c frees twice on purpose.
-    "-Wno-deprecated-declarations",
-    "-Wno-use-after-free",
-    "-pthread",
-];
+/// The shared C flags, plus: misuse.c frees twice on purpose.
+fn cflags(cmd: &mut Command) -> &mut Command {
+    cmd.args(support::CFLAGS).arg("-Wno-use-after-free")
+}
 
 /// Compile `tests/c/<name>.c` (once per test run) and return the binary.
 fn c_program(name: &str) -> PathBuf {
@@ -62,7 +52,7 @@ fn build_program(name: &str) -> PathBuf {
     let c_src = c_dir().join(format!("{name}.c"));
     let (src, mut cmd) = if c_src.is_file() {
         let mut cmd = Command::new(cc());
-        cmd.args(CFLAGS);
+        cflags(&mut cmd);
         (c_src, cmd)
     } else {
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
@@ -90,13 +80,7 @@ fn build_program(name: &str) -> PathBuf {
 }
 
 fn compile(cmd: &mut Command, src: &Path) {
-    let out = support::run(cmd, Duration::from_secs(120));
-    assert!(
-        out.success(),
-        "compiling {} failed\n{}",
-        src.display(),
-        out.describe()
-    );
+    support::compile(cmd, &src.display().to_string());
 }
 
 /// A command for one of the C programs, set up for the allocator under test:
@@ -105,16 +89,7 @@ fn compile(cmd: &mut Command, src: &Path) {
 fn c_command_env(program: &Path, args: &[&str], stats: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    for var in [
-        "GLIBC_TUNABLES",
-        "MALLOC_CHECK_",
-        "MALLOC_PERTURB_",
-        "MALLOC_ARENA_MAX",
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TOP_PAD_",
-        "MALLOC_TRIM_THRESHOLD_",
-        "LD_PRELOAD",
-    ] {
+    for var in support::ALLOCATOR_ENV {
         cmd.env_remove(var);
     }
     if !against_glibc() {
@@ -669,7 +644,7 @@ fn api_cases_when_linked_with_lrmalloc() {
     let exe = tmp.path().join("api");
     let src = c_dir().join("api.c");
     let mut cmd = Command::new(cc());
-    cmd.args(CFLAGS)
+    cflags(&mut cmd)
         .arg("-I")
         .arg(c_dir())
         .arg("-o")

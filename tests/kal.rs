@@ -46,18 +46,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// third scan after it was dropped, and reused at once.
 const RECLAIM: &str = "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=0";
 
-const CFLAGS: &[&str] = &[
-    "-std=gnu11",
-    "-O1",
-    "-g",
-    "-fno-builtin",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-Wno-deprecated-declarations",
-    "-pthread",
-];
-
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kal")
 }
@@ -80,7 +68,7 @@ fn programs() -> &'static Programs {
         let include = support::workspace_root().join("rmalloc/include");
         let roots = dir.join("kal_roots");
         let mut cmd = Command::new(cc());
-        cmd.args(CFLAGS)
+        cmd.args(support::CFLAGS)
             .arg("-I")
             .arg(c_dir())
             .arg("-I")

@@ -43,6 +43,21 @@ pub fn cc() -> String {
     std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
 }
 
+/// Flags for the C test programs: warnings as errors, and no builtin
+/// malloc/free folding (the calls under test must happen).
+/// `mallinfo`/`valloc`/`pvalloc` are deprecated but tested.
+pub const CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O1",
+    "-g",
+    "-fno-builtin",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wno-deprecated-declarations",
+    "-pthread",
+];
+
 /// Run a compiler command; panics with its output if it fails.
 pub fn compile(cmd: &mut Command, what: &str) {
     let out = run(cmd, Duration::from_secs(120));
