@@ -189,7 +189,6 @@ pub unsafe fn dissect(
         if broken || nomem {
             return;
         }
-        let mut lo = usize::MAX;
         let mut hi = 0usize;
         let mut region_start = usize::MAX;
         let is_main = av == arena::main_arena();
@@ -208,7 +207,6 @@ pub unsafe fn dissect(
                     }
                     hi = a + size;
                 }
-                lo = lo.min(a);
                 if kind == Kind::InUse {
                     nomem |= !h.chunks.push((a, size)) || !h.flags.push(CAND);
                 }
@@ -232,7 +230,6 @@ pub unsafe fn dissect(
                 hp = unsafe { (*hp).prev };
             }
         }
-        let _ = lo;
     });
     if broken {
         return Err(DissectError::Inconsistent);

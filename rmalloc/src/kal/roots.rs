@@ -176,6 +176,39 @@ pub fn mapping_of(text: &[u8], addr: usize) -> Option<Mapping> {
     found
 }
 
+/// Call `f(n)` for every entry of directory `path` whose name is a decimal
+/// number (tids in `/proc/self/task`, fds in `/proc/self/fd`), until `f`
+/// returns false.  False if the directory could not be read to its end or
+/// `f` stopped early.
+pub fn for_each_numbered(path: &CStr, mut f: impl FnMut(i32) -> bool) -> bool {
+    let Ok(dir) = task::open_dir(path) else {
+        return false;
+    };
+    let mut buf = [0u8; 4096];
+    let ok = 'outer: loop {
+        let n = match task::getdents(dir, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => n,
+            Err(_) => break false,
+        };
+        // linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+        let mut off = 0;
+        while off + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            off += reclen.max(1);
+            if let Some(v) = dec(name) {
+                if !f(v) {
+                    break 'outer false;
+                }
+            }
+        }
+    };
+    sys::close(dir);
+    ok
+}
+
 /// `prefix` followed by decimal `n` and a NUL, in `buf`.
 fn numbered<'a>(prefix: &[u8], n: i32, suffix: &[u8], buf: &'a mut [u8; 96]) -> &'a CStr {
     let mut digits = [0u8; 12];
@@ -247,99 +280,65 @@ pub fn kernel_roots(
         }
     }
     // Real-time signals queued to one thread: a thread's own `SigPnd`.
-    if let Ok(tasks) = task::open_dir(c"/proc/self/task") {
-        let mut dents = [0u8; 4096];
-        let mut pending = false;
-        while let Ok(n) = task::getdents(tasks, &mut dents) {
-            if n == 0 || pending {
-                break;
-            }
-            let mut off = 0;
-            while off + 19 < n && !pending {
-                let reclen = u16::from_ne_bytes([dents[off + 16], dents[off + 17]]) as usize;
-                let name = &dents[off + 19..off + reclen];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                off += reclen.max(1);
-                let Some(tid) = dec(name) else { continue };
-                let mut pbuf = [0u8; 96];
-                let path = numbered(b"/proc/self/task/", tid, b"/status", &mut pbuf);
-                if read_file(path, scratch).is_err() {
-                    continue; // exited meanwhile
-                }
-                for line in scratch.as_slice().split(|&b| b == b'\n') {
-                    if let Some(rest) = line.strip_prefix(b"SigPnd:") {
-                        let mask = hex(trim(rest)).unwrap_or(0) as u64;
-                        let ours = 1u64 << (stop_signal - 1);
-                        pending |= mask & !ours & 0xffff_ffff_0000_0000 != 0;
-                    }
+    let mut pending = false;
+    for_each_numbered(c"/proc/self/task", |tid| {
+        let mut pbuf = [0u8; 96];
+        let path = numbered(b"/proc/self/task/", tid, b"/status", &mut pbuf);
+        if read_file(path, scratch).is_ok() {
+            for line in scratch.as_slice().split(|&b| b == b'\n') {
+                if let Some(rest) = line.strip_prefix(b"SigPnd:") {
+                    let mask = hex(trim(rest)).unwrap_or(0) as u64;
+                    let ours = 1u64 << (stop_signal - 1);
+                    pending |= mask & !ours & 0xffff_ffff_0000_0000 != 0;
                 }
             }
-        }
-        sys::close(tasks);
-        if pending {
-            return Err(KernelRootsError::QueuedSignal);
-        }
+        } // else: exited meanwhile
+        !pending
+    });
+    if pending {
+        return Err(KernelRootsError::QueuedSignal);
     }
     // epoll registrations: "tfd: 5 events: 19 data: 7f1234567890 ..." lines.
-    let Ok(dir) = task::open_dir(c"/proc/self/fd") else {
-        return Err(KernelRootsError::Fds);
-    };
-    let mut dents = [0u8; 4096];
     let mut result = Ok(());
-    'outer: loop {
-        let n = match task::getdents(dir, &mut dents) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(_) => {
-                result = Err(KernelRootsError::Fds);
-                break;
-            }
+    let listed = for_each_numbered(c"/proc/self/fd", |fd| {
+        let mut pbuf = [0u8; 96];
+        let mut link = [0u8; 64];
+        let Ok(len) = task::readlink(numbered(b"/proc/self/fd/", fd, b"", &mut pbuf), &mut link)
+        else {
+            return true; // closed meanwhile, or the directory's own fd
         };
-        let mut off = 0;
-        while off + 19 < n {
-            let reclen = u16::from_ne_bytes([dents[off + 16], dents[off + 17]]) as usize;
-            let name = &dents[off + 19..off + reclen];
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            off += reclen.max(1);
-            let Some(fd) = dec(name) else { continue };
-            let mut pbuf = [0u8; 96];
-            let mut link = [0u8; 64];
-            let Ok(len) =
-                task::readlink(numbered(b"/proc/self/fd/", fd, b"", &mut pbuf), &mut link)
-            else {
-                continue; // closed meanwhile, or our own directory fd
-            };
-            if &link[..len] != b"anon_inode:[eventpoll]" {
+        if &link[..len] != b"anon_inode:[eventpoll]" {
+            return true;
+        }
+        if read_file(numbered(b"/proc/self/fdinfo/", fd, b"", &mut pbuf), scratch).is_err() {
+            result = Err(KernelRootsError::Epoll);
+            return false;
+        }
+        for line in scratch.as_slice().split(|&b| b == b'\n') {
+            if !line.starts_with(b"tfd:") {
                 continue;
             }
-            if read_file(numbered(b"/proc/self/fdinfo/", fd, b"", &mut pbuf), scratch).is_err() {
-                result = Err(KernelRootsError::Epoll);
-                break 'outer;
-            }
-            for line in scratch.as_slice().split(|&b| b == b'\n') {
-                if !line.starts_with(b"tfd:") {
-                    continue;
-                }
-                let Some(at) = find(line, b" data: ") else {
-                    result = Err(KernelRootsError::Epoll);
-                    break 'outer;
-                };
-                // The value is right-aligned in a 16-character field.
+            // The value is right-aligned in a 16-character field.
+            let parsed = find(line, b" data: ").and_then(|at| {
                 let rest = trim(&line[at + 7..]);
                 let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-                match hex(&rest[..end]) {
-                    Some(v) => {
-                        out.push(v as u64);
-                    }
-                    None => {
-                        result = Err(KernelRootsError::Epoll);
-                        break 'outer;
-                    }
+                hex(&rest[..end])
+            });
+            match parsed {
+                Some(v) => {
+                    out.push(v as u64);
+                }
+                None => {
+                    result = Err(KernelRootsError::Epoll);
+                    return false;
                 }
             }
         }
+        true
+    });
+    if !listed && result.is_ok() {
+        result = Err(KernelRootsError::Fds);
     }
-    sys::close(dir);
     result
 }
 

@@ -155,8 +155,7 @@ pub unsafe fn run(
     }
     // Shared mappings are not copied on write: their contents were copied
     // at the instant, and the copies are the roots.
-    for &(start, len, off) in shared_index {
-        let _ = start;
+    for &(_, len, off) in shared_index {
         let base = shared_copy.as_ptr() as usize + off;
         // SAFETY: [base, base + len) lies inside the copy buffer.
         unsafe { m.root_range(h, base, base + len) };

@@ -303,44 +303,7 @@ fn blocks(tid: i32, sig: i32) -> bool {
 
 /// List the process's thread ids (other than `me`) into `out`.
 pub(super) fn list_tasks(me: i32, mut f: impl FnMut(i32) -> bool) -> bool {
-    let Ok(fd) = task::open_dir(c"/proc/self/task") else {
-        return false;
-    };
-    let mut buf = [0u8; 4096];
-    let mut ok = true;
-    'outer: loop {
-        match task::getdents(fd, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let mut off = 0;
-                while off + 19 < n {
-                    let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-                    let name = &buf[off + 19..off + reclen];
-                    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                    if let Some(tid) = parse_int(name) {
-                        if tid != me && !f(tid) {
-                            ok = false;
-                            break 'outer;
-                        }
-                    }
-                    off += reclen.max(1);
-                }
-            }
-            Err(_) => {
-                ok = false;
-                break;
-            }
-        }
-    }
-    sys::close(fd);
-    ok
-}
-
-fn parse_int(s: &[u8]) -> Option<i32> {
-    if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0i32, |a, &b| a * 10 + (b - b'0') as i32))
+    super::roots::for_each_numbered(c"/proc/self/task", |tid| tid == me || f(tid))
 }
 
 /// Stop every other thread.  On success the threads stay stopped until
