@@ -210,7 +210,7 @@ pub fn for_each_numbered(path: &CStr, mut f: impl FnMut(i32) -> bool) -> bool {
 }
 
 /// `prefix` followed by decimal `n` and a NUL, in `buf`.
-fn numbered<'a>(prefix: &[u8], n: i32, suffix: &[u8], buf: &'a mut [u8; 96]) -> &'a CStr {
+pub fn numbered<'a>(prefix: &[u8], n: i32, suffix: &[u8], buf: &'a mut [u8; 96]) -> &'a CStr {
     let mut digits = [0u8; 12];
     let mut k = digits.len();
     let mut v = n.unsigned_abs();

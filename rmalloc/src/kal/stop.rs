@@ -243,32 +243,8 @@ pub enum StopError {
 /// Does thread `tid` block signal `sig` (its `SigBlk` mask)?  A status
 /// that cannot be parsed counts as blocking: then no signal is sent.
 fn blocks(tid: i32, sig: i32) -> bool {
-    let mut path = [0u8; 48];
-    let prefix = b"/proc/self/task/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut len = prefix.len();
-    let mut digits = [0u8; 10];
-    let mut k = digits.len();
-    let mut v = tid as u32;
-    loop {
-        k -= 1;
-        digits[k] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &digits[k..] {
-        path[len] = d;
-        len += 1;
-    }
-    for &b in b"/status\0" {
-        path[len] = b;
-        len += 1;
-    }
-    let Ok(cpath) = core::ffi::CStr::from_bytes_with_nul(&path[..len]) else {
-        return true;
-    };
+    let mut pbuf = [0u8; 96];
+    let cpath = super::roots::numbered(b"/proc/self/task/", tid, b"/status", &mut pbuf);
     let Ok(fd) = sys::open_rdonly(cpath) else {
         // Gone already: the signal will fail with ESRCH, which is handled.
         return false;
