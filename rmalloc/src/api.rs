@@ -157,7 +157,7 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
         if raw & IS_MMAPPED != 0 {
             // A chunk KAL holds in probation is restored and then freed as the
             // program asks; one KAL let go of meanwhile shows it in its header.
-            if crate::kal::claim(p) || chunk::size_nomask(p) & IS_MMAPPED == 0 {
+            if crate::kal::claim_freeing(p) || chunk::size_nomask(p) & IS_MMAPPED == 0 {
                 set_errno(saved);
                 return free(chunk2mem(p));
             }
@@ -268,7 +268,7 @@ pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
         let oldp = mem2chunk(old);
         if chunk::is_mmapped(oldp) {
             // A chunk KAL had reclaimed is restored before it is resized.
-            crate::kal::claim(oldp);
+            crate::kal::claim_freeing(oldp);
         }
         let oldsize = chunk::size(oldp);
         if (oldp as usize) > oldsize.wrapping_neg() || chunk::misaligned_chunk(oldp) {

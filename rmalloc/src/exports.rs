@@ -28,29 +28,66 @@ macro_rules! export {
     };
 }
 
+/// KAL's allocation-stack hooks: one flag test while KAL is off or
+/// `sites=off` (see `kal::stacks`).
+#[inline(always)]
+fn sited(p: *mut u8, n: usize) -> Ptr {
+    if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: `p` was just returned by the allocator to this thread.
+        unsafe { crate::kal::stacks::on_alloc(p, n) };
+    }
+    p.cast()
+}
+
+#[inline(always)]
+fn unsited(p: Ptr) -> *mut u8 {
+    if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the program passes `p` to free/realloc.
+        unsafe { crate::kal::stacks::on_free(p.cast()) };
+    }
+    p.cast()
+}
+
+/// `posix_memalign` with the stack hook.
+///
+/// # Safety
+/// As `api::posix_memalign`.
+#[inline(always)]
+unsafe fn posix_memalign_sited(out: *mut Ptr, a: usize, n: usize) -> c_int {
+    // SAFETY: forwarded contract; `*out` is written on success.
+    unsafe {
+        let r = api::posix_memalign(out.cast(), a, n);
+        if r == 0 {
+            sited((*out).cast(), n);
+        }
+        r
+    }
+}
+
 // SAFETY (for every function below): these are the C entry points; the
 // caller's obligations are those of the C functions they implement, which
 // are exactly the preconditions of the `api` functions they forward to.
 export! {
-    malloc(n: usize) -> Ptr = api::malloc(n).cast();
-    __libc_malloc(n: usize) -> Ptr = api::malloc(n).cast();
-    free(p: Ptr) -> () = api::free(p.cast());
-    __libc_free(p: Ptr) -> () = api::free(p.cast());
-    cfree(p: Ptr) -> () = api::free(p.cast());
-    calloc(n: usize, s: usize) -> Ptr = api::calloc(n, s).cast();
-    __libc_calloc(n: usize, s: usize) -> Ptr = api::calloc(n, s).cast();
-    realloc(p: Ptr, n: usize) -> Ptr = api::realloc(p.cast(), n).cast();
-    __libc_realloc(p: Ptr, n: usize) -> Ptr = api::realloc(p.cast(), n).cast();
-    reallocarray(p: Ptr, n: usize, s: usize) -> Ptr = api::reallocarray(p.cast(), n, s).cast();
-    memalign(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
-    __libc_memalign(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
-    aligned_alloc(a: usize, n: usize) -> Ptr = api::memalign(a, n).cast();
-    posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = api::posix_memalign(out.cast(), a, n);
-    __posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = api::posix_memalign(out.cast(), a, n);
-    valloc(n: usize) -> Ptr = api::valloc(n).cast();
-    __libc_valloc(n: usize) -> Ptr = api::valloc(n).cast();
-    pvalloc(n: usize) -> Ptr = api::pvalloc(n).cast();
-    __libc_pvalloc(n: usize) -> Ptr = api::pvalloc(n).cast();
+    malloc(n: usize) -> Ptr = sited(api::malloc(n), n);
+    __libc_malloc(n: usize) -> Ptr = sited(api::malloc(n), n);
+    free(p: Ptr) -> () = api::free(unsited(p));
+    __libc_free(p: Ptr) -> () = api::free(unsited(p));
+    cfree(p: Ptr) -> () = api::free(unsited(p));
+    calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s), n.wrapping_mul(s));
+    __libc_calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s), n.wrapping_mul(s));
+    realloc(p: Ptr, n: usize) -> Ptr = sited(api::realloc(unsited(p), n), n);
+    __libc_realloc(p: Ptr, n: usize) -> Ptr = sited(api::realloc(unsited(p), n), n);
+    reallocarray(p: Ptr, n: usize, s: usize) -> Ptr =
+        sited(api::reallocarray(unsited(p), n, s), n.wrapping_mul(s));
+    memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
+    __libc_memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
+    aligned_alloc(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
+    posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = posix_memalign_sited(out, a, n);
+    __posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = posix_memalign_sited(out, a, n);
+    valloc(n: usize) -> Ptr = sited(api::valloc(n), n);
+    __libc_valloc(n: usize) -> Ptr = sited(api::valloc(n), n);
+    pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n), n);
+    __libc_pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n), n);
     malloc_usable_size(p: Ptr) -> usize = api::usable_size(p.cast());
     mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);
     __libc_mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);

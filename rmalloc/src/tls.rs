@@ -1,6 +1,6 @@
 //! Per-thread allocator state in initial-exec TLS.
 //!
-//! Two machine words per thread (the tcache and the thread's arena), defined in a `.tbss` section by `global_asm!` and read
+//! Three machine words per thread (the tcache, the thread's arena and KAL's site-sampling countdown), defined in a `.tbss` section by `global_asm!` and read
 //! with one `%fs`-relative load each, as glibc reaches its own tcache.  Stable
 //! Rust's `thread_local!` would go through `__tls_get_addr` on every access
 //! in a shared library, and it may allocate for destructors; this has neither
@@ -14,15 +14,17 @@ core::arch::global_asm!(
     ".globl rm_tls_block",
     ".hidden rm_tls_block",
     ".type rm_tls_block, @object",
-    ".size rm_tls_block, 16",
+    ".size rm_tls_block, 24",
     "rm_tls_block:",
-    ".zero 16",
+    ".zero 24",
     ".popsection",
 );
 
 /// Slot offsets inside the block.
 pub(crate) const TCACHE: usize = 0;
 pub(crate) const ARENA: usize = 8;
+/// KAL's allocation-site sampling: bytes left before the next sample.
+pub(crate) const SITE: usize = 16;
 
 /// Values of the `TCACHE` slot: 0 = not created yet, `TCACHE_DISABLED` =
 /// none (being created, none could be allocated, or the thread is exiting);
@@ -37,7 +39,7 @@ pub(crate) const ARENA_EXITED: usize = 1;
 #[inline(always)]
 pub(crate) fn get<const SLOT: usize>() -> usize {
     let v: usize;
-    // SAFETY: `rm_tls_block` is a 16-byte TLS object of this module; its
+    // SAFETY: `rm_tls_block` is a 24-byte TLS object of this module; its
     // GOTTPOFF entry holds the thread-pointer-relative offset, and `SLOT` is
     // one of the in-bounds offsets above.  The load has no side effects.
     unsafe {

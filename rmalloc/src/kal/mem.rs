@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use rmalloc_sys as sys;
 
-const MAX_INTERNAL: usize = 64;
+const MAX_INTERNAL: usize = 256;
 
 /// (start, length) of every live engine mapping; (0, 0) is a free slot.
 static INTERNAL: [(AtomicUsize, AtomicUsize); MAX_INTERNAL] =

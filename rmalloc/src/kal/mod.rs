@@ -29,6 +29,7 @@ pub mod fork_backend;
 pub mod lsan;
 pub mod mark;
 pub mod mem;
+pub mod modules;
 pub mod options;
 pub mod ptrace;
 pub mod reclaim;
@@ -38,9 +39,12 @@ pub mod roots;
 pub mod scan;
 pub mod scanner;
 pub mod snapshot;
+pub mod stacks;
 pub mod statpage;
 pub mod stats;
 pub mod stop;
+pub mod suppress;
+pub mod unwind;
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -111,6 +115,12 @@ pub fn start_from_env() {
     if o.mode == Mode::Off {
         return;
     }
+    if let Some(path) = o.suppressions() {
+        if let Err(e) = suppress::load_file(path) {
+            return say(e.as_bytes());
+        }
+    }
+    suppress::load_default(program_string(2));
     let backend = match snapshot::choose(o.backend) {
         Ok(b) => b,
         Err(msg) => return say(msg.as_bytes()),
@@ -124,10 +134,14 @@ pub fn start_from_env() {
 // the loader to the program's definitions when it exports them, to null
 // otherwise.  (A `dlsym` lookup would do the same but allocate its error
 // message when the symbol is missing, changing the heap of every program.)
-core::arch::global_asm!(".weak __lsan_default_options", ".weak kal_default_options");
+core::arch::global_asm!(
+    ".weak __lsan_default_options",
+    ".weak kal_default_options",
+    ".weak __lsan_default_suppressions"
+);
 
-/// The address of `__lsan_default_options` (`which` = 0) or
-/// `kal_default_options` (1), or null.
+/// The address of `__lsan_default_options` (`which` = 0),
+/// `kal_default_options` (1) or `__lsan_default_suppressions` (2), or null.
 fn weak_options_fn(which: u32) -> usize {
     let f: usize;
     // SAFETY: loads a GOT entry (filled by the loader; 0 for an undefined
@@ -136,8 +150,11 @@ fn weak_options_fn(which: u32) -> usize {
         if which == 0 {
             core::arch::asm!("mov {}, qword ptr [rip + __lsan_default_options@GOTPCREL]",
                 out(reg) f, options(nostack, readonly, preserves_flags));
-        } else {
+        } else if which == 1 {
             core::arch::asm!("mov {}, qword ptr [rip + kal_default_options@GOTPCREL]",
+                out(reg) f, options(nostack, readonly, preserves_flags));
+        } else {
+            core::arch::asm!("mov {}, qword ptr [rip + __lsan_default_suppressions@GOTPCREL]",
                 out(reg) f, options(nostack, readonly, preserves_flags));
         }
     }
@@ -191,6 +208,7 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         return false;
     }
     registry::ON.store(true, Ordering::Release);
+    stacks::enable(o.sites, o.malloc_context_size, o.fast_unwind_on_malloc);
     MODE.store(o.mode as u8, Ordering::Release);
     BACKEND.store(backend as u8, Ordering::Relaxed);
     if !scanner::start() {
@@ -279,6 +297,22 @@ pub unsafe fn on_arena(av: *mut Arena) {
     unsafe { reclaim::drain(av, 64) };
 }
 
+/// [`claim`] for a chunk the program is freeing or resizing: a chunk KAL
+/// held keeps its allocation stack until the false-reclaim report named
+/// it (see `stacks::on_free`); it goes now.
+///
+/// # Safety
+/// As [`claim`].
+#[inline]
+pub unsafe fn claim_freeing(p: ChunkPtr) -> bool {
+    // SAFETY: forwarded contract.
+    let r = unsafe { claim(p) };
+    if r && stacks::ON.load(Ordering::Relaxed) {
+        stacks::forget(p as usize + crate::chunk::HDR);
+    }
+    r
+}
+
 /// Free/realloc slow path: is `p` (with the `IS_MMAPPED` bit) a chunk KAL
 /// holds in probation?  If so it is restored and the false reclaim
 /// reported; the caller then treats it as an ordinary live chunk.
@@ -311,11 +345,13 @@ pub fn mmapped_removed(p: ChunkPtr) {
 
 /// Which of KAL's locks `fork_prepare` took (bit per lock).
 static FORK_HELD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// Which of the allocation-stack tables' locks it took (see `stacks`).
+static FORK_HELD_STACKS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 const ALL_FORK_LOCKS: u8 = 0b1111;
 
 /// Take `m` within about 10 ms, or give up (a signal handler that forks
 /// may have interrupted this very thread inside a KAL lock).
-fn take_for_fork(m: &crate::lock::Mutex) -> bool {
+pub(crate) fn take_for_fork(m: &crate::lock::Mutex) -> bool {
     for _ in 0..10_000 {
         if m.try_lock() {
             return true;
@@ -363,10 +399,12 @@ pub fn fork_prepare() {
         }
     }
     FORK_HELD.store(held, Ordering::Relaxed);
+    FORK_HELD_STACKS.store(stacks::fork_prepare(), Ordering::Relaxed);
 }
 
 /// Fork parent handler.
 pub fn fork_parent() {
+    stacks::fork_parent(FORK_HELD_STACKS.swap(0, Ordering::Relaxed));
     let held = FORK_HELD.swap(0, Ordering::Relaxed);
     for (bit, m) in [
         (1u8, reclaim::queue_lock()),
@@ -389,6 +427,7 @@ pub fn after_fork_child() {
     if mode() == Mode::Off {
         return;
     }
+    stacks::fork_child(FORK_HELD_STACKS.swap(0, Ordering::Relaxed));
     stop::reset_after_fork();
     ptrace::reset_after_fork();
     lsan::reset_after_fork();

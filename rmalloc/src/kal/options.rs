@@ -30,6 +30,22 @@ pub enum StopMethod {
     Signal,
 }
 
+/// Which allocations get their stack recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sites {
+    Off,
+    /// About one allocation per this many bytes allocated (per thread).
+    Sample(u64),
+    All,
+}
+
+/// The default `sites`: one stack per 512 KiB allocated per thread, as
+/// jemalloc's `lg_prof_sample:19`; measured overhead in the README.
+pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
+
+/// Most frames kept per stack (`malloc_context_size`).
+pub const MAX_CONTEXT: u32 = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Auto,
@@ -67,6 +83,15 @@ pub struct Options {
     pub exitcode: i32,
     /// A snapshot child still marking after this long is killed (discard).
     pub scan_timeout_ms: u64,
+    /// Allocation stacks: off, sampled or all.
+    pub sites: Sites,
+    /// Frames kept per allocation stack (LeakSanitizer's name).
+    pub malloc_context_size: u32,
+    /// Frame pointers instead of DWARF call-frame information.
+    pub fast_unwind_on_malloc: bool,
+    /// `suppressions=FILE` (bytes, without NUL; empty: none).
+    pub suppressions: [u8; LOG_PATH_MAX + 1],
+    pub suppressions_len: usize,
 }
 
 impl Options {
@@ -94,7 +119,16 @@ impl Options {
             sched_idle: false,
             exitcode: 0,
             scan_timeout_ms: 30_000,
+            sites: Sites::Sample(DEFAULT_SAMPLE_BYTES),
+            malloc_context_size: 30,
+            fast_unwind_on_malloc: false,
+            suppressions: [0; LOG_PATH_MAX + 1],
+            suppressions_len: 0,
         }
+    }
+
+    pub fn suppressions(&self) -> Option<&[u8]> {
+        (self.suppressions_len > 0).then(|| &self.suppressions[..self.suppressions_len])
     }
 
     pub fn log_path(&self) -> Option<&[u8]> {
@@ -241,6 +275,20 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
             b"sched_idle" => o.sched_idle = flag(key, v)?,
             b"exitcode" => o.exitcode = num(key, v, 0, 255)? as i32,
             b"scan_timeout_ms" => o.scan_timeout_ms = num(key, v, 1, 86_400_000)?,
+            b"sites" => o.sites = sites(v)?,
+            b"malloc_context_size" => {
+                o.malloc_context_size = num(key, v, 1, MAX_CONTEXT as u64)? as u32
+            }
+            b"fast_unwind_on_malloc" => o.fast_unwind_on_malloc = flag(key, v)?,
+            b"suppressions" => {
+                if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
+                    return Err(err(format_args!(
+                        "KAL: bad suppressions path (empty or longer than {LOG_PATH_MAX} bytes); KAL stays off"
+                    )));
+                }
+                o.suppressions[..v.len()].copy_from_slice(v);
+                o.suppressions_len = v.len();
+            }
             b"log_path" => {
                 if v.is_empty() || v.len() > LOG_PATH_MAX || v.contains(&0) {
                     return Err(err(format_args!(
@@ -260,6 +308,24 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
         }
     }
     Ok(())
+}
+
+/// `sites=off|all|sample:N` (N in bytes, 1 to 2^40).
+fn sites(v: &[u8]) -> Result<Sites, ParseError> {
+    match v {
+        b"off" => return Ok(Sites::Off),
+        b"all" => return Ok(Sites::All),
+        _ => {}
+    }
+    if let Some(n) = v.strip_prefix(b"sample:") {
+        if let Ok(n) = num("sites=sample:N", n, 1, 1 << 40) {
+            return Ok(Sites::Sample(n));
+        }
+    }
+    Err(err(format_args!(
+        "KAL: bad value '{}' for sites (expected off, all or sample:N with N bytes from 1 to 2^40); KAL stays off",
+        Shown(v)
+    )))
 }
 
 /// Refuse combinations that could not work or would be unsafe.
@@ -311,6 +377,21 @@ mod tests {
     }
 
     #[test]
+    fn stack_options() {
+        let o = parse(b"").unwrap();
+        assert_eq!(o.sites, Sites::Sample(DEFAULT_SAMPLE_BYTES));
+        assert_eq!(o.malloc_context_size, 30);
+        let o = parse(b"sites=all:malloc_context_size=5:fast_unwind_on_malloc=1:suppressions=/x")
+            .unwrap();
+        assert_eq!(o.sites, Sites::All);
+        assert_eq!(o.malloc_context_size, 5);
+        assert!(o.fast_unwind_on_malloc);
+        assert_eq!(o.suppressions(), Some(&b"/x"[..]));
+        assert_eq!(parse(b"sites=sample:4096").unwrap().sites, Sites::Sample(4096));
+        assert_eq!(parse(b"sites=off").unwrap().sites, Sites::Off);
+    }
+
+    #[test]
     fn bad_settings_are_refused_with_one_line() {
         assert!(msg(parse(b"mode=on")).contains("bad value 'on' for mode"));
         assert!(msg(parse(b"colour=blue")).contains("unknown option 'colour'"));
@@ -319,6 +400,10 @@ mod tests {
         assert!(msg(parse(b"mode")).contains("no '=value'"));
         assert!(msg(parse(b"mode=reclaim:use_stacks=0")).contains("mode=detect only"));
         assert!(msg(parse(b"stop_signal=9")).contains("SIGKILL"));
+        assert!(msg(parse(b"sites=some")).contains("bad value 'some' for sites"));
+        assert!(msg(parse(b"sites=sample:0")).contains("for sites"));
+        assert!(msg(parse(b"malloc_context_size=0")).contains("malloc_context_size"));
+        assert!(msg(parse(b"malloc_context_size=65")).contains("malloc_context_size"));
         for m in [msg(parse(b"mode=x")), msg(parse(b"x=1"))] {
             assert!(m.starts_with("KAL: ") && !m.contains('\n'));
         }

@@ -17,8 +17,11 @@
 //!    refuted ones, a bounded batch at a time, under the arena lock.
 //!
 //! A program that frees, resizes or measures a held chunk had a pointer KAL
-//! could not see: a false reclaim.  It is reported loudly, the call is
-//! honoured as for any live chunk, and reclaim of that size class stops.
+//! could not see: a false reclaim.  It is reported loudly (with its
+//! allocation stack when recorded), the call is honoured as for any live
+//! chunk, and reclaim stops at that site (size class and stack), or in the
+//! whole size class when the stack is not known.  Suppressed sites are
+//! never reclaimed.
 //!
 //! Every header change happens either with all threads stopped or under
 //! the chunk's arena lock.  Lock order: arena, `QLOCK`, `PLOCK`, then the
@@ -92,6 +95,48 @@ fn class(size: usize) -> usize {
 
 pub fn quarantined(size: usize) -> bool {
     QUARANTINE[class(size)].load(Ordering::Relaxed)
+}
+
+/// Sites (size class, allocation stack) where a false reclaim happened:
+/// when the site is known, only that site stops being reclaimed.
+const SITES: usize = 64;
+static QUARANTINE_SITE: [core::sync::atomic::AtomicU64; SITES] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; SITES];
+
+fn site_key(size: usize, id: u32) -> u64 {
+    ((class(size) as u64) << 32) | id as u64
+}
+
+/// Stop reclaiming at this site (falls back to the whole size class when
+/// the table is full).
+fn quarantine_site(size: usize, id: u32) {
+    let k = site_key(size, id);
+    for q in &QUARANTINE_SITE {
+        match q.compare_exchange(0, k, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(v) if v == k => return,
+            Err(_) => {}
+        }
+    }
+    QUARANTINE[class(size)].store(true, Ordering::Relaxed);
+}
+
+fn site_quarantined(size: usize, id: u32) -> bool {
+    let k = site_key(size, id);
+    QUARANTINE_SITE.iter().any(|q| q.load(Ordering::Relaxed) == k)
+}
+
+/// May the chunk (`size`) at user address `mem` be reclaimed as far as its
+/// allocation site goes: not quarantined, not suppressed?  Never waits for
+/// a lock (threads are stopped): a busy table means not now.
+fn site_allows(mem: usize, size: usize) -> bool {
+    match super::stacks::try_site_of(mem) {
+        Err(()) => false,
+        Ok(None) => true,
+        Ok(Some(id)) => {
+            !site_quarantined(size, id) && super::suppress::lookup_nowait(id) == Ok(None)
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -278,6 +323,9 @@ pub unsafe fn flip_due(due: &[Due]) {
         if quarantined(d.size) || map.get(d.chunk).is_some() || fast.get(d.chunk).is_some() {
             continue;
         }
+        if !site_allows(d.chunk + chunk::HDR, d.size) {
+            continue;
+        }
         // A thread stopped with the chunk in a register may be in the middle
         // of freeing it (its header read, not yet acted on): leave it.
         let (lo, hi) = (d.chunk, d.chunk + d.size + 2 * chunk::SIZE_SZ);
@@ -433,6 +481,9 @@ pub unsafe fn drain(av: *mut Arena, mut budget: usize) {
             continue;
         }
         let p = it.chunk as ChunkPtr;
+        if super::stacks::ON.load(Ordering::Relaxed) {
+            super::stacks::forget(it.chunk + chunk::HDR);
+        }
         // SAFETY: a held chunk nobody else can free (the program would have
         // claimed it); for a heap chunk its arena `av` is locked.
         unsafe {
@@ -517,9 +568,14 @@ pub unsafe fn claim(p: ChunkPtr) -> bool {
     };
     if value_is_held(v) {
         let size = v & !(V_MMAPPED | V_HELD);
-        QUARANTINE[class(size)].store(true, Ordering::Relaxed);
+        let mem = p as usize + chunk::HDR;
+        let site = super::stacks::site_of(mem);
+        match site {
+            Some(id) => quarantine_site(size, id),
+            None => QUARANTINE[class(size)].store(true, Ordering::Relaxed),
+        }
         STATS.false_reclaims.fetch_add(1, Ordering::Relaxed);
-        super::report::false_reclaim(p as usize + chunk::HDR, size);
+        super::report::false_reclaim(mem, size, site);
     }
     true
 }

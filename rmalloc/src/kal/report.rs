@@ -5,8 +5,11 @@
 //! buffers and written with raw system calls: the scanner thread has no
 //! `errno` of its own and must never allocate.
 //!
-//! Without allocation stacks (a later addition), leaks are grouped by
-//! kind and size, and each group says so in place of the stack.
+//! Leaks are grouped by kind and allocation stack (see [`super::stacks`]),
+//! as LeakSanitizer groups them; leaks whose stack was not recorded
+//! (`sites=off`, or not sampled) are grouped by kind and size, and each
+//! such group says so in place of the stack.  Suppressed leaks
+//! ([`super::suppress`]) are left out and counted.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicI32, Ordering};
@@ -123,8 +126,9 @@ pub fn log(verbosity: u32, need: u32, args: core::fmt::Arguments) {
     }
 }
 
-/// A false reclaim: always reported, on the log and on stderr.
-pub fn false_reclaim(mem: usize, size: usize) {
+/// A false reclaim: always reported, on the log and on stderr, with the
+/// chunk's allocation stack when it was recorded.
+pub fn false_reclaim(mem: usize, size: usize, site: Option<u32>) {
     let to_file = TO_FILE.load(Ordering::Relaxed) != 0;
     for file in [true, false] {
         if file && !to_file {
@@ -138,13 +142,44 @@ pub fn false_reclaim(mem: usize, size: usize) {
                 fd: 2,
             }
         };
+        let what = if site.is_some() { "site" } else { "size class" };
         let _ = writeln!(
             o,
             "=={}== KAL: FALSE RECLAIM: the program used {mem:#x} ({size} bytes) after KAL had \
-             reclaimed it; the call is honoured and reclaim of this size class is stopped",
+             reclaimed it; the call is honoured and reclaim of this {what} is stopped",
             sys::getpid()
         );
+        if let Some(id) = site {
+            let _ = writeln!(o, "allocated from:");
+            print_stack(&mut o, id);
+        }
     }
+}
+
+/// The frames of stack `id`, LeakSanitizer-style without a symbolizer:
+/// `    #N 0xPC  (module+0xoffset)`, then a blank line.  The address shown
+/// is the call instruction's (return address minus one), as LeakSanitizer
+/// shows it; `kal report` symbolizes these lines.
+pub fn print_stack(o: &mut impl Write, id: u32) {
+    let mut frames = [0usize; super::stacks::MAX_FRAMES];
+    let n = super::stacks::frames(id, &mut frames);
+    for (i, &ra) in frames[..n].iter().enumerate() {
+        let pc = ra.wrapping_sub(1);
+        match super::modules::find(pc) {
+            Some(m) => {
+                let _ = writeln!(
+                    o,
+                    "    #{i} {pc:#x}  ({}+{:#x})",
+                    core::str::from_utf8(m.name()).unwrap_or("?"),
+                    pc - m.base
+                );
+            }
+            None => {
+                let _ = writeln!(o, "    #{i} {pc:#x}  (<unknown module>)");
+            }
+        }
+    }
+    let _ = writeln!(o);
 }
 
 /// A leaked chunk to report.
@@ -155,11 +190,40 @@ pub struct Leak {
     pub indirect: bool,
 }
 
-/// Print a report of `leaks` (sorted here, in place).  `reclaiming` names
-/// the groups as reclaimed rather than leaked.  Returns (bytes, objects).
+/// One group of a report: (indirect, stack id or 0, total bytes, count,
+/// first index into the sorted entries).
+#[derive(Clone, Copy)]
+struct Group {
+    indirect: bool,
+    site: u32,
+    bytes: usize,
+    count: usize,
+    first: usize,
+}
+
+/// A leak with its stack (scanner-only scratch).
+#[derive(Clone, Copy)]
+struct Entry {
+    indirect: bool,
+    site: u32,
+    size: usize,
+    addr: usize,
+}
+
+struct Scratch(core::cell::UnsafeCell<(MVec<Entry>, MVec<Group>)>);
+// SAFETY: reports are written by the scanner thread only.
+unsafe impl Sync for Scratch {}
+static SCRATCH: Scratch = Scratch(core::cell::UnsafeCell::new((MVec::new(), MVec::new())));
+
+/// Print a report of `leaks`, grouped by allocation stack as
+/// LeakSanitizer does (by size where the stack was not recorded), without
+/// the suppressed ones (counted in the "Suppressions used" block).
+/// `reclaiming` names the groups as reclaimed rather than leaked.  Returns
+/// (bytes, objects) reported.  `_groups` is kept for the caller's
+/// signature.
 pub fn leak_report(
     leaks: &mut MVec<Leak>,
-    groups: &mut MVec<(bool, usize, usize, usize)>,
+    _groups: &mut MVec<(bool, usize, usize, usize)>,
     reclaiming: bool,
     report_objects: bool,
     max_leaks: u64,
@@ -167,57 +231,104 @@ pub fn leak_report(
     if leaks.is_empty() {
         return (0, 0);
     }
-    leaks
-        .as_mut_slice()
-        .sort_unstable_by_key(|l| (l.indirect, usize::MAX - l.size, l.addr));
-    // Groups: (indirect, size, count, first index).
+    // SAFETY: scanner thread only (see `Scratch`).
+    let (entries, groups) = unsafe { &mut *SCRATCH.0.get() };
+    entries.clear();
     groups.clear();
+    super::suppress::reset_counts();
+    let stacks_on = super::stacks::ON.load(Ordering::Relaxed);
+    for l in leaks.as_slice() {
+        let site = if stacks_on {
+            super::stacks::site_of(l.addr)
+        } else {
+            None
+        };
+        if super::suppress::count_if_suppressed(site, l.size as u64) {
+            continue;
+        }
+        entries.push(Entry {
+            indirect: l.indirect,
+            site: site.unwrap_or(0),
+            size: l.size,
+            addr: l.addr,
+        });
+    }
+    let key = |e: &Entry| (e.indirect, e.site, if e.site == 0 { e.size } else { 0 });
+    entries
+        .as_mut_slice()
+        .sort_unstable_by_key(|e| (key(e), usize::MAX - e.size, e.addr));
     let (mut bytes, mut objects) = (0u64, 0u64);
-    for (i, l) in leaks.as_slice().iter().enumerate() {
-        bytes += l.size as u64;
+    for (i, e) in entries.as_slice().iter().enumerate() {
+        bytes += e.size as u64;
         objects += 1;
         match groups.as_mut_slice().last_mut() {
-            Some(g) if g.0 == l.indirect && g.1 == l.size => g.2 += 1,
+            Some(g) if key(&entries.as_slice()[g.first]) == key(e) => {
+                g.count += 1;
+                g.bytes += e.size;
+            }
             _ => {
-                groups.push((l.indirect, l.size, 1, i));
+                groups.push(Group {
+                    indirect: e.indirect,
+                    site: e.site,
+                    bytes: e.size,
+                    count: 1,
+                    first: i,
+                });
             }
         }
     }
     // Direct before indirect, larger totals first, as LeakSanitizer orders.
     groups
         .as_mut_slice()
-        .sort_unstable_by_key(|g| (g.0, usize::MAX - g.1 * g.2));
+        .sort_unstable_by_key(|g| (g.indirect, usize::MAX - g.bytes, g.first));
     let mut o = out();
+    if groups.is_empty() {
+        super::suppress::print_used(&mut o);
+        o.flush();
+        return (0, 0);
+    }
     let _ = writeln!(
         o,
         "\n=================================================================\n\
          =={}==ERROR: KAL: detected memory leaks\n",
         sys::getpid()
     );
-    for (n, g) in groups.as_slice().iter().enumerate() {
-        if max_leaks != 0 && n as u64 >= max_leaks {
-            break;
-        }
-        let what = match (reclaiming, g.0) {
+    let shown = if max_leaks == 0 {
+        groups.len()
+    } else {
+        (max_leaks as usize).min(groups.len())
+    };
+    if shown < groups.len() {
+        let _ = writeln!(o, "The {shown} top leak(s):");
+    }
+    for g in &groups.as_slice()[..shown] {
+        let what = match (reclaiming, g.indirect) {
             (true, _) => "Reclaimed",
             (false, false) => "Direct leak of",
             (false, true) => "Indirect leak of",
         };
         let _ = writeln!(
             o,
-            "{what} {} byte(s) in {} object(s) allocated from:\n    \
-             #0 (allocation stacks are not recorded yet)\n",
-            g.1 * g.2,
-            g.2
+            "{what} {} byte(s) in {} object(s) allocated from:",
+            g.bytes, g.count
         );
+        if g.site != 0 {
+            print_stack(&mut o, g.site);
+        } else {
+            let _ = writeln!(o, "    #0 (allocation stack not recorded)\n");
+        }
         if report_objects {
             let _ = writeln!(o, "Objects leaked above:");
-            for l in &leaks.as_slice()[g.3..g.3 + g.2] {
-                let _ = writeln!(o, "{:#x} ({} bytes)", l.addr, l.size);
+            for e in &entries.as_slice()[g.first..g.first + g.count] {
+                let _ = writeln!(o, "{:#x} ({} bytes)", e.addr, e.size);
             }
             let _ = writeln!(o);
         }
     }
+    if shown < groups.len() {
+        let _ = writeln!(o, "Omitting {} more leak(s).", groups.len() - shown);
+    }
+    super::suppress::print_used(&mut o);
     let _ = writeln!(
         o,
         "SUMMARY: KAL: {bytes} byte(s) leaked in {objects} allocation(s)."
