@@ -73,7 +73,9 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
         };
         let t = tls::get::<{ tls::TCACHE }>();
         let idx = csize2tidx(nb);
-        if t > TCACHE_DISABLED && idx < PARAMS.tcache_bins() {
+        // `fast_bins` is `tcache_bins`, or 0 while KAL records allocation
+        // stacks (then every call takes `malloc_slow`, which records).
+        if t > TCACHE_DISABLED && idx < PARAMS.fast_bins() {
             let tc = t as *mut Tcache;
             if (*tc).counts[idx] != 0 {
                 return tcache::get(tc, idx);
@@ -87,6 +89,52 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
 /// Called by `malloc` with `nb` the checked chunk size for `bytes`.
 #[inline(never)]
 unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        // Both arms are tail calls, so this test is all the function does.
+        if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
+            return malloc_sited(bytes, nb);
+        }
+        malloc_arena_out(bytes, nb)
+    }
+}
+
+/// `malloc` while KAL records allocation stacks: the thread cache as on
+/// the fast path, else the arena; then the stack.
+///
+/// # Safety
+/// As `malloc_slow`.
+#[inline(never)]
+unsafe fn malloc_sited(bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: as in `malloc`.
+    unsafe {
+        let t = tls::get::<{ tls::TCACHE }>();
+        let idx = csize2tidx(nb);
+        let p = if t > TCACHE_DISABLED
+            && idx < PARAMS.tcache_bins()
+            && (*(t as *mut Tcache)).counts[idx] != 0
+        {
+            tcache::get(t as *mut Tcache, idx)
+        } else {
+            malloc_arena_out(bytes, nb)
+        };
+        crate::kal::stacks::on_alloc(p);
+        p
+    }
+}
+
+/// # Safety
+/// As `malloc_slow`.
+#[inline(never)]
+unsafe fn malloc_arena_out(bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { malloc_arena(bytes, nb) }
+}
+
+/// # Safety
+/// As `malloc_slow`.
+#[inline(always)]
+unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: `arena_get` returns the thread's arena locked (token `held`), which
     // is what `int_malloc` and the retry require; it is unlocked once.
     unsafe {
@@ -113,8 +161,7 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
 /// `mem` must be null or a live pointer from this allocator.
 #[inline(always)]
 pub unsafe fn free(mem: *mut u8) {
-    // SAFETY: `mem` is a live chunk of ours (contract), so its header is readable
-    // and, once `check_pointer` passes, it can go to the cache or arena.
+    // SAFETY: `mem` is a live chunk of ours (contract), so its header is readable.
     unsafe {
         if mem.is_null() {
             return;
@@ -125,22 +172,37 @@ pub unsafe fn free(mem: *mut u8) {
         if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
             let size = raw & !SIZE_BITS;
             let idx = csize2tidx(size);
-            if idx < PARAMS.tcache_bins() {
-                check_pointer(p, size);
-                let tc = t as *mut Tcache;
-                let e = mem as *mut Entry;
-                if (*e).key == tcache::key() {
-                    tcache::check_double_free(tc, e, idx);
-                }
-                if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
-                    tcache::put(tc, p, idx);
-                    return;
-                }
-                // Bin full: checked already, straight to the arena.
-                return crate::free::free_full_bin(p, size);
+            // See `malloc` for `fast_bins`.
+            if idx < PARAMS.fast_bins() {
+                return free_cached(t, p, size, idx);
             }
         }
         free_slow(p, raw);
+    }
+}
+
+/// The thread-cache part of `free`, for a chunk of tcache bin `idx`.
+///
+/// # Safety
+/// `t` is this thread's live cache, `p` a live heap chunk being freed of
+/// `size` bytes, `idx < tcache_bins`.
+#[inline(always)]
+unsafe fn free_cached(t: usize, p: chunk::ChunkPtr, size: usize, idx: usize) {
+    // SAFETY: contract; once `check_pointer` passes, the chunk can go to
+    // the cache or the arena.
+    unsafe {
+        check_pointer(p, size);
+        let tc = t as *mut Tcache;
+        let e = chunk2mem(p) as *mut Entry;
+        if (*e).key == tcache::key() {
+            tcache::check_double_free(tc, e, idx);
+        }
+        if ((*tc).counts[idx] as usize) < PARAMS.tcache_count() {
+            tcache::put(tc, p, idx);
+            return;
+        }
+        // Bin full: checked already, straight to the arena.
+        crate::free::free_full_bin(p, size)
     }
 }
 
@@ -149,6 +211,50 @@ pub unsafe fn free(mem: *mut u8) {
 /// `raw` its size field as read by `free`.
 #[inline(never)]
 unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        // Both arms are tail calls, so this test is all the function does.
+        if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
+            return free_sited(p, raw);
+        }
+        free_arena_out(p, raw)
+    }
+}
+
+/// `free` while KAL records allocation stacks: forget the chunk's stack,
+/// then the thread cache as on the fast path, else the arena.
+///
+/// # Safety
+/// As `free_slow`.
+#[inline(never)]
+unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
+    // SAFETY: as in `free`.
+    unsafe {
+        crate::kal::stacks::on_free(chunk2mem(p));
+        let t = tls::get::<{ tls::TCACHE }>();
+        if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
+            let size = raw & !SIZE_BITS;
+            let idx = csize2tidx(size);
+            if idx < PARAMS.tcache_bins() {
+                return free_cached(t, p, size, idx);
+            }
+        }
+        free_arena_out(p, raw)
+    }
+}
+
+/// # Safety
+/// As `free_slow`.
+#[inline(never)]
+unsafe fn free_arena_out(p: chunk::ChunkPtr, raw: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { free_arena(p, raw) }
+}
+
+/// # Safety
+/// As `free_slow`.
+#[inline(always)]
+unsafe fn free_arena(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: `p` is a live chunk being freed once (contract); mmapped ones are
     // unmapped, heap ones go to their own arena after `check_pointer`.
     unsafe {

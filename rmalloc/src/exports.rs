@@ -31,10 +31,10 @@ macro_rules! export {
 /// KAL's allocation-stack hooks: one flag test while KAL is off or
 /// `sites=off` (see `kal::stacks`).
 #[inline(always)]
-fn sited(p: *mut u8, n: usize) -> Ptr {
+fn sited(p: *mut u8) -> Ptr {
     if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
         // SAFETY: `p` was just returned by the allocator to this thread.
-        unsafe { crate::kal::stacks::on_alloc(p, n) };
+        unsafe { crate::kal::stacks::on_alloc(p) };
     }
     p.cast()
 }
@@ -48,6 +48,22 @@ fn unsited(p: Ptr) -> *mut u8 {
     p.cast()
 }
 
+/// `realloc` with the stack hooks (`realloc(NULL, n)` and `realloc(p, 0)`
+/// are `malloc` and `free`, which have their own).
+///
+/// # Safety
+/// As `api::realloc`.
+#[inline(always)]
+unsafe fn realloc_sited(p: Ptr, n: usize) -> Ptr {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if p.is_null() || n == 0 {
+            return api::realloc(p.cast(), n).cast();
+        }
+        sited(api::realloc(unsited(p), n))
+    }
+}
+
 /// `posix_memalign` with the stack hook.
 ///
 /// # Safety
@@ -58,7 +74,7 @@ unsafe fn posix_memalign_sited(out: *mut Ptr, a: usize, n: usize) -> c_int {
     unsafe {
         let r = api::posix_memalign(out.cast(), a, n);
         if r == 0 {
-            sited((*out).cast(), n);
+            sited((*out).cast());
         }
         r
     }
@@ -68,26 +84,28 @@ unsafe fn posix_memalign_sited(out: *mut Ptr, a: usize, n: usize) -> c_int {
 // caller's obligations are those of the C functions they implement, which
 // are exactly the preconditions of the `api` functions they forward to.
 export! {
-    malloc(n: usize) -> Ptr = sited(api::malloc(n), n);
-    __libc_malloc(n: usize) -> Ptr = sited(api::malloc(n), n);
-    free(p: Ptr) -> () = api::free(unsited(p));
-    __libc_free(p: Ptr) -> () = api::free(unsited(p));
-    cfree(p: Ptr) -> () = api::free(unsited(p));
-    calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s), n.wrapping_mul(s));
-    __libc_calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s), n.wrapping_mul(s));
-    realloc(p: Ptr, n: usize) -> Ptr = sited(api::realloc(unsited(p), n), n);
-    __libc_realloc(p: Ptr, n: usize) -> Ptr = sited(api::realloc(unsited(p), n), n);
+    // `malloc` and `free` record and forget stacks themselves, out of line
+    // (see `api::malloc_slow`), so their fast paths carry no extra test.
+    malloc(n: usize) -> Ptr = api::malloc(n).cast();
+    __libc_malloc(n: usize) -> Ptr = api::malloc(n).cast();
+    free(p: Ptr) -> () = api::free(p.cast());
+    __libc_free(p: Ptr) -> () = api::free(p.cast());
+    cfree(p: Ptr) -> () = api::free(p.cast());
+    calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s));
+    __libc_calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s));
+    realloc(p: Ptr, n: usize) -> Ptr = realloc_sited(p, n);
+    __libc_realloc(p: Ptr, n: usize) -> Ptr = realloc_sited(p, n);
     reallocarray(p: Ptr, n: usize, s: usize) -> Ptr =
-        sited(api::reallocarray(unsited(p), n, s), n.wrapping_mul(s));
-    memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
-    __libc_memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
-    aligned_alloc(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n), n);
+        sited(api::reallocarray(unsited(p), n, s));
+    memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n));
+    __libc_memalign(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n));
+    aligned_alloc(a: usize, n: usize) -> Ptr = sited(api::memalign(a, n));
     posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = posix_memalign_sited(out, a, n);
     __posix_memalign(out: *mut Ptr, a: usize, n: usize) -> c_int = posix_memalign_sited(out, a, n);
-    valloc(n: usize) -> Ptr = sited(api::valloc(n), n);
-    __libc_valloc(n: usize) -> Ptr = sited(api::valloc(n), n);
-    pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n), n);
-    __libc_pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n), n);
+    valloc(n: usize) -> Ptr = sited(api::valloc(n));
+    __libc_valloc(n: usize) -> Ptr = sited(api::valloc(n));
+    pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n));
+    __libc_pvalloc(n: usize) -> Ptr = sited(api::pvalloc(n));
     malloc_usable_size(p: Ptr) -> usize = api::usable_size(p.cast());
     mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);
     __libc_mallopt(param: c_int, value: c_int) -> c_int = api::mallopt(param, value);

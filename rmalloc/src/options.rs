@@ -161,6 +161,10 @@ pub struct Params {
     max_fast: AtomicUsize,
     tcache_max_bytes: AtomicUsize,
     tcache_bins: AtomicUsize,
+    /// The tcache bins the `malloc`/`free` fast paths use: `tcache_bins`,
+    /// or 0 while KAL records allocation stacks (see `divert_fast_paths`).
+    fast_bins: AtomicUsize,
+    fast_diverted: AtomicBool,
     tcache_count: AtomicUsize,
     tcache_unsorted_limit: AtomicUsize,
     check_action: AtomicI32,
@@ -201,6 +205,8 @@ impl Params {
             max_fast: AtomicUsize::new(max_fast_for(DEFAULT_MXFAST)),
             tcache_max_bytes: AtomicUsize::new(MAX_TCACHE_SIZE),
             tcache_bins: AtomicUsize::new(TCACHE_MAX_BINS),
+            fast_bins: AtomicUsize::new(TCACHE_MAX_BINS),
+            fast_diverted: AtomicBool::new(false),
             tcache_count: AtomicUsize::new(TCACHE_FILL_COUNT),
             tcache_unsorted_limit: AtomicUsize::new(0),
             check_action: AtomicI32::new(0),
@@ -227,6 +233,8 @@ impl Params {
         tcache_count: usize;
         /// Number of tcache bins in use (`mp_.tcache_bins`, at most 64).
         tcache_bins: usize;
+        /// Tcache bins the inlined `malloc`/`free` fast paths may use.
+        fast_bins: usize;
         /// Largest request size served from the tcache (`mp_.tcache_max_bytes`).
         tcache_max_bytes: usize;
         /// 0 = no limit.
@@ -324,9 +332,21 @@ impl Params {
             return false;
         }
         self.tcache_max_bytes.store(value, Relaxed);
-        self.tcache_bins
-            .store(csize2tidx(request2size(value)) + 1, Relaxed);
+        let bins = csize2tidx(request2size(value)) + 1;
+        self.tcache_bins.store(bins, Relaxed);
+        if !self.fast_diverted.load(Relaxed) {
+            self.fast_bins.store(bins, Relaxed);
+        }
         true
+    }
+
+    /// Send every `malloc` and `free` through the out-of-line paths (which
+    /// still use the thread cache), so KAL can record allocation stacks
+    /// there while the inlined fast paths, which compare against
+    /// `fast_bins` as they compared against `tcache_bins`, stay as they are.
+    pub fn divert_fast_paths(&self) {
+        self.fast_diverted.store(true, Relaxed);
+        self.fast_bins.store(0, Relaxed);
     }
     /// `do_set_tcache_count`.
     pub fn set_tcache_count(&self, value: usize) -> bool {

@@ -211,8 +211,13 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
     stacks::enable(o.sites, o.malloc_context_size, o.fast_unwind_on_malloc);
     MODE.store(o.mode as u8, Ordering::Release);
     BACKEND.store(backend as u8, Ordering::Relaxed);
+    if bench_without_scanner() {
+        return true;
+    }
     if !scanner::start() {
         MODE.store(Mode::Off as u8, Ordering::Release);
+        stacks::ON.store(false, Ordering::Release);
+        registry::ON.store(false, Ordering::Release);
         return false;
     }
     report::log(
@@ -225,6 +230,18 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
         ),
     );
     true
+}
+
+/// `RMALLOC_KAL_BENCH_NO_SCANNER=1`: everything KAL does on the
+/// allocator's paths (registry, allocation stacks) but no scanner thread,
+/// so `valgrind --tool=callgrind` (which cannot run the scanner's raw
+/// `clone`) can count the instructions those paths cost.  For
+/// measurements only: no leak is ever found.
+fn bench_without_scanner() -> bool {
+    // SAFETY: getenv with a NUL-terminated name; see `start_from_env`.
+    let v = unsafe { libc::getenv(c"RMALLOC_KAL_BENCH_NO_SCANNER".as_ptr()) };
+    // SAFETY: non-null getenv results are NUL-terminated strings.
+    !v.is_null() && unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes() == b"1"
 }
 
 /// Is `sig` free for our use (default disposition)?

@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(o.malloc_context_size, 5);
         assert!(o.fast_unwind_on_malloc);
         assert_eq!(o.suppressions(), Some(&b"/x"[..]));
-        assert_eq!(parse(b"sites=sample:4096").unwrap().sites, Sites::Sample(4096));
+        assert_eq!(
+            parse(b"sites=sample:4096").unwrap().sites,
+            Sites::Sample(4096)
+        );
         assert_eq!(parse(b"sites=off").unwrap().sites, Sites::Off);
     }
 

@@ -123,7 +123,9 @@ fn quarantine_site(size: usize, id: u32) {
 
 fn site_quarantined(size: usize, id: u32) -> bool {
     let k = site_key(size, id);
-    QUARANTINE_SITE.iter().any(|q| q.load(Ordering::Relaxed) == k)
+    QUARANTINE_SITE
+        .iter()
+        .any(|q| q.load(Ordering::Relaxed) == k)
 }
 
 /// May the chunk (`size`) at user address `mem` be reclaimed as far as its

@@ -48,7 +48,8 @@ unsafe impl<T> Sync for Shared<T> {}
 
 const SHARDS: usize = 16;
 static SHARD_LOCK: [Mutex; SHARDS] = [const { Mutex::new() }; SHARDS];
-static SHARD: [Shared<AddrMap>; SHARDS] = [const { Shared(UnsafeCell::new(AddrMap::new())) }; SHARDS];
+static SHARD: [Shared<AddrMap>; SHARDS] =
+    [const { Shared(UnsafeCell::new(AddrMap::new())) }; SHARDS];
 
 /// Counting filter over the side table's keys (sampled mode): a free whose
 /// counter is 0 has no entry, and takes no lock.
@@ -87,21 +88,24 @@ pub fn enable(sites: Sites, context: u32, fast: bool) {
     FAST.store(fast, Ordering::Relaxed);
     super::modules::refresh();
     ON.store(true, Ordering::Release);
+    crate::options::PARAMS.divert_fast_paths();
 }
 
-/// A chunk was allocated at `mem` for `size` bytes: record its stack
-/// (always, or when the thread's sampling countdown runs out).
+/// A chunk was allocated at `mem`: record its stack (always, or when the
+/// thread's sampling countdown, counted in usable bytes, runs out).  The
+/// size is read from the chunk so the entry points need not keep it.
 ///
 /// # Safety
 /// `mem` is null or a chunk just returned to the program by this thread.
-#[cold]
-#[inline(never)]
-pub unsafe fn on_alloc(mem: *mut u8, size: usize) {
+#[inline(always)]
+pub unsafe fn on_alloc(mem: *mut u8) {
     if mem.is_null() {
         return;
     }
     let rate = SAMPLE.load(Ordering::Relaxed);
     if rate != 0 {
+        // SAFETY: a live chunk just handed out: its header is readable.
+        let size = unsafe { crate::chunk::size(crate::chunk::mem2chunk(mem)) };
         let left = tls::get::<{ tls::SITE }>();
         if left > size {
             tls::set::<{ tls::SITE }>(left - size);
@@ -109,6 +113,13 @@ pub unsafe fn on_alloc(mem: *mut u8, size: usize) {
         }
         tls::set::<{ tls::SITE }>(rate as usize);
     }
+    record(mem as usize);
+}
+
+/// Unwind and store the stack of the chunk at `mem`.
+#[cold]
+#[inline(never)]
+fn record(mem: usize) {
     let mut frames = [0usize; MAX_FRAMES];
     let n = CONTEXT.load(Ordering::Relaxed);
     let text = (
@@ -122,7 +133,6 @@ pub unsafe fn on_alloc(mem: *mut u8, size: usize) {
     let Some(id) = intern(&frames[..n]) else {
         return;
     };
-    let mem = mem as usize;
     let s = shard(mem);
     SHARD_LOCK[s].lock();
     // SAFETY: the shard's lock is held.
@@ -137,23 +147,27 @@ pub unsafe fn on_alloc(mem: *mut u8, size: usize) {
 }
 
 /// The program is about to free or reallocate `mem`: forget its stack.
-/// A chunk KAL holds in probation keeps it, so the false-reclaim report
-/// can name its site (`forget` is called after that report).
+/// While sampling, a counting filter answers for most chunks without a
+/// lock.
 ///
 /// # Safety
 /// `mem` is null or a pointer the program passes to `free`/`realloc`.
-#[cold]
-#[inline(never)]
+#[inline(always)]
 pub unsafe fn on_free(mem: *mut u8) {
-    if mem.is_null() {
-        return;
-    }
     let mem = mem as usize;
-    if SAMPLE.load(Ordering::Relaxed) != 0
-        && FILTER_N[slot(mem)].load(Ordering::Relaxed) == 0
+    if mem == 0
+        || SAMPLE.load(Ordering::Relaxed) != 0 && FILTER_N[slot(mem)].load(Ordering::Relaxed) == 0
     {
         return;
     }
+    forget_unless_held(mem);
+}
+
+/// A chunk KAL holds in probation keeps its entry, so the false-reclaim
+/// report can name its site (`kal::claim_freeing` forgets it after).
+#[cold]
+#[inline(never)]
+fn forget_unless_held(mem: usize) {
     if super::reclaim::any_in_probation()
         && super::reclaim::holds(mem.wrapping_sub(crate::chunk::HDR) as crate::chunk::ChunkPtr)
     {
@@ -222,7 +236,12 @@ pub fn intern(frames: &[usize]) -> Option<u32> {
     r
 }
 
-fn intern_locked(frames: &[usize], h: u64, all: &mut MVec<usize>, index: &mut MVec<u32>) -> Option<u32> {
+fn intern_locked(
+    frames: &[usize],
+    h: u64,
+    all: &mut MVec<usize>,
+    index: &mut MVec<u32>,
+) -> Option<u32> {
     let count = COUNT.load(Ordering::Relaxed);
     if (count + 1) * 2 > index.len() && !grow_index(all, index) {
         return None;

@@ -138,8 +138,14 @@ fn add(text: &[u8], path: &[u8]) -> Result<(), LoadError> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let a = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let z = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(a, |i| i + 1);
+    let a = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let z = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(a, |i| i + 1);
     &s[a..z]
 }
 
@@ -168,7 +174,10 @@ pub fn template_match(templ: &[u8], s: &[u8]) -> bool {
         if s.is_empty() {
             return false;
         }
-        let piece_end = t.iter().position(|&b| b == b'*' || b == b'$').unwrap_or(t.len());
+        let piece_end = t
+            .iter()
+            .position(|&b| b == b'*' || b == b'$')
+            .unwrap_or(t.len());
         let piece = &t[..piece_end];
         let Some(at) = find(s, piece) else {
             return false;

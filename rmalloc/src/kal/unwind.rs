@@ -20,27 +20,66 @@
 
 use super::modules::{self, Module};
 
+#[path = "unwind_cache.rs"]
+mod cache;
+
 /// DWARF register numbers on x86-64.
 const RBP: usize = 6;
 const RSP: usize = 7;
 const RA: usize = 16;
-const NREGS: usize = 17;
+/// Registers tracked: the callee-saved ones a CFA or a saved-register
+/// rule can refer to (rbx, rbp, rsp, r12-r15) and the return address.
+/// Rules for the others are read and ignored.
+const NSLOTS: usize = 8;
 
-/// Registers known while unwinding (`valid` bit per register).
+/// The slot of DWARF register `r`, if tracked.
+fn slot(r: u64) -> Option<usize> {
+    match r {
+        3 => Some(0),
+        6 => Some(1),
+        7 => Some(2),
+        12..=15 => Some(r as usize - 9),
+        16 => Some(7),
+        _ => None,
+    }
+}
+
+/// Registers known while unwinding (`valid` bit per slot).
 #[derive(Clone, Copy)]
 pub struct Regs {
-    r: [usize; NREGS],
-    valid: u32,
+    r: [usize; NSLOTS],
+    valid: u8,
 }
 
 impl Regs {
-    fn get(&self, i: usize) -> Option<usize> {
-        (i < NREGS && self.valid & (1 << i) != 0).then(|| self.r[i])
+    const EMPTY: Regs = Regs {
+        r: [0; NSLOTS],
+        valid: 0,
+    };
+
+    /// DWARF register `r`, if tracked and known.
+    fn get(&self, r: usize) -> Option<usize> {
+        let i = slot(r as u64)?;
+        self.get_slot(i)
     }
 
-    fn set(&mut self, i: usize, v: usize) {
-        self.r[i] = v;
-        self.valid |= 1 << i;
+    fn get_slot(&self, i: usize) -> Option<usize> {
+        (self.valid & (1 << i) != 0).then(|| self.r[i])
+    }
+
+    fn set(&mut self, r: usize, v: usize) {
+        if let Some(i) = slot(r as u64) {
+            self.r[i] = v;
+            self.valid |= 1 << i;
+        }
+    }
+
+    fn pc(&self) -> usize {
+        self.r[7]
+    }
+
+    fn sp(&self) -> usize {
+        self.r[2]
     }
 }
 
@@ -110,10 +149,7 @@ pub fn capture(out: &mut [usize], fast: bool, skip: (usize, usize)) -> usize {
             options(nostack, nomem, preserves_flags)
         );
     }
-    let mut regs = Regs {
-        r: [0; NREGS],
-        valid: 0,
-    };
+    let mut regs = Regs::EMPTY;
     regs.set(RA, pc);
     regs.set(RSP, sp);
     regs.set(RBP, fp);
@@ -123,7 +159,7 @@ pub fn capture(out: &mut [usize], fast: bool, skip: (usize, usize)) -> usize {
     let mut own = true;
     let mut first = true;
     for _ in 0..out.len() + 32 {
-        let pc = regs.r[RA];
+        let pc = regs.pc();
         if own {
             if skip.0 <= pc && pc < skip.1 {
                 entry = pc;
@@ -161,7 +197,9 @@ pub fn capture(out: &mut [usize], fast: bool, skip: (usize, usize)) -> usize {
 /// outside the allocator, at a call): each frame is `[saved rbp, return
 /// address]` at `rbp`, and frames move up the stack.
 fn fp_walk(regs: &Regs, b: Bounds, out: &mut [usize]) -> usize {
-    let mut fp = regs.r[RBP];
+    let Some(mut fp) = regs.get(RBP) else {
+        return 0;
+    };
     let mut n = 0;
     while n < out.len() {
         let (Some(next), Some(ra)) = (b.read(fp), b.read(fp.wrapping_add(8))) else {
@@ -183,12 +221,12 @@ fn fp_walk(regs: &Regs, b: Bounds, out: &mut [usize]) -> usize {
 /// One frame up.  `first`: the pc is exact (the capture point), not a
 /// return address, so it is looked up as is rather than minus one.
 fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
-    let pc = regs.r[RA];
+    let pc = regs.pc();
     let look = if first { pc } else { pc.wrapping_sub(1) };
     let Some(m) = modules::find_or_refresh(look) else {
         return false;
     };
-    let Some(row) = find_row(m, look) else {
+    let Some(row) = cache::row(m, look, find_row) else {
         return false;
     };
     if row.signal {
@@ -199,37 +237,33 @@ fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
             Some(v) => v.wrapping_add(off as usize),
             None => return false,
         },
-        Cfa::Expr(start, len) => match eval(m, start, len, regs, b, None) {
+        Cfa::Expr(start, len) => match eval(m, start, len as usize, regs, b, None) {
             Some(v) => v,
             None => return false,
         },
     };
     let old = *regs;
-    let mut new = Regs {
-        r: [0; NREGS],
-        valid: 0,
-    };
-    for i in 0..NREGS {
+    let mut new = Regs::EMPTY;
+    for i in 0..NSLOTS {
         let v = match row.rules[i] {
-            Rule::Same => old.get(i),
+            Rule::Same => old.get_slot(i),
             Rule::Undefined => None,
             Rule::Offset(o) => b.read(cfa.wrapping_add(o as usize)),
             Rule::ValOffset(o) => Some(cfa.wrapping_add(o as usize)),
             Rule::Register(r) => old.get(r as usize),
-            Rule::Expr(s, l) => {
-                eval(m, s, l, &old, b, Some(cfa)).and_then(|a| b.read(a))
-            }
-            Rule::ValExpr(s, l) => eval(m, s, l, &old, b, Some(cfa)),
+            Rule::Expr(s, l) => eval(m, s, l as usize, &old, b, Some(cfa)).and_then(|a| b.read(a)),
+            Rule::ValExpr(s, l) => eval(m, s, l as usize, &old, b, Some(cfa)),
         };
         if let Some(v) = v {
-            new.set(i, v);
+            new.r[i] = v;
+            new.valid |= 1 << i;
         }
     }
     // The return address: its own rule (the CIE's return register).
     let Some(ra) = new.get(row.ra_reg as usize) else {
         return false; // outermost frame (`_start`, a thread's entry)
     };
-    if ra < 4096 || cfa <= old.r[RSP] {
+    if ra < 4096 || cfa <= old.sp() {
         return false;
     }
     new.set(RA, ra);
@@ -246,20 +280,21 @@ enum Rule {
     ValOffset(i64),
     Register(u16),
     /// Expression (start address, length): where the value is saved.
-    Expr(usize, usize),
-    ValExpr(usize, usize),
+    Expr(usize, u32),
+    ValExpr(usize, u32),
 }
 
 #[derive(Clone, Copy)]
 enum Cfa {
     Reg(u16, i64),
-    Expr(usize, usize),
+    Expr(usize, u32),
 }
 
+/// What the call-frame information says for one address.
 #[derive(Clone, Copy)]
-struct Row {
+pub struct Row {
     cfa: Cfa,
-    rules: [Rule; NREGS],
+    rules: [Rule; NSLOTS],
     ra_reg: u16,
     signal: bool,
 }
@@ -431,7 +466,7 @@ fn run_fde(m: &Module, fde: usize, pc: usize, hdr: usize) -> Option<Row> {
     }
     let mut row = Row {
         cfa: Cfa::Reg(RSP as u16, 8),
-        rules: [Rule::Same; NREGS],
+        rules: [Rule::Same; NSLOTS],
         ra_reg: info.ra_reg,
         signal: info.signal,
     };
@@ -541,7 +576,6 @@ impl Prog<'_> {
     fn run(&mut self, c: &mut Cur, row: &mut Row, pc: usize, mut loc: usize) -> Option<()> {
         let ca = self.info.code_align as usize;
         let da = self.info.data_align;
-        let reg = |r: u64| (r as usize) < NREGS;
         while c.p < c.end {
             let op = c.u8()?;
             let (hi, lo) = (op & 0xc0, op & 0x3f);
@@ -558,14 +592,14 @@ impl Prog<'_> {
                 }
                 0x80 => {
                     let off = c.uleb()? as i64 * da;
-                    if reg(lo as u64) {
-                        row.rules[lo as usize] = Rule::Offset(off);
+                    if let Some(i) = slot(lo as u64) {
+                        row.rules[i] = Rule::Offset(off);
                     }
                     continue;
                 }
                 0xc0 => {
-                    if reg(lo as u64) {
-                        row.rules[lo as usize] = self.initial.rules[lo as usize];
+                    if let Some(i) = slot(lo as u64) {
+                        row.rules[i] = self.initial.rules[i];
                     }
                     continue;
                 }
@@ -596,8 +630,8 @@ impl Prog<'_> {
                         0x2f => -(c.uleb()? as i64) * da,
                         _ => c.sleb()? * da,
                     };
-                    if reg(r) {
-                        row.rules[r as usize] = if op == 0x14 || op == 0x15 {
+                    if let Some(i) = slot(r) {
+                        row.rules[i] = if op == 0x14 || op == 0x15 {
                             Rule::ValOffset(off)
                         } else {
                             Rule::Offset(off)
@@ -606,9 +640,9 @@ impl Prog<'_> {
                 }
                 0x06 | 0x07 | 0x08 => {
                     let r = c.uleb()?;
-                    if reg(r) {
-                        row.rules[r as usize] = match op {
-                            0x06 => self.initial.rules[r as usize],
+                    if let Some(i) = slot(r) {
+                        row.rules[i] = match op {
+                            0x06 => self.initial.rules[i],
                             0x07 => Rule::Undefined,
                             _ => Rule::Same,
                         };
@@ -616,8 +650,8 @@ impl Prog<'_> {
                 }
                 0x09 => {
                     let (r, r2) = (c.uleb()?, c.uleb()?);
-                    if reg(r) {
-                        row.rules[r as usize] = Rule::Register(r2 as u16);
+                    if let Some(i) = slot(r) {
+                        row.rules[i] = Rule::Register(r2 as u16);
                     }
                 }
                 0x0a => {
@@ -662,21 +696,21 @@ impl Prog<'_> {
                     }
                 }
                 0x0f => {
-                    let l = c.uleb()? as usize;
+                    let l = c.uleb()? as u32;
                     row.cfa = Cfa::Expr(c.p, l);
-                    c.p = c.p.checked_add(l)?;
+                    c.p = c.p.checked_add(l as usize)?;
                 }
                 0x10 | 0x16 => {
                     let r = c.uleb()?;
-                    let l = c.uleb()? as usize;
-                    if reg(r) {
-                        row.rules[r as usize] = if op == 0x10 {
+                    let l = c.uleb()? as u32;
+                    if let Some(i) = slot(r) {
+                        row.rules[i] = if op == 0x10 {
                             Rule::Expr(c.p, l)
                         } else {
                             Rule::ValExpr(c.p, l)
                         };
                     }
-                    c.p = c.p.checked_add(l)?;
+                    c.p = c.p.checked_add(l as usize)?;
                 }
                 0x2e => {
                     c.uleb()?;
@@ -691,7 +725,14 @@ impl Prog<'_> {
 /// Evaluate a DWARF expression (the subset call-frame information uses:
 /// PLT entries' CFA, glibc's signal trampoline).  `cfa` is pushed first
 /// for register rules.
-fn eval(m: &Module, start: usize, len: usize, regs: &Regs, b: Bounds, cfa: Option<usize>) -> Option<usize> {
+fn eval(
+    m: &Module,
+    start: usize,
+    len: usize,
+    regs: &Regs,
+    b: Bounds,
+    cfa: Option<usize>,
+) -> Option<usize> {
     let mut st = [0usize; 16];
     let mut n = 0usize;
     let mut c = Cur {
