@@ -10,6 +10,7 @@
 mod chart;
 mod launch;
 mod stats;
+mod symbolize;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -66,7 +67,7 @@ enum Cmd {
     Check(CheckArgs),
     /// Show a running process's live KAL statistics
     Stat(StatArgs),
-    /// Print KAL leak reports (raw: allocation stacks are not recorded yet)
+    /// Print KAL leak reports with their stacks symbolized (function file:line)
     Report(ReportArgs),
 }
 
@@ -256,20 +257,13 @@ fn real_main() -> Result<i32, Fail> {
     }
 }
 
-/// `kal report`: the raw reports, unchanged, with a note on stderr.
+/// `kal report`: the reports with their raw frames symbolized.
 fn report(files: &[PathBuf]) -> Result<i32, Fail> {
     let mut status = 0;
-    let mut noted = false;
+    let mut sym = symbolize::Symbolizer::default();
     for (i, f) in files.iter().enumerate() {
         match std::fs::read(f) {
             Ok(bytes) => {
-                if !noted {
-                    eprintln!(
-                        "kal: note: allocation stacks are not recorded yet, so there is nothing \
-                         to symbolize; reports are printed as KAL wrote them"
-                    );
-                    noted = true;
-                }
                 if files.len() > 1 {
                     out(&format!(
                         "{}==> {} <==\n",
@@ -277,7 +271,7 @@ fn report(files: &[PathBuf]) -> Result<i32, Fail> {
                         f.display()
                     ))?;
                 }
-                out(&String::from_utf8_lossy(&bytes))?;
+                out(&sym.text(&String::from_utf8_lossy(&bytes)))?;
             }
             Err(e) => {
                 eprintln!("kal: cannot read {}: {}", f.display(), launch::io_msg(&e));
