@@ -5,7 +5,14 @@
  *   Direct  984 byte(s) in 3 object(s): exe_leak_b <- main  (three 328-byte blocks)
  *   Direct  504 byte(s) in 1 object(s): lib_leak_inner <- lib_leak <- main
  * and a live 1000-byte block that must not be reported.
- * Usage: kal_stacks [scan]  (scan: rmalloc_kal_scan_now after dropping) */
+ * Usage: kal_stacks [scan|reuse]
+ *   scan:  rmalloc_kal_scan_now three times after dropping;
+ *   reuse: first of all, allocate 88 bytes, free them and allocate 88
+ *          bytes again (the same address, from the thread cache), and leak
+ *          that: under sites=sample:2^40 only the thread's first allocation
+ *          is recorded, so that leak must show no stack.
+ * With -DKAL_STACKS_SUPPRESS (and -rdynamic) the program suppresses its
+ * library's leak through __lsan_default_suppressions. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +34,19 @@ __attribute__((noinline)) static void exe_leak_b(int i) {
   memset(keep[1 + i], 2, 328);
 }
 
+#ifdef KAL_STACKS_SUPPRESS
+const char *__lsan_default_suppressions(void) { return "leak:libkalstk\n"; }
+#endif
+
+__attribute__((noinline)) static void reuse(void) {
+  keep[6] = malloc(88); /* through a volatile: the compiler keeps the pair */
+  memset(keep[6], 3, 88);
+  free(keep[6]);
+  keep[6] = NULL;
+  keep[5] = malloc(88);
+  memset(keep[5], 4, 88);
+}
+
 __attribute__((noinline)) static void scrub(void) {
   volatile char buf[16384];
   for (size_t i = 0; i < sizeof buf; i++)
@@ -35,11 +55,14 @@ __attribute__((noinline)) static void scrub(void) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
+  if (argc > 1 && !strcmp(argv[1], "reuse"))
+    reuse();
   exe_leak_a();
   for (int i = 0; i < three; i++) /* one call site: one stack */
     exe_leak_b(i);
   keep[4] = lib_leak(504);
   live = malloc(1000);
+
   for (int i = 0; i < 8; i++)
     keep[i] = NULL;
   scrub();

@@ -70,6 +70,10 @@ fn separate_debug_file(module: &str) -> Option<std::path::PathBuf> {
     p.exists().then_some(p)
 }
 
+fn is_allocator(module: &str) -> bool {
+    module.rsplit('/').next() == Some("librmalloc.so")
+}
+
 /// Symbolizes frames, keeping one loader per object file.
 #[derive(Default)]
 pub struct Symbolizer {
@@ -140,7 +144,15 @@ impl Symbolizer {
                 out.push('\n');
                 continue;
             };
-            match self.frames(&raw) {
+            match self.frames(&raw).map(|mut v| {
+                // The allocator's own frame: one line (its entry point's
+                // inlined callees are of no interest), as LeakSanitizer
+                // shows one frame for its `malloc`.
+                if is_allocator(raw.module) && v.len() > 1 {
+                    v.drain(..v.len() - 1);
+                }
+                v
+            }) {
                 Some(lines) => {
                     for l in lines {
                         let _ = writeln!(out, "{}#{next} {} {l}{}", raw.indent, raw.pc, raw.rest);

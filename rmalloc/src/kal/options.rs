@@ -206,8 +206,26 @@ pub fn parse(s: &[u8]) -> Result<Options, ParseError> {
 /// `__lsan_default_options`, written for LeakSanitizer), keys KAL does not
 /// know are skipped instead of refused.
 pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseError> {
-    for item in s.split(|&b| b == b':' || b == b' ' || b == b'\t' || b == b',') {
+    let mut items = s
+        .split(|&b| b == b':' || b == b' ' || b == b'\t' || b == b',')
+        .peekable();
+    while let Some(item) = items.next() {
         if item.is_empty() {
+            continue;
+        }
+        // `sites=sample:N`: the ':' that separates options also separates
+        // the rate, so the next item is the rate when it is a bare number.
+        if item == b"sites=sample" {
+            let n = items.next_if(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit));
+            let mut v = [0u8; 40];
+            let mut len = 0;
+            for &b in b"sample:".iter().chain(n.unwrap_or(b"")) {
+                if len < v.len() {
+                    v[len] = b;
+                    len += 1;
+                }
+            }
+            o.sites = sites(&v[..len])?;
             continue;
         }
         let Some(eq) = item.iter().position(|&b| b == b'=') else {

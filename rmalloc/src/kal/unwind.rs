@@ -170,6 +170,10 @@ pub fn capture(out: &mut [usize], fast: bool, skip: (usize, usize)) -> usize {
                     n = 1;
                 }
                 if fast {
+                    if n < out.len() {
+                        out[n] = pc;
+                        n += 1;
+                    }
                     return n + fp_walk(&regs, bounds, &mut out[n..]);
                 }
             }
