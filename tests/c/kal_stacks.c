@@ -15,6 +15,7 @@
  * library's leak through __lsan_default_suppressions. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
 
 void *lib_leak(size_t n);
@@ -66,9 +67,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 8; i++)
     keep[i] = NULL;
   scrub();
-  if (argc > 1 && !strcmp(argv[1], "scan") && rmalloc_kal_scan_now)
+  if (argc > 1 && !strcmp(argv[1], "scan") && rmalloc_kal_scan_now) {
     for (int i = 0; i < 3; i++)
       rmalloc_kal_scan_now();
+    malloc_stats(); /* KAL's block: what was reclaimed */
+  }
   printf("stacks: done\n");
   return 0;
 }
