@@ -1655,10 +1655,10 @@ fn report_parser_accepts_the_lsan_shape() {
 ==1234==ERROR: KAL: detected memory leaks
 
 Direct leak of 4096 byte(s) in 1 object(s) allocated from:
-    #0 (allocation stacks are not recorded yet)
+    #0 (allocation stack not recorded)
 
 Indirect leak of 64 byte(s) in 2 object(s) allocated from:
-    #0 (allocation stacks are not recorded yet)
+    #0 (allocation stack not recorded)
 
 SUMMARY: KAL: 4160 byte(s) leaked in 3 allocation(s).
 ";

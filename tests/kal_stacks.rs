@@ -40,7 +40,14 @@ fn build(compiler: &str, tag: &str, flags: &[&str]) -> Result<Build, String> {
     let dir = build_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let lib = dir.join("libkalstk.so");
-    let base = ["-g", "-O1", "-fomit-frame-pointer", "-pthread", "-Wall", "-Werror"];
+    let base = [
+        "-g",
+        "-O1",
+        "-fomit-frame-pointer",
+        "-pthread",
+        "-Wall",
+        "-Werror",
+    ];
     let lib_flags: Vec<&str> = flags
         .iter()
         .copied()
@@ -112,7 +119,10 @@ fn run_kal(exe: &Path, args: &[&str], kal: &str, env: &[(&str, &str)]) -> (Outpu
     }
     let out = support::run_preloaded(&mut cmd, TIMEOUT);
     let mut text = String::new();
-    for e in std::fs::read_dir(tmp.path()).expect("read log dir").flatten() {
+    for e in std::fs::read_dir(tmp.path())
+        .expect("read log dir")
+        .flatten()
+    {
         if e.file_name().to_string_lossy().starts_with("log.") {
             text += &std::fs::read_to_string(e.path()).expect("read log");
         }
@@ -131,7 +141,10 @@ fn kal_report(text: &str) -> String {
     let f = tmp.path().join("report");
     std::fs::write(&f, text).expect("write report");
     let kal = support::workspace_root().join("target/release/kal");
-    assert!(kal.is_file(), "build target/release/kal (cargo build --release -p kal)");
+    assert!(
+        kal.is_file(),
+        "build target/release/kal (cargo build --release -p kal)"
+    );
     let out = support::run(Command::new(kal).arg("report").arg(&f), TIMEOUT);
     out.assert_success();
     out.stdout.clone()
@@ -168,7 +181,9 @@ fn groups(text: &str) -> (Vec<Group>, Vec<String>) {
             let rest = if second.starts_with("0x") {
                 third.unwrap_or("").trim().to_string()
             } else {
-                format!("{second} {}", third.unwrap_or("")).trim().to_string()
+                format!("{second} {}", third.unwrap_or(""))
+                    .trim()
+                    .to_string()
             };
             g.frames.push(rest);
         } else {
@@ -201,7 +216,9 @@ fn stacks_name_function_and_line_in_executable_and_shared_library() {
     assert_eq!(raw_groups.len(), 3, "three stacks, three groups:\n{raw}");
     for g in &raw_groups {
         assert!(
-            g.frames.iter().all(|f| f.starts_with('(') && f.contains("+0x")),
+            g.frames
+                .iter()
+                .all(|f| f.starts_with('(') && f.contains("+0x")),
             "raw frames are `0xPC  (module+0xoff)`: {g:?}"
         );
     }
@@ -219,12 +236,17 @@ fn stacks_name_function_and_line_in_executable_and_shared_library() {
     );
     let exe_c = c_dir().join("kal_stacks.c");
     let lib_c = c_dir().join("kal_stacks_lib.c");
-    let at = |f: &Path, marker: &str, file: &str| {
-        format!("{}:{}:", f.display(), line_of(file, marker))
-    };
+    let at =
+        |f: &Path, marker: &str, file: &str| format!("{}:{}:", f.display(), line_of(file, marker));
     let want = [
-        vec![format!("in exe_leak_a {}", at(&exe_c, "KAL_STACKS_EXE_A", "kal_stacks.c"))],
-        vec![format!("in exe_leak_b {}", at(&exe_c, "KAL_STACKS_EXE_B", "kal_stacks.c"))],
+        vec![format!(
+            "in exe_leak_a {}",
+            at(&exe_c, "KAL_STACKS_EXE_A", "kal_stacks.c")
+        )],
+        vec![format!(
+            "in exe_leak_b {}",
+            at(&exe_c, "KAL_STACKS_EXE_B", "kal_stacks.c")
+        )],
         vec![
             format!(
                 "in lib_leak_inner {}",
@@ -243,7 +265,10 @@ fn stacks_name_function_and_line_in_executable_and_shared_library() {
                 g.header
             );
         }
-        assert!(frames.last().unwrap().contains("kal_stacks.c:"), "{frames:?}");
+        assert!(
+            frames.last().unwrap().contains("kal_stacks.c:"),
+            "{frames:?}"
+        );
     }
     assert_eq!(
         tail.last().map(String::as_str),
@@ -269,7 +294,12 @@ fn sites_off_says_the_stack_was_not_recorded() {
 fn a_freed_chunks_stack_is_forgotten() {
     let b = gcc_build();
     // sample:2^40: only each thread's first allocation is recorded.
-    let (_, raw) = run_kal(&b.exe, &["reuse"], "mode=detect:sites=sample:1099511627776", &[]);
+    let (_, raw) = run_kal(
+        &b.exe,
+        &["reuse"],
+        "mode=detect:sites=sample:1099511627776",
+        &[],
+    );
     let (gs, _) = groups(&raw);
     let g = gs
         .iter()
@@ -308,7 +338,12 @@ fn fast_unwind_walks_frame_pointers() {
 #[test]
 fn malloc_context_size_limits_frames() {
     let b = gcc_build();
-    let (_, raw) = run_kal(&b.exe, &[], "mode=detect:sites=all:malloc_context_size=2", &[]);
+    let (_, raw) = run_kal(
+        &b.exe,
+        &[],
+        "mode=detect:sites=all:malloc_context_size=2",
+        &[],
+    );
     let (gs, _) = groups(&raw);
     for g in &gs {
         assert_eq!(g.frames.len(), 2, "{raw}");
@@ -345,7 +380,10 @@ fn suppressed_leaks_are_not_reported_and_are_counted() {
         "",
         "SUMMARY: KAL: 3024 byte(s) leaked in 4 allocation(s).",
     ];
-    assert!(tail.ends_with(&want_block.map(String::from)), "{tail:#?}\n{raw}");
+    assert!(
+        tail.ends_with(&want_block.map(String::from)),
+        "{tail:#?}\n{raw}"
+    );
     // ... and by module, with LeakSanitizer's anchors and wildcard.
     let f = suppressions_file(tmp.path(), "leak:*/libkal*.so$\n");
     let (_, raw) = run_kal(
@@ -360,8 +398,12 @@ fn suppressed_leaks_are_not_reported_and_are_counted() {
 
 #[test]
 fn default_suppressions_of_the_program_apply() {
-    let b = build(&support::cc(), "gcc-supp", &["-DKAL_STACKS_SUPPRESS", "-rdynamic"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let b = build(
+        &support::cc(),
+        "gcc-supp",
+        &["-DKAL_STACKS_SUPPRESS", "-rdynamic"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (_, raw) = run_kal(&b.exe, &[], "mode=detect:sites=all", &[]);
     assert!(!raw.contains("Direct leak of 504"), "{raw}");
     assert!(raw.contains("      1        504 libkalstk"), "{raw}");
@@ -401,12 +443,25 @@ fn bad_suppressions_give_one_line_and_kal_stays_off() {
     let tmp = TempDir::new("kal-supp-bad");
     let f = suppressions_file(tmp.path(), "leak:ok\nrace:foo\n");
     for (opts, want) in [
-        (format!("mode=detect:suppressions={}", f.display()), "line 2: expected leak:PATTERN"),
-        ("mode=detect:suppressions=/nonexistent/x".to_string(), "cannot read suppressions"),
-        ("mode=detect:sites=sometimes".to_string(), "bad value 'sometimes' for sites"),
+        (
+            format!("mode=detect:suppressions={}", f.display()),
+            "line 2: expected leak:PATTERN",
+        ),
+        (
+            "mode=detect:suppressions=/nonexistent/x".to_string(),
+            "cannot read suppressions",
+        ),
+        (
+            "mode=detect:sites=sometimes".to_string(),
+            "bad value 'sometimes' for sites",
+        ),
     ] {
         let (out, raw) = run_kal(&b.exe, &[], &opts, &[]);
-        let kal: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("KAL:")).collect();
+        let kal: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("KAL:"))
+            .collect();
         assert!(
             kal.len() == 1 && kal[0].contains(want) && kal[0].ends_with("KAL stays off"),
             "{opts}: {kal:?}"
@@ -437,7 +492,10 @@ fn lsan_report(b: &Build, lsan_options: &str) -> String {
     for v in ALLOCATOR_ENV {
         cmd.env_remove(v);
     }
-    cmd.env("LSAN_OPTIONS", format!("fast_unwind_on_malloc=0:{lsan_options}"));
+    cmd.env(
+        "LSAN_OPTIONS",
+        format!("fast_unwind_on_malloc=0:{lsan_options}"),
+    );
     let out = support::run(&mut cmd, TIMEOUT);
     assert!(out.stdout.contains("stacks: done"), "{}", out.describe());
     out.stderr.clone()
@@ -464,15 +522,31 @@ fn compare_with_lsan(kal_opts: &str, lsan_opts: &str, supp: Option<&str>) {
         None => (kal_opts.to_string(), lsan_opts.to_string()),
     };
     let theirs = lsan_report(lsan, &lsan_opts);
-    let (_, raw) = run_kal(&clang.exe, &[], &format!("mode=detect:sites=all:{kal_opts}"), &[]);
+    let (_, raw) = run_kal(
+        &clang.exe,
+        &[],
+        &format!("mode=detect:sites=all:{kal_opts}"),
+        &[],
+    );
     let ours = kal_report(&raw);
     let (tg, ttail) = groups(&theirs);
     let (og, otail) = groups(&ours);
     let heads = |g: &[Group]| g.iter().map(|g| g.header.clone()).collect::<Vec<_>>();
-    assert_eq!(heads(&og), heads(&tg), "groups\nKAL:\n{ours}\nLSan:\n{theirs}");
-    let symbolized = tg.iter().all(|g| g.frames.iter().any(|f| f.starts_with("in main ")));
+    assert_eq!(
+        heads(&og),
+        heads(&tg),
+        "groups\nKAL:\n{ours}\nLSan:\n{theirs}"
+    );
+    let symbolized = tg
+        .iter()
+        .all(|g| g.frames.iter().any(|f| f.starts_with("in main ")));
     for (o, t) in og.iter().zip(&tg) {
-        assert_eq!(o.frames.len(), t.frames.len(), "frame count of `{}`\nKAL:\n{ours}\nLSan:\n{theirs}", o.header);
+        assert_eq!(
+            o.frames.len(),
+            t.frames.len(),
+            "frame count of `{}`\nKAL:\n{ours}\nLSan:\n{theirs}",
+            o.header
+        );
         if symbolized {
             assert_eq!(
                 program_frames(o),
@@ -488,7 +562,11 @@ fn compare_with_lsan(kal_opts: &str, lsan_opts: &str, supp: Option<&str>) {
             .filter(|l| !l.is_empty())
             .collect()
     };
-    assert_eq!(norm(&otail), norm(&ttail), "tail\nKAL:\n{ours}\nLSan:\n{theirs}");
+    assert_eq!(
+        norm(&otail),
+        norm(&ttail),
+        "tail\nKAL:\n{ours}\nLSan:\n{theirs}"
+    );
     // The lines before the first group: blank, or max_leaks' header.
     let lead = |s: &str| -> Vec<String> {
         let from = s.rfind("==ERROR: ").unwrap();

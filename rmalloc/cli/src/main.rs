@@ -101,6 +101,26 @@ struct EngineArgs {
     /// Snapshot backend
     #[arg(long, value_enum, value_name = "BACKEND")]
     backend: Option<Backend>,
+    /// Allocation stacks: off, all, or sample:N (about one allocation per
+    /// N bytes). Default: off for run, all for check
+    #[arg(long, value_name = "off|all|sample:N", value_parser = parse_sites)]
+    sites: Option<String>,
+}
+
+/// `--sites`: as the library's `sites=` option.
+fn parse_sites(s: &str) -> Result<String, String> {
+    let ok = match s {
+        "off" | "all" => true,
+        _ => s
+            .strip_prefix("sample:")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| (1..=1u64 << 40).contains(&n)),
+    };
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected off, all or sample:N (N bytes, 1 to 2^40)".to_string())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +198,9 @@ impl EngineArgs {
             };
             o.push(("backend", b.to_string()));
         }
+        if let Some(sites) = &self.sites {
+            o.push(("sites", sites.clone()));
+        }
         Ok(o)
     }
 }
@@ -248,6 +271,7 @@ fn real_main() -> Result<i32, Fail> {
                 ("mode", "detect".to_string()),
                 ("leak_check_at_exit", "1".to_string()),
                 ("exitcode", a.exitcode.to_string()),
+                ("sites", "all".to_string()),
             ];
             opts.extend(a.engine.options()?);
             launch::launch(&a.command, &opts, None)

@@ -39,10 +39,6 @@ pub enum Sites {
     All,
 }
 
-/// The default `sites`: one stack per 512 KiB allocated per thread, as
-/// jemalloc's `lg_prof_sample:19`; measured overhead in the README.
-pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
-
 /// Most frames kept per stack (`malloc_context_size`).
 pub const MAX_CONTEXT: u32 = 64;
 
@@ -83,7 +79,10 @@ pub struct Options {
     pub exitcode: i32,
     /// A snapshot child still marking after this long is killed (discard).
     pub scan_timeout_ms: u64,
-    /// Allocation stacks: off, sampled or all.
+    /// Allocation stacks: off (the default: any recording sends `malloc`
+    /// and `free` through their out-of-line paths, which costs more than 1%
+    /// on allocation-bound programs whatever the rate; see the README),
+    /// sampled or all.
     pub sites: Sites,
     /// Frames kept per allocation stack (LeakSanitizer's name).
     pub malloc_context_size: u32,
@@ -119,7 +118,7 @@ impl Options {
             sched_idle: false,
             exitcode: 0,
             scan_timeout_ms: 30_000,
-            sites: Sites::Sample(DEFAULT_SAMPLE_BYTES),
+            sites: Sites::Off,
             malloc_context_size: 30,
             fast_unwind_on_malloc: false,
             suppressions: [0; LOG_PATH_MAX + 1],
@@ -397,7 +396,7 @@ mod tests {
     #[test]
     fn stack_options() {
         let o = parse(b"").unwrap();
-        assert_eq!(o.sites, Sites::Sample(DEFAULT_SAMPLE_BYTES));
+        assert_eq!(o.sites, Sites::Off);
         assert_eq!(o.malloc_context_size, 30);
         let o = parse(b"sites=all:malloc_context_size=5:fast_unwind_on_malloc=1:suppressions=/x")
             .unwrap();

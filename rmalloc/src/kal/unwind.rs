@@ -642,7 +642,7 @@ impl Prog<'_> {
                         };
                     }
                 }
-                0x06 | 0x07 | 0x08 => {
+                0x06..=0x08 => {
                     let r = c.uleb()?;
                     if let Some(i) = slot(r) {
                         row.rules[i] = match op {
