@@ -992,6 +992,47 @@ fn false_reclaim_is_reported_and_the_program_survives() {
     }
 }
 
+/// With allocation stacks recorded, a false reclaim names the allocation
+/// site (symbolized by `kal report`: the function that allocated it) and
+/// stops reclaim at that site rather than in the whole size class.
+#[test]
+fn false_reclaim_names_the_allocation_site() {
+    if against_glibc() {
+        return;
+    }
+    let out = run_roots(
+        "false_reclaim",
+        Some("mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all"),
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let stderr = &out.stderr;
+    let at = stderr
+        .find("KAL: FALSE RECLAIM")
+        .unwrap_or_else(|| panic!("no false reclaim\n{}", out.describe()));
+    let report = &stderr[at..];
+    let first = report.lines().next().unwrap_or("");
+    assert!(
+        first.ends_with("reclaim of this site is stopped"),
+        "{first}\n{}",
+        out.describe()
+    );
+    let mut lines = report.lines().skip(1);
+    assert_eq!(lines.next(), Some("allocated from:"), "{}", out.describe());
+    let frames: Vec<&str> = lines.take_while(|l| l.starts_with("    #")).collect();
+    assert!(frames.len() >= 2, "{frames:?}\n{}", out.describe());
+    let tmp = TempDir::new("kal-fr-site");
+    let f = tmp.path().join("report");
+    std::fs::write(&f, frames.join("\n") + "\n").unwrap();
+    let kal = support::workspace_root().join("target/release/kal");
+    let sym = support::run(Command::new(kal).arg("report").arg(&f), TIMEOUT);
+    assert!(
+        sym.stdout.contains(" in hide_make "),
+        "the site is kal_roots.c's hide_make:\n{}",
+        sym.stdout
+    );
+}
+
 // ---------------------------------------------------------------- bad input
 
 /// The `basic` workload's checksum on glibc, to compare against.
