@@ -24,6 +24,7 @@
 // The entry points are called from the C exports, which unit tests leave out.
 #![cfg_attr(test, allow(dead_code))]
 
+pub mod cfi;
 pub mod dissect;
 pub mod fork_backend;
 pub mod lsan;

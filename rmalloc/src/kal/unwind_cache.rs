@@ -14,8 +14,8 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 
+use super::super::cfi::Row;
 use super::super::modules::Module;
-use super::Row;
 
 const ENTRIES: usize = 1024;
 
