@@ -36,7 +36,7 @@ fn parse(line: &str) -> Option<Raw<'_>> {
     if !pc.starts_with("0x") {
         return None;
     }
-    let close = tail.rfind(')')?;
+    let close = tail.find(')')?;
     let (inner, rest) = (&tail[..close], &tail[close + 1..]);
     let plus = inner.rfind("+0x")?;
     let module = &inner[..plus];
@@ -155,7 +155,10 @@ impl Symbolizer {
             }) {
                 Some(lines) => {
                     for l in lines {
-                        let _ = writeln!(out, "{}#{next} {} {l}{}", raw.indent, raw.pc, raw.rest);
+                        // LeakSanitizer adds the build-id to module
+                        // locations only, not to file:line ones.
+                        let rest = if l.ends_with(')') { raw.rest } else { "" };
+                        let _ = writeln!(out, "{}#{next} {} {l}{rest}", raw.indent, raw.pc);
                         next += 1;
                     }
                 }
@@ -185,6 +188,11 @@ mod tests {
         assert!(parse("    #0 (allocation stack not recorded)").is_none());
         assert!(parse("Direct leak of 8 byte(s) in 1 object(s) allocated from:").is_none());
         assert!(parse("    #1 0x1 in main /x.c:3:1").is_none());
+        let r = parse("    #0 0x10  (/a/b.so+0x10) (BuildId: 0a1b)").unwrap();
+        assert_eq!(
+            (r.module, r.offset, r.rest),
+            ("/a/b.so", 0x10, " (BuildId: 0a1b)")
+        );
     }
 
     #[test]

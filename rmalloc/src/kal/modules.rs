@@ -36,6 +36,9 @@ pub struct Module {
     pub eh_frame_hdr: usize,
     /// Run-time address of its `PT_DYNAMIC` (0: none).
     pub dynamic: usize,
+    /// Its GNU build-id (`build_id_len` bytes; 0: none).
+    build_id: [u8; 20],
+    build_id_len: u8,
     name_len: u16,
     name: [u8; NAME_MAX],
 }
@@ -43,6 +46,10 @@ pub struct Module {
 impl Module {
     pub fn name(&self) -> &[u8] {
         &self.name[..self.name_len as usize]
+    }
+
+    pub fn build_id(&self) -> &[u8] {
+        &self.build_id[..self.build_id_len as usize]
     }
 
     pub fn contains(&self, pc: usize) -> bool {
@@ -90,6 +97,7 @@ struct Phdr {
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
+const PT_NOTE: u32 = 4;
 const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
 
 extern "C" {
@@ -163,6 +171,8 @@ unsafe extern "C" fn visit(info: *mut PhdrInfo, size: usize, data: *mut c_void) 
             hi: 0,
             eh_frame_hdr: 0,
             dynamic: 0,
+            build_id: [0; 20],
+            build_id_len: 0,
             name_len: 0,
             name: [0; NAME_MAX],
         };
@@ -176,6 +186,7 @@ unsafe extern "C" fn visit(info: *mut PhdrInfo, size: usize, data: *mut c_void) 
                 }
                 PT_GNU_EH_FRAME => m.eh_frame_hdr = start,
                 PT_DYNAMIC => m.dynamic = start,
+                PT_NOTE if m.build_id_len == 0 => note_build_id(&mut m, start, ph.p_memsz as usize),
                 _ => {}
             }
         }
@@ -197,6 +208,39 @@ unsafe extern "C" fn visit(info: *mut PhdrInfo, size: usize, data: *mut c_void) 
         (*f.table).mods.as_mut_ptr().add(f.count).write(m);
         f.count += 1;
         0
+    }
+}
+
+/// Find the GNU build-id note (type 3, name "GNU") in the loaded note
+/// segment `[start, start + len)` of the object.
+///
+/// # Safety
+/// The segment is mapped (a `PT_NOTE` inside a loaded `PT_LOAD`).
+unsafe fn note_build_id(m: &mut Module, start: usize, len: usize) {
+    let mut at = start;
+    let end = start + len;
+    while at + 12 <= end {
+        // SAFETY: inside the note segment (contract), 4-byte aligned.
+        let (namesz, descsz, kind) = unsafe {
+            let w = at as *const u32;
+            (*w as usize, *w.add(1) as usize, *w.add(2))
+        };
+        let name = at + 12;
+        let desc = name + ((namesz + 3) & !3);
+        let next = desc + ((descsz + 3) & !3);
+        if next > end {
+            return;
+        }
+        // SAFETY: `name` and `desc` lie inside the segment (checked above).
+        let is_gnu = namesz == 4 && unsafe { *(name as *const [u8; 4]) } == *b"GNU\0";
+        if kind == 3 && is_gnu && descsz <= 20 {
+            // SAFETY: as above.
+            let id = unsafe { core::slice::from_raw_parts(desc as *const u8, descsz) };
+            m.build_id[..descsz].copy_from_slice(id);
+            m.build_id_len = descsz as u8;
+            return;
+        }
+        at = next;
     }
 }
 

@@ -157,7 +157,7 @@ pub fn false_reclaim(mem: usize, size: usize, site: Option<u32>) {
 }
 
 /// The frames of stack `id`, LeakSanitizer-style without a symbolizer:
-/// `    #N 0xPC  (module+0xoffset)`, then a blank line.  The address shown
+/// `    #N 0xPC  (module+0xoffset) (BuildId: hex)`, then a blank line.  The address shown
 /// is the call instruction's (return address minus one), as LeakSanitizer
 /// shows it; `kal report` symbolizes these lines.
 pub fn print_stack(o: &mut impl Write, id: u32) {
@@ -167,12 +167,20 @@ pub fn print_stack(o: &mut impl Write, id: u32) {
         let pc = ra.wrapping_sub(1);
         match super::modules::find(pc) {
             Some(m) => {
-                let _ = writeln!(
+                let _ = write!(
                     o,
                     "    #{i} {pc:#x}  ({}+{:#x})",
                     core::str::from_utf8(m.name()).unwrap_or("?"),
                     pc - m.base
                 );
+                if !m.build_id().is_empty() {
+                    let _ = write!(o, " (BuildId: ");
+                    for b in m.build_id() {
+                        let _ = write!(o, "{b:02x}");
+                    }
+                    let _ = write!(o, ")");
+                }
+                let _ = writeln!(o);
             }
             None => {
                 let _ = writeln!(o, "    #{i} {pc:#x}  (<unknown module>)");
