@@ -215,11 +215,20 @@ fn stacks_name_function_and_line_in_executable_and_shared_library() {
     let (raw_groups, _) = groups(&raw);
     assert_eq!(raw_groups.len(), 3, "three stacks, three groups:\n{raw}");
     for g in &raw_groups {
+        // LeakSanitizer's unsymbolized frame: `(module+0xoff) (BuildId: hex)`.
+        let shaped = |f: &str| {
+            let Some((loc, id)) = f.split_once(") (BuildId: ") else {
+                return false;
+            };
+            loc.starts_with('(')
+                && loc.contains("+0x")
+                && id
+                    .strip_suffix(')')
+                    .is_some_and(|h| h.len() == 40 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        };
         assert!(
-            g.frames
-                .iter()
-                .all(|f| f.starts_with('(') && f.contains("+0x")),
-            "raw frames are `0xPC  (module+0xoff)`: {g:?}"
+            !g.frames.is_empty() && g.frames.iter().all(|f| shaped(f)),
+            "raw frames are `0xPC  (module+0xoff) (BuildId: hex)`: {g:?}"
         );
     }
     let sym = kal_report(&raw);
@@ -545,6 +554,15 @@ fn compare_with_lsan(kal_opts: &str, lsan_opts: &str, supp: Option<&str>) {
             o.frames.len(),
             t.frames.len(),
             "frame count of `{}`\nKAL:\n{ours}\nLSan:\n{theirs}",
+            o.header
+        );
+        // The outermost frame (`_start`, no debug information): a module
+        // location with the build-id in both.
+        let shape = |f: &str| (f.contains("+0x"), f.contains(") (BuildId: "));
+        assert_eq!(
+            shape(o.frames.last().unwrap()),
+            shape(t.frames.last().unwrap()),
+            "last frame of `{}`\nKAL:\n{ours}\nLSan:\n{theirs}",
             o.header
         );
         if symbolized {
