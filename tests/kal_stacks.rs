@@ -446,6 +446,34 @@ fn suppressed_leaks_are_never_reclaimed() {
     );
 }
 
+/// A false reclaim quarantines its site (size class and stack) only when
+/// the stack is known: a leak of the same size from another site is still
+/// reclaimed.
+#[test]
+fn false_reclaim_quarantines_the_site_only() {
+    let b = gcc_build();
+    let (out, raw) = run_kal(
+        &b.exe,
+        &["quarantine"],
+        "mode=reclaim:interval_ms=60000:confirm_scans=1:min_free_age_ms=0:probation_ms=60000:\
+         sites=all",
+        &[],
+    );
+    assert!(
+        out.stderr.contains("reclaim of this site is stopped"),
+        "the hidden block's false reclaim:\n{}\n{raw}",
+        out.describe()
+    );
+    let reclaimed_200 = raw
+        .lines()
+        .filter(|l| l.starts_with("Reclaimed 200 byte(s) in 1 object(s)"))
+        .count();
+    assert_eq!(
+        reclaimed_200, 2,
+        "site A's block, then site B's block of the same size class:\n{raw}"
+    );
+}
+
 #[test]
 fn bad_suppressions_give_one_line_and_kal_stays_off() {
     let b = gcc_build();

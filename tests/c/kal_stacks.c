@@ -11,8 +11,14 @@
  *          bytes again (the same address, from the thread cache), and leak
  *          that: under sites=sample:2^40 only the thread's first allocation
  *          is recorded, so that leak must show no stack.
+ *   quarantine: a live 200-byte block whose only pointer is XOR-hidden (site
+ *          A) is reclaimed by KAL, then freed by the program (a false
+ *          reclaim); then a 200-byte block from site B is leaked: with the
+ *          stack known, only site A is quarantined, so B's block is
+ *          reclaimed too.
  * With -DKAL_STACKS_SUPPRESS (and -rdynamic) the program suppresses its
  * library's leak through __lsan_default_suppressions. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <malloc.h>
@@ -48,6 +54,23 @@ __attribute__((noinline)) static void reuse(void) {
   memset(keep[5], 4, 88);
 }
 
+#define HIDE_KEY ((uintptr_t)0x5DEECE66DA5A5A5Aull)
+static volatile uintptr_t hidden;
+
+__attribute__((noinline)) static void site_a(void) {
+  char *p = malloc(200);
+  memset(p, 5, 200);
+  hidden = (uintptr_t)p ^ HIDE_KEY;
+}
+
+__attribute__((noinline)) static void site_b(void) {
+  keep[7] = malloc(200);
+  memset(keep[7], 6, 200);
+  keep[7] = NULL;
+}
+
+static void quarantine(void);
+
 __attribute__((noinline)) static void scrub(void) {
   volatile char buf[16384];
   for (size_t i = 0; i < sizeof buf; i++)
@@ -72,6 +95,20 @@ int main(int argc, char **argv) {
       rmalloc_kal_scan_now();
     malloc_stats(); /* KAL's block: what was reclaimed */
   }
+  if (argc > 1 && !strcmp(argv[1], "quarantine") && rmalloc_kal_scan_now)
+    quarantine();
   printf("stacks: done\n");
   return 0;
+}
+
+__attribute__((noinline)) static void quarantine(void) {
+  site_a();
+  scrub();
+  for (int i = 0; i < 4; i++)
+    rmalloc_kal_scan_now();
+  free((void *)(hidden ^ HIDE_KEY)); /* the false reclaim */
+  site_b();
+  scrub();
+  for (int i = 0; i < 4; i++)
+    rmalloc_kal_scan_now();
 }
