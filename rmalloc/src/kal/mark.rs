@@ -11,6 +11,8 @@
 //! pushed when it becomes MARKED or INDIRECT), so it is bounded by the
 //! number of chunks; FREEISH chunks are never followed.
 
+use crate::view::MemView;
+
 use super::dissect::{Heap, CAND, FREEISH, INDIRECT, MARKED, PROBATION};
 use super::mem::MVec;
 
@@ -75,72 +77,69 @@ impl Marker {
         self.consider(h, v);
     }
 
-    /// Every aligned word of [start, end) is a root.
-    ///
-    /// # Safety
-    /// The range must be readable memory that does not change meanwhile.
-    pub unsafe fn root_range(&mut self, h: &mut Heap, start: usize, end: usize) {
-        let start = (start + 7) & !7;
-        if end <= start {
-            return;
-        }
-        self.scanned += (end - start) as u64;
-        let mut p = start as *const usize;
-        let e = end as *const usize;
-        while p < e {
-            // SAFETY: `p` is aligned and inside the readable range
-            // (function contract).
-            let v = unsafe { p.read() };
+    /// Every word of `words` (memory of the engine's own, such as a copy
+    /// of a shared mapping) is a root.
+    pub fn root_words(&mut self, h: &mut Heap, words: &[usize]) {
+        self.scanned += (words.len() * 8) as u64;
+        for &v in words {
             self.consider(h, v);
-            p = p.wrapping_add(1);
         }
     }
 
-    /// Follow marked chunks until the work list is empty.
-    ///
-    /// # Safety
-    /// The chunks of `h` must be readable and frozen.
-    pub unsafe fn drain(&mut self, h: &mut Heap) {
+    /// Every aligned word of [start, end), read through `v`, is a root.
+    /// False when `v` could not read all of it.
+    pub fn root_range(
+        &mut self,
+        v: &mut impl MemView,
+        h: &mut Heap,
+        start: usize,
+        end: usize,
+    ) -> bool {
+        let start = (start + 7) & !7;
+        let end = end & !7;
+        if end <= start {
+            return true;
+        }
+        v.words(start, end, &mut |w| self.root_words(h, w))
+    }
+
+    /// Follow marked chunks until the work list is empty.  False when a
+    /// chunk could not be read.
+    pub fn drain(&mut self, v: &mut impl MemView, h: &mut Heap) -> bool {
         while let Some(i) = self.work.pop() {
             let (s, e) = h.user_area(i as usize);
-            // SAFETY: in-use chunk memory of a frozen heap (contract).
-            unsafe { self.root_range(h, s, e) };
+            if !self.root_range(v, h, s, e) {
+                return false;
+            }
         }
+        true
     }
 
     /// Among unmarked candidates, flag those referenced by another unmarked
-    /// candidate as INDIRECT.
-    ///
-    /// # Safety
-    /// As [`Marker::drain`].
-    pub unsafe fn classify(&mut self, h: &mut Heap) {
+    /// candidate as INDIRECT.  False when a chunk could not be read.
+    pub fn classify(&mut self, v: &mut impl MemView, h: &mut Heap) -> bool {
         let n = h.chunks.len();
         for i in 0..n {
             if h.flags.as_slice()[i] & (CAND | MARKED) != CAND {
                 continue;
             }
-            let (s, e) = h.user_area(i);
-            // SAFETY: frozen chunk memory (contract).
-            unsafe { self.follow_unreached(h, i, s, e) };
-            while let Some(j) = self.work.pop() {
-                let (s, e) = h.user_area(j as usize);
-                // SAFETY: as above.
-                unsafe { self.follow_unreached(h, j as usize, s, e) };
+            let mut next = Some(i);
+            while let Some(from) = next {
+                let (s, e) = h.user_area(from);
+                let (s, e) = ((s + 7) & !7, e & !7);
+                if e > s && !v.words(s, e, &mut |w| self.follow_unreached(h, from, w)) {
+                    return false;
+                }
+                next = self.work.pop().map(|j| j as usize);
             }
         }
+        true
     }
 
-    /// Flag the unmarked candidates that the words of `[start, end)` (chunk
-    /// `from`'s user area) point to as indirect leaks.
-    ///
-    /// # Safety
-    /// `[start, end)` must be readable, frozen memory.
-    unsafe fn follow_unreached(&mut self, h: &mut Heap, from: usize, start: usize, end: usize) {
-        let mut p = start as *const usize;
-        while (p as usize) + 8 <= end {
-            // SAFETY: aligned word inside a frozen chunk (caller's contract).
-            let v = unsafe { p.read() };
-            p = p.wrapping_add(1);
+    /// Flag the unmarked candidates that `words` (from chunk `from`'s user
+    /// area) point to as indirect leaks.
+    fn follow_unreached(&mut self, h: &mut Heap, from: usize, words: &[usize]) {
+        for &v in words {
             if v < self.lo || v > self.hi {
                 continue;
             }
