@@ -116,6 +116,7 @@ pub fn run<V: MemView>(
     // The main arena's own state (top, bins, last remainder) points at
     // chunk boundaries, which would keep the chunk below each alive.
     ok &= s.excluded.push(mem::internal_table());
+    ok &= s.excluded.push(super::scanner::engine_range());
     let ma = crate::arena::main_arena() as usize;
     ok &= s
         .excluded

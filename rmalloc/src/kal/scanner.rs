@@ -90,6 +90,13 @@ pub static ENGINE: EngineCell = EngineCell(UnsafeCell::new(Engine {
     warned_handler: false,
 }));
 
+/// Where the engine's state lives (in the library's data): never a root,
+/// since it holds addresses of chunks it tracks and of image blocks.
+pub fn engine_range() -> (usize, usize) {
+    let p = ENGINE.0.get() as usize;
+    (p, p + core::mem::size_of::<Engine>())
+}
+
 /// # Safety
 /// Only the scanner thread, or start-up/fork code before the scanner runs.
 pub unsafe fn engine() -> &'static mut Engine {
