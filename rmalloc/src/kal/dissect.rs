@@ -89,9 +89,14 @@ impl Heap {
             return None;
         }
         let c = self.chunks.as_slice();
-        let first = self.pages.as_slice()[g.base + ((addr - g.lo) >> PAGE_SHIFT)] as usize;
-        // At most a page's worth of chunks can start in this page.
-        let last = c.len().min(first + PAGE / chunk::MINSIZE + 2);
+        let pages = self.pages.as_slice();
+        let pg = g.base + ((addr - g.lo) >> PAGE_SHIFT);
+        let first = pages[pg] as usize;
+        // Chunks from the one after the next page's entry on start beyond
+        // the next page's start, hence beyond `addr`.  (And at most a
+        // page's worth of chunks can start in this page.)
+        let next = pages.get(pg + 1).map_or(c.len(), |&n| n as usize + 2);
+        let last = c.len().min(first + PAGE / chunk::MINSIZE + 2).min(next.max(first));
         let k = c[first..last].partition_point(|&(p, _)| p + HDR <= addr);
         if k == 0 {
             return None;
