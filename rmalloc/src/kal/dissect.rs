@@ -96,7 +96,10 @@ impl Heap {
         // the next page's start, hence beyond `addr`.  (And at most a
         // page's worth of chunks can start in this page.)
         let next = pages.get(pg + 1).map_or(c.len(), |&n| n as usize + 2);
-        let last = c.len().min(first + PAGE / chunk::MINSIZE + 2).min(next.max(first));
+        let last = c
+            .len()
+            .min(first + PAGE / chunk::MINSIZE + 2)
+            .min(next.max(first));
         let k = c[first..last].partition_point(|&(p, _)| p + HDR <= addr);
         if k == 0 {
             return None;
@@ -114,7 +117,7 @@ impl Heap {
     }
 
     /// Build the segment and page index over the sorted chunk table.
-    fn index(&mut self) -> bool {
+    pub(super) fn index(&mut self) -> bool {
         self.segs.clear();
         self.pages.clear();
         let n = self.chunks.len();
