@@ -272,12 +272,12 @@ mod tests {
             // area or one past its end.
             let mut mem = HashMap::new();
             let mut edges = vec![Vec::new(); n];
-            for i in 0..n {
+            for (i, out) in edges.iter_mut().enumerate() {
                 for k in 0..rnd(3) {
                     let j = rnd(n);
                     let target = base + j * 64 + 16 + 8 * rnd(7);
                     mem.insert(base + i * 64 + 16 + 8 * k, target);
-                    edges[i].push(j);
+                    out.push(j);
                 }
             }
             let roots: Vec<usize> = (0..1 + rnd(3)).map(|_| rnd(n)).collect();
