@@ -470,3 +470,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// `cargo test --release -p rmalloc find_speed -- --ignored --nocapture`:
+    /// CPU time per lookup on a 64 MiB-like table (no assertion on time).
+    #[test]
+    #[ignore]
+    fn find_speed() {
+        let mut h = Heap::new();
+        let mut x = 99usize;
+        let mut rnd = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 20
+        };
+        let mut p = 0x5555_0000_0000usize;
+        for _ in 0..360_000 {
+            let size = 32 + (rnd() % 64) * 16;
+            h.chunks.push((p, size));
+            h.flags.push(CAND);
+            p += size;
+        }
+        assert!(h.index());
+        let span = p - 0x5555_0000_0000;
+        let addrs: Vec<usize> = (0..4_000_000)
+            .map(|_| 0x5555_0000_0000 + (rnd() % span) & !7)
+            .collect();
+        let t0 = rmalloc_sys::task::thread_cpu_ns();
+        let mut found = 0usize;
+        for &a in &addrs {
+            found += h.find(a).is_some() as usize;
+        }
+        let ns = rmalloc_sys::task::thread_cpu_ns() - t0;
+        println!(
+            "find: {:.1} ns per lookup ({found} found)",
+            ns as f64 / addrs.len() as f64
+        );
+    }
+}
