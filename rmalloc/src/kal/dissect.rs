@@ -498,7 +498,7 @@ mod bench {
         assert!(h.index());
         let span = p - 0x5555_0000_0000;
         let addrs: Vec<usize> = (0..4_000_000)
-            .map(|_| 0x5555_0000_0000 + (rnd() % span) & !7)
+            .map(|_| (0x5555_0000_0000 + (rnd() % span)) & !7)
             .collect();
         let t0 = rmalloc_sys::task::thread_cpu_ns();
         let mut found = 0usize;
