@@ -16,6 +16,7 @@ use crate::fmt::FixedBuf;
 use crate::options::PARAMS;
 use crate::tcache::{self, Entry, Tcache, TCACHE_MAX_BINS};
 use crate::tls;
+use crate::view::Live;
 use crate::walk::{walk_arena, Kind};
 
 pub(crate) type Problem = FixedBuf<160>;
@@ -147,10 +148,13 @@ pub(crate) unsafe fn check_arena(av: *mut Arena) -> Result<(), Problem> {
         let mut prev_free_end = 0usize;
         let mut problem: Option<Problem> = None;
         let flag = (*av).chunk_flag();
-        let walked = walk_arena(av, &mut |p, size, kind| {
+        // SAFETY: the arena lock is held (function contract), so its
+        // chunks are mapped and stable while the walk reads them.
+        let walked = walk_arena(&mut Live::new(), av, &mut |p, size, kind| {
             if problem.is_some() {
                 return;
             }
+            let p = p as ChunkPtr;
             let mut b = Problem::new();
             if !chunk::aligned_ok(p as usize) {
                 let _ = write!(b, "chunk {:p} misaligned", p);

@@ -163,18 +163,21 @@ unsafe fn delete_heap(h: *mut HeapInfo) {
 /// changing it; `new_heap` only needs the lazily initialised parameters.
 pub(crate) unsafe fn first_chunk(h: *mut HeapInfo) -> ChunkPtr {
     // SAFETY: the caller upholds the contract under `# Safety`.
-    unsafe {
-        let a = (*h).ar_ptr;
-        let mut p = (h as *mut u8).add(core::mem::size_of::<HeapInfo>());
-        if p as *mut Arena == a {
-            p = p.add(core::mem::size_of::<Arena>());
-            let mis = (chunk::chunk2mem(p as ChunkPtr) as usize) & chunk::ALIGN_MASK;
-            if mis > 0 {
-                p = p.add(chunk::ALIGN - mis);
-            }
+    first_chunk_of(h as usize, unsafe { (*h).ar_ptr } as usize) as ChunkPtr
+}
+
+/// [`first_chunk`] of the heap at `h` whose header names arena `ar_ptr`:
+/// address arithmetic only, for walks that read the heap through a view.
+pub(crate) fn first_chunk_of(h: usize, ar_ptr: usize) -> usize {
+    let mut p = h + core::mem::size_of::<HeapInfo>();
+    if p == ar_ptr {
+        p += core::mem::size_of::<Arena>();
+        let mis = (p + chunk::HDR) & chunk::ALIGN_MASK;
+        if mis > 0 {
+            p += chunk::ALIGN - mis;
         }
-        p as ChunkPtr
     }
+    p
 }
 
 /// Trim the arena's newest heap(s): delete heaps that are entirely free top

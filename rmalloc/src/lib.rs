@@ -53,6 +53,7 @@ mod thread;
 mod tls;
 mod top;
 mod tunables;
+mod view;
 mod walk;
 
 #[cfg(test)]

@@ -4,14 +4,16 @@
 //! a non-main arena's is its chain of heaps.  Within a region, chunks follow
 //! each other by size until the arena's top chunk or a fencepost (a chunk
 //! smaller than `MINSIZE`, which ends a region that was left behind).
-//! Caller holds the arena lock, so the tags are stable.
+//! Everything is read through a [`MemView`]: in place (the caller holds the
+//! arena lock, so the tags are stable) or out of a snapshot image.
 
-use core::sync::atomic::Ordering;
+use core::mem::{offset_of, size_of};
 
-use crate::arena::Arena;
-use crate::chunk::{self, ChunkPtr, MINSIZE};
-use crate::heap;
+use crate::arena::{self, Arena};
+use crate::chunk::{self, Chunk, MINSIZE, PREV_INUSE, SIZE_BITS};
+use crate::heap::{self, HeapInfo};
 use crate::top::{MAX_REGIONS, NREGIONS, REGIONS};
+use crate::view::MemView;
 
 /// What the walker reports for each chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,81 +24,82 @@ pub(crate) enum Kind {
     Top,
 }
 
-/// A region could not be walked: the chunk at `at` has an impossible size.
+/// A region could not be walked: the chunk at `at` has an impossible size,
+/// or the view could not read it.
 #[derive(Debug)]
 pub(crate) struct Broken {
     pub at: usize,
     pub why: &'static str,
 }
 
-/// Call `f(chunk, size, kind)` for every chunk of `av`.  Regions whose start
-/// could not be recorded (more than `MAX_REGIONS`) are skipped; the return
-/// value says whether the walk was complete.
-///
-/// # Safety
-/// `av` is an initialised arena whose lock the caller holds; the heap is
-/// only read.
-pub(crate) unsafe fn walk_arena(
+fn read(v: &mut impl MemView, addr: usize) -> Result<usize, Broken> {
+    v.word(addr).ok_or(Broken {
+        at: addr,
+        why: "memory the view cannot read",
+    })
+}
+
+/// Call `f(chunk, size, kind)` for every chunk of `av`, reading through
+/// `v`.  Regions whose start could not be recorded (more than
+/// `MAX_REGIONS`) are skipped; the return value says whether the walk was
+/// complete.
+pub(crate) fn walk_arena(
+    v: &mut impl MemView,
     av: *mut Arena,
-    f: &mut dyn FnMut(ChunkPtr, usize, Kind),
+    f: &mut dyn FnMut(usize, usize, Kind),
 ) -> Result<bool, Broken> {
-    // SAFETY: the caller upholds the contract under `# Safety`.
-    unsafe {
-        let top = (*av).top;
-        if (*av).is_main() {
-            let n = NREGIONS.load(Ordering::Acquire);
-            for r in REGIONS.iter().take(n.min(MAX_REGIONS)) {
-                walk_region(r.load(Ordering::Relaxed) as ChunkPtr, usize::MAX, top, f)?;
-            }
-            Ok(n <= MAX_REGIONS)
-        } else {
-            let mut h = heap::heap_for_ptr(top as usize);
-            while !h.is_null() {
-                let end = h as usize + (*h).size;
-                walk_region(heap::first_chunk(h), end, top, f)?;
-                h = (*h).prev;
-            }
-            Ok(true)
+    let top = read(v, av as usize + offset_of!(Arena, top))?;
+    if av == arena::main_arena() {
+        let n = read(v, &NREGIONS as *const _ as usize)?;
+        for i in 0..n.min(MAX_REGIONS) {
+            let r = read(v, REGIONS.as_ptr() as usize + i * size_of::<usize>())?;
+            walk_region(v, r, usize::MAX, top, f)?;
         }
+        Ok(n <= MAX_REGIONS)
+    } else {
+        let mut h = heap::heap_for_ptr(top) as usize;
+        while h != 0 {
+            let end = h.wrapping_add(read(v, h + offset_of!(HeapInfo, size))?);
+            let ar_ptr = read(v, h + offset_of!(HeapInfo, ar_ptr))?;
+            walk_region(v, heap::first_chunk_of(h, ar_ptr), end, top, f)?;
+            h = read(v, h + offset_of!(HeapInfo, prev))?;
+        }
+        Ok(true)
     }
 }
 
-/// # Safety
-/// `av` is an initialised arena whose lock the caller holds; the heap is
-/// only read.
-unsafe fn walk_region(
-    mut p: ChunkPtr,
+fn walk_region(
+    v: &mut impl MemView,
+    mut p: usize,
     end: usize,
-    top: ChunkPtr,
-    f: &mut dyn FnMut(ChunkPtr, usize, Kind),
+    top: usize,
+    f: &mut dyn FnMut(usize, usize, Kind),
 ) -> Result<(), Broken> {
-    // SAFETY: the caller upholds the contract under `# Safety`.
-    unsafe {
-        loop {
-            if p == top {
-                f(p, chunk::size(p), Kind::Top);
-                return Ok(());
-            }
-            let size = chunk::size(p);
-            if size < MINSIZE {
-                // Fencepost: the region ends here.
-                return Ok(());
-            }
-            if !chunk::aligned_ok(size) || (p as usize).checked_add(size).is_none_or(|e| e > end) {
-                return Err(Broken {
-                    at: p as usize,
-                    why: "chunk size runs past its region",
-                });
-            }
-            let next = chunk::at_offset(p, size);
-            let kind = if chunk::prev_inuse(next) {
-                Kind::InUse
-            } else {
-                Kind::Free
-            };
-            f(p, size, kind);
-            p = next;
+    let size_at = |p: usize| p + offset_of!(Chunk, size);
+    loop {
+        let size = read(v, size_at(p))? & !SIZE_BITS;
+        if p == top {
+            f(p, size, Kind::Top);
+            return Ok(());
         }
+        if size < MINSIZE {
+            // Fencepost: the region ends here.
+            return Ok(());
+        }
+        if !chunk::aligned_ok(size) || p.checked_add(size).is_none_or(|e| e > end) {
+            return Err(Broken {
+                at: p,
+                why: "chunk size runs past its region",
+            });
+        }
+        let next = p + size;
+        let kind = if read(v, size_at(next))? & PREV_INUSE != 0 {
+            Kind::InUse
+        } else {
+            Kind::Free
+        };
+        f(p, size, kind);
+        p = next;
     }
 }
 
@@ -104,6 +107,7 @@ unsafe fn walk_region(
 mod tests {
     use super::*;
     use crate::api;
+    use crate::view::Live;
 
     #[test]
     fn walk_finds_every_live_block_of_a_thread_arena() {
@@ -117,8 +121,8 @@ mod tests {
                 (*a).mutex.lock();
                 let mut seen = Vec::new();
                 let mut tops = 0;
-                let complete = walk_arena(a, &mut |p, _size, kind| match kind {
-                    Kind::InUse => seen.push(chunk::chunk2mem(p)),
+                let complete = walk_arena(&mut Live::new(), a, &mut |p, _size, kind| match kind {
+                    Kind::InUse => seen.push(chunk::chunk2mem(p as chunk::ChunkPtr)),
                     Kind::Top => tops += 1,
                     Kind::Free => {}
                 })

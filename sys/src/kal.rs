@@ -167,6 +167,22 @@ pub fn kal_snapshot(ranges: &[KalRange], flags: u32) -> SysResult<i32> {
         .map_err(|e| e.into_raw())
 }
 
+/// `pread` of an image descriptor `fd` (see [`Image::read_at`]), for a
+/// reader that holds the descriptor without owning it.
+pub fn read_image(fd: i32, off: u64, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is a valid writable slice for its length.
+    unsafe {
+        syscall!(
+            Sysno::pread64,
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            off as usize
+        )
+    }
+    .map_err(|e| e.into_raw())
+}
+
 /// An image, closed on drop.
 #[derive(Debug)]
 pub struct Image {
@@ -188,17 +204,7 @@ impl Image {
     /// [`KAL_META_OFFSET`] and above).  Short at the end of a captured range;
     /// `Err(ENXIO)` outside the captured ranges.
     pub fn read_at(&self, off: u64, buf: &mut [u8]) -> SysResult<usize> {
-        // SAFETY: `buf` is a valid writable slice for its length.
-        unsafe {
-            syscall!(
-                Sysno::pread64,
-                self.fd as usize,
-                buf.as_mut_ptr() as usize,
-                buf.len(),
-                off as usize
-            )
-        }
-        .map_err(|e| e.into_raw())
+        read_image(self.fd, off, buf)
     }
 
     /// Read one `T` (a plain `#[repr(C)]` uapi struct) at `off`.

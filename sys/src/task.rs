@@ -403,8 +403,9 @@ unsafe fn spawn_raw_ctid(
 
 /// Copy `len` bytes at `src` in this process into `dst`, without a fault
 /// signal for memory that cannot be read (a file mapping past its end):
-/// `process_vm_readv` on ourselves reports that as an error instead.
-/// Returns the number of bytes copied.
+/// `process_vm_readv` on ourselves reports that as an error instead.  On a
+/// kernel built without it (`CONFIG_CROSS_MEMORY_ATTACH`), `/proc/self/mem`
+/// does the same.  Returns the number of bytes copied.
 ///
 /// # Safety
 /// `dst` must be writable for `len` bytes.
@@ -412,7 +413,7 @@ pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<
     let local = [dst as usize, len];
     let remote = [src, len];
     // SAFETY: two single-element iovec arrays; the kernel checks `src`.
-    map(unsafe {
+    let r = map(unsafe {
         syscall!(
             Sysno::process_vm_readv,
             crate::getpid() as usize,
@@ -422,8 +423,37 @@ pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<
             1usize,
             0usize
         )
-    })
+    });
+    if r != Err(ENOSYS) {
+        return r;
+    }
+    let fd = crate::open_rdonly(c"/proc/self/mem")?;
+    let mut done = 0;
+    while done < len {
+        // SAFETY: `dst + done` is writable for `len - done` bytes (contract).
+        let n = map(unsafe {
+            syscall!(
+                Sysno::pread64,
+                fd as usize,
+                dst as usize + done,
+                len - done,
+                src + done
+            )
+        });
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) => {
+                crate::close(fd);
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+        }
+    }
+    crate::close(fd);
+    Ok(done)
 }
+
+const ENOSYS: i32 = 38;
 
 /// Create `path` (which must not exist) for reading and writing, mode 0600.
 pub fn create_rw(path: &core::ffi::CStr) -> SysResult<i32> {

@@ -319,6 +319,25 @@ impl AddrMap {
         Some(v)
     }
 
+    /// Make this map a copy of `other` (one block copy); false when memory
+    /// is refused (and this map is then empty).
+    pub fn copy_from(&mut self, other: &AddrMap) -> bool {
+        self.slots.clear();
+        let src = other.slots.as_slice();
+        if !self.slots.reserve(src.len()) {
+            self.used = 0;
+            self.live = 0;
+            return false;
+        }
+        // SAFETY: `reserve` made room for `src.len()` elements; the two
+        // maps' storage are different mappings.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.slots.tail_ptr(), src.len()) };
+        self.slots.grow_len(src.len());
+        self.used = other.used;
+        self.live = other.live;
+        true
+    }
+
     pub fn for_each(&self, mut f: impl FnMut(usize, usize)) {
         for &(k, v) in self.slots.as_slice() {
             if k > GONE {

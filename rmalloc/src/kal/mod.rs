@@ -2,10 +2,11 @@
 //! it for longer than a snapshot takes.
 //!
 //! A scanner thread ([`scanner`]) takes a snapshot of the process at one
-//! instant ([`snapshot`]; the [`fork_backend`] stops the threads with
-//! [`stop`] and scans a copy-on-write child), dissects the heap in it
-//! ([`dissect`]), marks conservatively from every root ([`roots`], [`mark`],
-//! [`scan`]), and reports ([`report`]) or, in reclaim mode, queues for
+//! instant ([`instant`]: the threads are stopped with [`ptrace`] or
+//! [`stop`]; the [`fork_backend`] scans a copy-on-write child, the
+//! [`kernel_backend`] a `kal_snapshot` image read through [`image`]),
+//! dissects the heap in it ([`dissect`]), marks conservatively from every
+//! root ([`roots`], [`mark`], [`scan`]), and reports ([`report`]) or, in reclaim mode, queues for
 //! reclaim ([`reclaim`]) what stayed unreachable in `confirm_scans`
 //! consecutive snapshots.  Program threads free queued chunks at arena
 //! boundaries, through probation.  Settings: [`options`]; counters:
@@ -27,6 +28,9 @@
 pub mod cfi;
 pub mod dissect;
 pub mod fork_backend;
+pub mod image;
+pub mod instant;
+pub mod kernel_backend;
 pub mod lsan;
 pub mod mark;
 pub mod mem;
@@ -60,6 +64,15 @@ static MODE: AtomicU8 = AtomicU8::new(Mode::Off as u8);
 static BACKEND: AtomicU8 = AtomicU8::new(0);
 /// A forked child must start its own scanner (lazily, from `on_arena`).
 static RESTART: AtomicBool = AtomicBool::new(false);
+
+/// The snapshot backend chosen when KAL was enabled.
+pub fn backend() -> snapshot::Kind {
+    if BACKEND.load(Ordering::Relaxed) == snapshot::Kind::Kernel as u8 {
+        snapshot::Kind::Kernel
+    } else {
+        snapshot::Kind::Fork
+    }
+}
 
 pub fn mode() -> Mode {
     match MODE.load(Ordering::Relaxed) {

@@ -21,7 +21,9 @@ use rmalloc_sys as sys;
 use sys::task;
 
 use super::dissect::{INDIRECT, TENTATIVE};
-use super::fork_backend::{self, Frozen};
+use super::fork_backend;
+use super::instant::Frozen;
+use super::kernel_backend::{self, KernelState};
 use super::mem::{self, AddrMap, MVec};
 use super::options::{Mode, Options};
 use super::reclaim;
@@ -60,6 +62,7 @@ pub struct Engine {
     tentative: AddrMap,
     shared_copy: MVec<u8>,
     shared_index: MVec<(usize, usize, usize)>,
+    kernel: KernelState,
     warned_handler: bool,
 }
 
@@ -83,8 +86,16 @@ pub static ENGINE: EngineCell = EngineCell(UnsafeCell::new(Engine {
     tentative: AddrMap::new(),
     shared_copy: MVec::new(),
     shared_index: MVec::new(),
+    kernel: KernelState::new(),
     warned_handler: false,
 }));
+
+/// Where the engine's state lives (in the library's data): never a root,
+/// since it holds addresses of chunks it tracks and of image blocks.
+pub fn engine_range() -> (usize, usize) {
+    let p = ENGINE.0.get() as usize;
+    (p, p + core::mem::size_of::<Engine>())
+}
 
 /// # Safety
 /// Only the scanner thread, or start-up/fork code before the scanner runs.
@@ -265,7 +276,11 @@ fn one_scan(e: &mut Engine, last: bool) -> i32 {
             shared_copy: &mut e.shared_copy,
             shared_index: &mut e.shared_index,
         };
-        fork_backend::take(&mut f, &mut incomplete)
+        if super::backend() == super::snapshot::Kind::Kernel {
+            kernel_backend::take(&mut f, &mut e.kernel, &mut incomplete)
+        } else {
+            fork_backend::take(&mut f, &mut incomplete)
+        }
     };
     e.due.clear();
     if let Err(d) = r {

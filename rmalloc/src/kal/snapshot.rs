@@ -4,8 +4,8 @@
 //! A backend freezes the process at one instant (threads stopped, their
 //! registers recorded), lets the threads go, and runs [`super::scan`] over
 //! the frozen image.  `fork` (any kernel) does it in a copy-on-write child;
-//! `kernel` is the `kal_snapshot` system call of the patched kernel, which
-//! this build probes for but does not drive yet (see the README).
+//! `kernel` takes a `kal_snapshot` image on the patched kernel and scans it
+//! from a task that shares the address space.
 //!
 //! The result area is a shared mapping, so the snapshot child can fill it
 //! and the parent read it: a header and an array of unreachable chunks.
@@ -191,18 +191,34 @@ impl Results {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Fork = 1,
+    Kernel = 2,
+}
+
+/// The `kal_snapshot` ABI the kernel backend speaks.
+const KERNEL_ABI: u32 = 1;
+
+fn kernel_available() -> bool {
+    sys::kal::probe() == Some(KERNEL_ABI)
 }
 
 /// Pick a backend for `wanted`; Err(message) when it cannot run here.
+/// `auto` takes the kernel's snapshot where the kernel has one.
 pub fn choose(wanted: super::options::Backend) -> Result<Kind, &'static str> {
     use super::options::Backend;
     match wanted {
-        Backend::Auto | Backend::Fork => Ok(Kind::Fork),
+        Backend::Fork => Ok(Kind::Fork),
+        Backend::Auto => Ok(if kernel_available() {
+            Kind::Kernel
+        } else {
+            Kind::Fork
+        }),
         Backend::Kernel => {
-            if sys::kal::probe().is_some() {
+            if kernel_available() {
+                Ok(Kind::Kernel)
+            } else if sys::kal::probe().is_some() {
                 Err(
-                    "KAL: backend=kernel: this kernel has kal_snapshot, but this build of the \
-                     engine does not drive it yet (use backend=fork or auto); KAL stays off",
+                    "KAL: backend=kernel: this kernel's kal_snapshot speaks another ABI version \
+                     than this library (use backend=fork or auto); KAL stays off",
                 )
             } else {
                 Err(
