@@ -145,8 +145,18 @@ fn kal_report(text: &str) -> String {
         kal.is_file(),
         "build target/release/kal (cargo build --release -p kal)"
     );
-    let out = support::run(Command::new(kal).arg("report").arg(&f), TIMEOUT);
+    let out = support::run(Command::new(&kal).arg("report").arg(&f), TIMEOUT);
     out.assert_success();
+    // The same from standard input (`kal check ... 2>&1 | kal report -`).
+    let piped = support::run_with_input(
+        Command::new(&kal).args(["report", "-"]),
+        Some(text.as_bytes()),
+        TIMEOUT,
+    );
+    assert_eq!(
+        piped.stdout, out.stdout,
+        "kal report - reads standard input"
+    );
     out.stdout.clone()
 }
 

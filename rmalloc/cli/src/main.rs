@@ -163,7 +163,7 @@ struct StatArgs {
 
 #[derive(Args, Debug)]
 struct ReportArgs {
-    /// Report files (log_path.<pid>) to print
+    /// Report files (log_path.<pid>) to print; - reads standard input
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
 }
@@ -286,7 +286,13 @@ fn report(files: &[PathBuf]) -> Result<i32, Fail> {
     let mut status = 0;
     let mut sym = symbolize::Symbolizer::default();
     for (i, f) in files.iter().enumerate() {
-        match std::fs::read(f) {
+        let read = if f.as_os_str() == "-" {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
+        } else {
+            std::fs::read(f)
+        };
+        match read {
             Ok(bytes) => {
                 if files.len() > 1 {
                     out(&format!(
