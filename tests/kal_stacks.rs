@@ -296,6 +296,28 @@ fn stacks_name_function_and_line_in_executable_and_shared_library() {
     );
 }
 
+/// `kal check` records every stack by default; `--sites off` turns it off.
+#[test]
+fn kal_check_records_stacks() {
+    let b = gcc_build();
+    let kal = support::workspace_root().join("target/release/kal");
+    for (args, stacks) in [(&[][..], true), (&["--sites", "off"][..], false)] {
+        let mut cmd = Command::new(&kal);
+        cmd.arg("check").args(args).arg("--").arg(&b.exe);
+        for v in ALLOCATOR_ENV {
+            cmd.env_remove(v);
+        }
+        let out = support::run(&mut cmd, TIMEOUT);
+        assert_eq!(out.code(), Some(23), "{}", out.describe());
+        let (gs, _) = groups(&out.stderr);
+        assert_eq!(gs.len(), 3, "{}", out.describe());
+        for g in &gs {
+            let recorded = g.frames.iter().all(|f| f.contains("+0x"));
+            assert_eq!(recorded, stacks, "{args:?}: {g:?}");
+        }
+    }
+}
+
 #[test]
 fn sites_off_says_the_stack_was_not_recorded() {
     let b = gcc_build();
