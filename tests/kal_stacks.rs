@@ -16,6 +16,14 @@
 //! - Suppressions (`suppressions=FILE`, `__lsan_default_suppressions`) by
 //!   function and by module: the leak is neither reported nor reclaimed,
 //!   and counted.
+//! - A false reclaim quarantines its site only; `kal check` records all
+//!   stacks unless `--sites off`; `kal report -` reads standard input.
+//!
+//! Each test was checked to fail with the code it guards broken (the
+//! removal on free, the DWARF step, the frame-pointer walk, the context
+//! limit, `max_leaks`' lines, the build-id, suppression counting, dynamic
+//! symbol lookup, suppression at reclaim, per-site quarantine, `kal
+//! check`'s default).
 
 use rmalloc_integration::{self as support, c_dir, Output, TempDir, ALLOCATOR_ENV};
 use std::path::{Path, PathBuf};
