@@ -427,6 +427,17 @@ pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<
     if r != Err(ENOSYS) {
         return r;
     }
+    // SAFETY: forwarded contract.
+    unsafe { read_self_mem(dst, src, len) }
+}
+
+/// Copy `len` bytes at `src` in this process into `dst` through
+/// `/proc/self/mem`, which reads what `ptrace` would: also memory mapped
+/// without read permission.  Returns the number of bytes copied.
+///
+/// # Safety
+/// `dst` must be writable for `len` bytes.
+pub unsafe fn read_self_mem(dst: *mut u8, src: usize, len: usize) -> SysResult<usize> {
     let fd = crate::open_rdonly(c"/proc/self/mem")?;
     let mut done = 0;
     while done < len {

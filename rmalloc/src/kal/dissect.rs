@@ -288,6 +288,15 @@ pub fn dissect<V: MemView>(
         return Err(DissectError::NoMemory);
     }
     sort_by_address(h);
+    // The lookup index assumes disjoint chunks; overlapping ones mean the
+    // image is not a heap at rest.
+    if h.chunks
+        .as_slice()
+        .windows(2)
+        .any(|w| w[0].0 + w[0].1 > w[1].0)
+    {
+        return Err(DissectError::Inconsistent);
+    }
     if !h.index() {
         return Err(DissectError::NoMemory);
     }

@@ -19,7 +19,8 @@ use super::snapshot::Discard;
 
 /// Take one snapshot with `fork` and scan it (see [`instant::take`]).
 pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> {
-    instant::take(f, incomplete_roots, |f, shared_ok| {
+    let kill_after = f.opts.scan_timeout_ms * 1_000_000;
+    let r = instant::take(f, incomplete_roots, kill_after, |f, shared_ok| {
         // SAFETY: the child only scans (raw system calls, memory it maps
         // itself, the shared result area) and ends with exit_now.
         match unsafe { task::fork_raw() } {
@@ -36,6 +37,15 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
             }
             Ok(pid) => Ok(pid),
             Err(_) => Err(Discard::Resources),
+        }
+    });
+    // The deadline is enforced by killing the child, whose memory is its
+    // own: a kill here is the ordinary "too slow".
+    r.map_err(|d| {
+        if d == Discard::Killed {
+            Discard::Slow
+        } else {
+            d
         }
     })
 }

@@ -8,6 +8,9 @@
 //! page outside them, or a read the kernel refuses, makes the view answer
 //! "cannot read", and the scan that asked proves nothing.
 //!
+//! A view given a deadline fails every block read after it (and says so),
+//! so a scan that cannot finish in time stops by itself.
+//!
 //! Invariant: a cache slot's tag is the block's address (plus one, so that
 //! 0 means empty) and its page mask says which of the block's pages hold
 //! the image's bytes; a block is filled completely (every captured page of
@@ -55,6 +58,10 @@ pub struct ImageView<'a> {
     cache: &'a mut BlockCache,
     /// Bytes read from the image.
     pub read_bytes: u64,
+    /// `now_ns` after which every read fails (0: none).
+    deadline: u64,
+    /// A read failed because the deadline had passed.
+    pub late: bool,
 }
 
 impl<'a> ImageView<'a> {
@@ -64,6 +71,7 @@ impl<'a> ImageView<'a> {
         fd: i32,
         ranges: &'a [(usize, usize)],
         cache: &'a mut BlockCache,
+        deadline: u64,
     ) -> Option<ImageView<'a>> {
         let short = CACHE_BYTES.saturating_sub(cache.data.len());
         if short > 0 && !(cache.data.reserve(short) && cache.data.grow_len(short)) {
@@ -76,6 +84,8 @@ impl<'a> ImageView<'a> {
             ranges,
             cache,
             read_bytes: 0,
+            deadline,
+            late: false,
         })
     }
 
@@ -84,6 +94,10 @@ impl<'a> ImageView<'a> {
         let slot = (base / BLOCK) % NBLOCKS;
         if self.cache.tags[slot] == base + 1 {
             return Some(slot);
+        }
+        if self.deadline != 0 && sys::task::now_ns() > self.deadline {
+            self.late = true;
+            return None;
         }
         self.cache.tags[slot] = 0;
         let mut mask = 0u16;
@@ -200,7 +214,7 @@ mod tests {
         // block boundaries.
         let ranges = [(0x1000, BLOCK + 0x3000), (BLOCK + 0x4000, 3 * BLOCK)];
         let mut cache = BlockCache::new();
-        let mut v = ImageView::new(f.as_raw_fd(), &ranges, &mut cache).unwrap();
+        let mut v = ImageView::new(f.as_raw_fd(), &ranges, &mut cache, 0).unwrap();
         assert_eq!(v.word(0x1000), Some(0x1000 / 8));
         assert_eq!(v.word(BLOCK + 0x2ff8), Some((BLOCK + 0x2ff8) / 8));
         assert_eq!(v.word(0x0ff8), None, "below the first range");

@@ -161,10 +161,12 @@ fn heap_busy() -> bool {
 /// that scans the image and returns its id (a `clone` without an exit
 /// signal, waited for with `__WCLONE`).  On success the results are in
 /// `f.results`.  `incomplete_roots` is set when a kernel root source was
-/// unreadable in detect mode (the report may then name live objects).
+/// unreadable in detect mode (the report may then name live objects).  The
+/// task is killed (and reaped) if it runs longer than `kill_after_ns`.
 pub fn take(
     f: &mut Frozen,
     incomplete_roots: &mut bool,
+    kill_after_ns: u64,
     mut capture: impl FnMut(&mut Frozen, bool) -> Result<i32, Discard>,
 ) -> Result<(), Discard> {
     let o = f.opts;
@@ -270,9 +272,10 @@ pub fn take(
                 // A mark that cannot finish (a machine with no idle CPU for
                 // it) is abandoned: the child's copy-on-write pages would
                 // otherwise grow with every write the program makes.
-                return match task::wait_clone_timeout(pid, o.scan_timeout_ms * 1_000_000) {
+                return match task::wait_clone_timeout(pid, kill_after_ns) {
                     Ok(0) => f.results.outcome(),
-                    Err(task::ETIMEDOUT) => Err(Discard::Slow),
+                    // Killed at the deadline, or died of a signal.
+                    Ok(_) | Err(task::ETIMEDOUT) => Err(Discard::Killed),
                     _ => Err(Discard::Resources),
                 };
             }

@@ -22,6 +22,8 @@ use rmalloc_sys as sys;
 use sys::kal::KalRange;
 use sys::task;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use super::dissect::Tables;
 use super::image::{BlockCache, ImageView};
 use super::instant::{self, Frozen};
@@ -53,6 +55,7 @@ struct Job {
     state: *mut KernelState,
     fd: i32,
     shared_ok: bool,
+    deadline: u64,
 }
 
 impl KernelState {
@@ -73,13 +76,23 @@ impl KernelState {
                 state: core::ptr::null_mut(),
                 fd: -1,
                 shared_ok: false,
+                deadline: 0,
             },
         }
     }
 }
 
-/// Stack of the scanning task.
+/// Stack of the scanning task, and the guard page below it.
 const STACK: usize = 256 << 10;
+const GUARD: usize = sys::PAGE_SIZE;
+
+/// A scanning task exists (between its spawn and its reaping).
+static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
+/// Was a scanning task sharing the memory when the program forked?
+pub fn scan_in_flight() -> bool {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
 
 /// Take one snapshot with `kal_snapshot` and scan it.
 pub fn take(
@@ -87,10 +100,18 @@ pub fn take(
     k: &mut KernelState,
     incomplete_roots: &mut bool,
 ) -> Result<(), Discard> {
-    let r = instant::take(f, incomplete_roots, |f, shared_ok| capture(f, k, shared_ok));
-    if r == Err(Discard::Slow) {
-        // The scanning task was killed wherever it was, maybe in the middle
-        // of growing a table: forget (and leak) what it was using.
+    // The task stops itself at the deadline (`ImageView`); it is killed
+    // only if it cannot even run to notice (no CPU for it at all).
+    let deadline = task::now_ns() + f.opts.scan_timeout_ms * 1_000_000;
+    let kill_after = f.opts.scan_timeout_ms * 1_000_000 * 2 + 1_000_000_000;
+    let r = instant::take(f, incomplete_roots, kill_after, |f, shared_ok| {
+        capture(f, k, shared_ok, deadline)
+    });
+    IN_FLIGHT.store(false, Ordering::Release);
+    if r == Err(Discard::Killed) {
+        // The task died or was killed wherever it was, maybe in the middle
+        // of growing a table: forget what it was using.  (The memory stays
+        // mapped and listed as the engine's, so it is never scanned.)
         *f.scratch = Scratch::new();
         k.cache = BlockCache::new();
     }
@@ -99,16 +120,28 @@ pub fn take(
 
 /// At the instant: record the engine's tables, capture the image, start
 /// the scanning task.  Returns its id.
-fn capture(f: &mut Frozen, k: &mut KernelState, shared_ok: bool) -> Result<i32, Discard> {
+fn capture(
+    f: &mut Frozen,
+    k: &mut KernelState,
+    shared_ok: bool,
+    deadline: u64,
+) -> Result<i32, Discard> {
     if k.stack_top == 0 {
-        let (p, len, _) = mem::map(STACK).ok_or(Discard::Resources)?;
+        let (p, len, _) = mem::map(STACK + GUARD).ok_or(Discard::Resources)?;
+        // SAFETY: the lowest page of a mapping of ours; an overflow of the
+        // task's stack then faults instead of writing below it.
+        if unsafe { sys::mprotect(p, GUARD, 0) }.is_err() {
+            return Err(Discard::Resources);
+        }
         k.stack_top = p as usize + len;
-    }
-    if !shared_ok && roots::read_file(c"/proc/self/maps", f.proc_text).is_err() {
-        return Err(Discard::Roots);
     }
     if !record(f, k) {
         return Err(Discard::Resources);
+    }
+    // The map of the instant, read after the engine's last change to its
+    // own mappings (the records above may have grown its tables).
+    if roots::read_file(c"/proc/self/maps", f.proc_text).is_err() {
+        return Err(Discard::Roots);
     }
     if !plan_ranges(f.proc_text.as_slice(), k) {
         return Err(Discard::Resources);
@@ -136,14 +169,19 @@ fn capture(f: &mut Frozen, k: &mut KernelState, shared_ok: bool) -> Result<i32, 
         state: k as *mut KernelState,
         fd,
         shared_ok,
+        deadline,
     };
     let arg = &k.job as *const Job as usize;
     // SAFETY: a stack mapping of ours that only this task uses; `scan_task`
     // never returns and touches no TLS; without CLONE_THREAD the task is a
     // process of its own, reaped with __WCLONE and killable alone.
+    IN_FLIGHT.store(true, Ordering::Release);
     let r = unsafe { task::spawn_raw(CLONE_VM, k.stack_top as *mut u8, scan_task, arg) };
     // The task has its own copy of the descriptor table.
     sys::close(fd);
+    if r.is_err() {
+        IN_FLIGHT.store(false, Ordering::Release);
+    }
     r.map_err(|_| Discard::Resources)
 }
 
@@ -152,7 +190,8 @@ const CLONE_VM: usize = 0x100;
 extern "C" fn scan_task(arg: usize) -> ! {
     // SAFETY: `arg` is the job `capture` filled in; the scanner thread
     // leaves it, the Frozen and the state alone until this task is reaped.
-    let job = unsafe { &*(arg as *const Job) };
+    // The job lives inside the state: copy it out before borrowing that.
+    let job = unsafe { (arg as *const Job).read() };
     // SAFETY: as above: this task has exclusive use of both meanwhile.
     let (f, k) = unsafe { (&mut *job.frozen, &mut *job.state) };
     // Keep only the image's descriptor: a copy of a pipe's write end would
@@ -167,7 +206,7 @@ extern "C" fn scan_task(arg: usize) -> ! {
     }
     instant::background(f.opts.sched_idle);
     let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
-    let r = scan_image(f, k, job.fd, job.shared_ok);
+    let r = scan_image(f, k, job.fd, job.shared_ok, job.deadline);
     f.results.finish(r);
     task::exit_now(0);
 }
@@ -177,6 +216,7 @@ fn scan_image(
     k: &mut KernelState,
     fd: i32,
     shared_ok: bool,
+    deadline: u64,
 ) -> Result<(), Discard> {
     let KernelState {
         captured,
@@ -189,16 +229,16 @@ fn scan_image(
         cache,
         ..
     } = k;
-    let slots = {
-        let b = slots.as_slice();
+    let slots: &[Slot] = match slots.as_slice() {
+        [] => &[],
         // SAFETY: the bytes are a copy of whole `Slot`s (plain integers
         // and atomics, valid for any bits), in page-aligned storage.
-        unsafe {
+        b => unsafe {
             core::slice::from_raw_parts(
                 b.as_ptr() as *const Slot,
                 b.len() / core::mem::size_of::<Slot>(),
             )
-        }
+        },
     };
     let inst = Instant {
         slots,
@@ -214,15 +254,19 @@ fn scan_image(
         regions: regions.as_slice(),
     };
     let captured = captured.as_slice();
-    let mut v = ImageView::new(fd, captured, cache).ok_or(Discard::Resources)?;
-    scan::run(
+    let mut v = ImageView::new(fd, captured, cache, deadline).ok_or(Discard::Resources)?;
+    let r = scan::run(
         &mut v,
         &Source::Kernel { captured },
         f.scratch,
         f.opts,
         &inst,
         f.results,
-    )
+    );
+    if v.late {
+        return Err(Discard::Slow);
+    }
+    r
 }
 
 /// Copy what the scan needs of the engine's own state, as it is at the

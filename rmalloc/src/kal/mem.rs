@@ -41,6 +41,13 @@ pub fn forget_internal(slot: usize) {
     }
 }
 
+/// Entry `slot` of the table: (start, length), (0, 0) when free.
+#[cfg(test)]
+pub fn internal_entry(slot: usize) -> (usize, usize) {
+    let (s, l) = &INTERNAL[slot];
+    (s.load(Ordering::Acquire), l.load(Ordering::Acquire))
+}
+
 /// The table itself: it holds the bases of the engine's mappings, and a
 /// base is one past the end of whatever chunk ends right below it, so the
 /// table must not be scanned as a root.

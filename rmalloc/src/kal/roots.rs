@@ -260,7 +260,9 @@ pub fn kernel_roots(
                 if let Some(rest) = line.strip_prefix(b"signal: ") {
                     if let Some(slash) = rest.iter().position(|&b| b == b'/') {
                         let v = hex(trim(&rest[slash + 1..])).unwrap_or(0);
-                        out.push(v as u64);
+                        if !out.push(v as u64) {
+                            return Err(KernelRootsError::Timers);
+                        }
                     }
                 }
             }
@@ -325,8 +327,11 @@ pub fn kernel_roots(
                 hex(&rest[..end])
             });
             match parsed {
-                Some(v) => {
-                    out.push(v as u64);
+                Some(v) if out.push(v as u64) => {}
+                Some(_) => {
+                    // No memory to keep it: the root would be lost.
+                    result = Err(KernelRootsError::Epoll);
+                    return false;
                 }
                 None => {
                     result = Err(KernelRootsError::Epoll);

@@ -151,7 +151,23 @@ pub fn run<V: MemView>(
     // far as they are mapped.
     for &(a, b) in inst.regions {
         let (a, b) = ((a + 7) & !7, b & !7);
-        if b > a && mapped(src, a, b) && !m.root_range(v, h, a, b) {
+        if b <= a {
+            continue;
+        }
+        let ok = match src {
+            Source::Fork => !mapped(a, b) || m.root_range(v, h, a, b),
+            // The captured parts from the image.  The rest is shared memory
+            // (scanned whole below, from its copy or in place), the engine's
+            // own, or nothing.
+            Source::Kernel { captured } => {
+                let i0 = captured.partition_point(|&(_, e)| e <= a);
+                captured[i0..]
+                    .iter()
+                    .take_while(|&&(s, _)| s < b)
+                    .all(|&(s, e)| m.root_range(v, h, s.max(a), e.min(b)))
+            }
+        };
+        if !ok {
             return Err(Discard::Roots);
         }
     }
@@ -325,10 +341,15 @@ fn live_roots(m: &mut Marker, h: &mut Heap, buf: &mut MVec<u8>, start: usize, en
     while at < end {
         let n = PIECE.min(end - at);
         let dst = buf.as_mut_slice().as_mut_ptr();
-        // SAFETY: `buf` holds at least PIECE writable bytes.
-        match unsafe { sys::task::copy_from_self(dst, at, n) } {
-            Ok(got) if got == n => {}
-            _ => return false,
+        // SAFETY: `buf` holds at least PIECE writable bytes.  A mapping
+        // without read permission is read as a debugger would.
+        let got = match unsafe { sys::task::copy_from_self(dst, at, n) } {
+            Ok(got) => got,
+            // SAFETY: as above.
+            Err(_) => unsafe { sys::task::read_self_mem(dst, at, n) }.unwrap_or(0),
+        };
+        if got != n {
+            return false;
         }
         // SAFETY: the buffer is page aligned; any bits are a usize.
         let w = unsafe { core::slice::from_raw_parts(dst as *const usize, n / 8) };
@@ -338,17 +359,11 @@ fn live_roots(m: &mut Marker, h: &mut Heap, buf: &mut MVec<u8>, start: usize, en
     true
 }
 
-/// Is all of `[a, b)` in the image?
-fn mapped(src: &Source, a: usize, b: usize) -> bool {
-    match src {
-        // SAFETY: MADV_NORMAL changes nothing; it tells whether the range
-        // is mapped in this (snapshot) process.
-        Source::Fork => unsafe { sys::madvise((a & !4095) as *mut u8, b - (a & !4095), 0) }.is_ok(),
-        Source::Kernel { captured } => {
-            let i = captured.partition_point(|&(_, e)| e <= a);
-            i < captured.len() && captured[i].0 <= a && b <= captured[i].1
-        }
-    }
+/// Is all of `[a, b)` mapped in this (the fork child's) address space?
+fn mapped(a: usize, b: usize) -> bool {
+    // SAFETY: MADV_NORMAL changes nothing; it fails when part of the range
+    // is unmapped.
+    unsafe { sys::madvise((a & !4095) as *mut u8, b - (a & !4095), 0) }.is_ok()
 }
 
 /// The arena of heap chunk `p`, as the image says.

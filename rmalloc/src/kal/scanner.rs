@@ -236,7 +236,9 @@ fn discard(e: &Engine, d: Discard) -> i32 {
     let c = match d {
         Discard::Stop => &STATS.discarded_stop,
         Discard::Roots => &STATS.discarded_roots,
-        Discard::Heap | Discard::Resources | Discard::Slow => &STATS.discarded_heap,
+        Discard::Heap | Discard::Resources | Discard::Slow | Discard::Killed => {
+            &STATS.discarded_heap
+        }
     };
     c.fetch_add(1, Ordering::Relaxed);
     super::statpage::update(&super::c_stats());
@@ -477,4 +479,11 @@ pub unsafe fn reset_after_fork() {
     let e = unsafe { engine() };
     e.track.clear();
     e.index.clear();
+    if kernel_backend::scan_in_flight() {
+        // A task sharing the parent's memory was changing the scratch
+        // tables at the fork: their copies here may be torn.  Forget them
+        // (their memory stays mapped, listed as the engine's).
+        e.scratch = Scratch::new();
+        e.kernel = KernelState::new();
+    }
 }
