@@ -216,6 +216,11 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
     if !stop::init() || !find_text() {
         return false;
     }
+    let Some((lo, hi)) = modules::own_writable() else {
+        return false;
+    };
+    OWN_DATA.0.store(lo, Ordering::Relaxed);
+    OWN_DATA.1.store(hi, Ordering::Relaxed);
     reclaim::PROBATION_MS.store(o.probation_ms as usize, Ordering::Relaxed);
     report::open_log(o.log_path());
     if !stop::install(o.stop_signal) {
@@ -271,6 +276,26 @@ fn signal_free(sig: i32) -> bool {
 
 /// Record where the allocator's code lies (the mapping holding this
 /// function), so a thread stopped inside it can be recognised.
+/// This library's writable segments (see [`modules::own_writable`]).
+static OWN_DATA: (
+    core::sync::atomic::AtomicUsize,
+    core::sync::atomic::AtomicUsize,
+) = (
+    core::sync::atomic::AtomicUsize::new(0),
+    core::sync::atomic::AtomicUsize::new(0),
+);
+
+/// The allocator's and the engine's own data: never roots.  Its bins and
+/// top pointer point at chunk boundaries, and the engine's statics hold
+/// the bounds of its mappings, any of which would keep the chunk right
+/// below alive as a pointer one past its end.
+pub fn own_data() -> (usize, usize) {
+    (
+        OWN_DATA.0.load(Ordering::Relaxed),
+        OWN_DATA.1.load(Ordering::Relaxed),
+    )
+}
+
 fn find_text() -> bool {
     let mut buf = mem::MVec::new();
     if roots::read_file(c"/proc/self/maps", &mut buf).is_err() {

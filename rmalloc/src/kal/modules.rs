@@ -107,6 +107,53 @@ extern "C" {
     ) -> c_int;
 }
 
+const PF_W: u32 = 2;
+
+/// Where this library's own writable segments are (data, bss, GOT): the
+/// allocator's and the engine's state, never a root of the program.
+/// (start, end) page-rounded; None if the loader does not list us.
+pub fn own_writable() -> Option<(usize, usize)> {
+    struct Find {
+        here: usize,
+        range: Option<(usize, usize)>,
+    }
+    /// Called by `dl_iterate_phdr` with a valid info and our `Find`.
+    unsafe extern "C" fn visit_own(info: *mut PhdrInfo, _: usize, data: *mut c_void) -> c_int {
+        // SAFETY: callback contract: `info` and its program headers are
+        // valid during the call; `data` is the `Find` passed in.
+        unsafe {
+            let f = &mut *(data as *mut Find);
+            let info = &*info;
+            let (mut lo, mut hi, mut ours) = (usize::MAX, 0usize, false);
+            for i in 0..info.phnum as usize {
+                let ph = *info.phdr.add(i);
+                if ph.p_type != PT_LOAD {
+                    continue;
+                }
+                let start = info.addr.wrapping_add(ph.p_vaddr as usize);
+                let end = start + ph.p_memsz as usize;
+                ours |= start <= f.here && f.here < end;
+                if ph.p_flags & PF_W != 0 {
+                    lo = lo.min(start & !4095);
+                    hi = hi.max((end + 4095) & !4095);
+                }
+            }
+            if ours {
+                f.range = (hi > lo).then_some((lo, hi));
+                return 1;
+            }
+            0
+        }
+    }
+    let mut f = Find {
+        here: own_writable as *const () as usize,
+        range: None,
+    };
+    // SAFETY: the callback only reads the headers it is given.
+    unsafe { dl_iterate_phdr(visit_own, &mut f as *mut Find as *mut c_void) };
+    f.range
+}
+
 /// The current table (empty before the first refresh).
 pub fn table() -> &'static [Module] {
     let t = TABLE.load(Ordering::Acquire);

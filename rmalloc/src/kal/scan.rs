@@ -113,8 +113,10 @@ pub fn run<V: MemView>(
         // The child's own tables, including what the dissection just grew.
         mem::for_each_internal(|a, b| ok &= s.excluded.push((a, b)));
     }
-    // The main arena's own state (top, bins, last remainder) points at
-    // chunk boundaries, which would keep the chunk below each alive.
+    // The allocator's and the engine's own state (the main arena's bins
+    // and top pointer, the engine's tables) point at chunk boundaries or
+    // at the bounds of the engine's mappings: not roots.
+    ok &= s.excluded.push(super::own_data());
     ok &= s.excluded.push(mem::internal_table());
     ok &= s.excluded.push(super::scanner::engine_range());
     let ma = crate::arena::main_arena() as usize;
