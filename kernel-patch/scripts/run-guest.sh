@@ -206,9 +206,12 @@ if grep -q "^KAL-RESULT: PASS" "$log"; then
 	exit 0
 fi
 if grep -q "^KAL-TESTS: FAIL" "$log"; then
-	# libtest's failure report (each failing test's output) was not echoed.
-	echo "kernel-$mode: KAL tests failed in the guest; libtest's report:" >&2
-	tr -d '\r' < "$log" | sed -n '/^failures:$/,/^test result:/p' | head -400 >&2 || true
+	# libtest's failure report (each failing test's output) was not echoed:
+	# its start, then the list of failed tests.
+	report=$(tr -d '\r' < "$log" | sed -n '/^failures:$/,/^test result:/p')
+	echo "kernel-$mode: KAL tests failed in the guest; libtest's report (start):" >&2
+	awk '/^failures:$/ { n++ } n == 1' <<<"$report" | head -300 >&2 || true
+	awk '/^failures:$/ { n++ } n == 2' <<<"$report" >&2
 fi
 echo "kernel-$mode: FAIL (see the guest output above)" >&2
 exit 1
