@@ -1178,7 +1178,9 @@ fn false_reclaim_names_the_allocation_site() {
     }
     let out = run_roots(
         "false_reclaim",
-        Some("mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all"),
+        Some(&with_selected_backend(
+            "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all",
+        )),
         &[],
     );
     assert!(out.success(), "{}", out.describe());

@@ -9,8 +9,8 @@
 # bench: kernel-patch/guest/kal_bench.c; 2 vCPUs, 3 GiB; prints the pause
 #        table (also saved to $KAL_CACHE/bench-<hash>.md).
 #
-# KAL's tests in the guest: the host builds librmalloc.so, the tests/kal.rs
-# test executable and its C programs (by running its `programs_build` test),
+# KAL's tests in the guest: the host builds librmalloc.so, the kal command,
+# the tests/kal.rs test executable and its C programs (by running its `programs_build` test),
 # and puts each at its host path in the initramfs with every shared library
 # they load (ldd), so the executable finds them where it was built to.  The
 # guest runs it with KAL_TEST_PREBUILT=1 (no compiler there) and
@@ -110,8 +110,9 @@ kal_tests() {
 	command -v cargo >/dev/null 2>&1 || { echo "kernel-test: ERROR: cargo not found" >&2; return 1; }
 	meta=$(cd "$repo" && cargo metadata --format-version 1 --no-deps) || return 1
 	target=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' <<<"$meta")
-	echo "kernel-test: building librmalloc.so and the tests/kal.rs executable" >&2
-	(cd "$repo" && cargo build --release -p rmalloc >&2) || return 1
+	echo "kernel-test: building librmalloc.so, the kal command and the tests/kal.rs executable" >&2
+	# (kal: false_reclaim_names_the_allocation_site symbolizes with `kal report`)
+	(cd "$repo" && cargo build --release -p rmalloc -p kal >&2) || return 1
 	lib="$target/release/librmalloc.so"
 	exe=$(cd "$repo" && cargo test --release -p rmalloc-integration --test kal --no-run \
 		--message-format=json | python3 -c '
@@ -132,7 +133,7 @@ for line in sys.stdin:
 	}
 	dir="$target/tmp/kal"
 	[ -f "$dir/kal_roots" ] || { echo "kernel-test: ERROR: no test programs in $dir" >&2; return 1; }
-	for f in "$lib" "$exe" "$dir"/*; do
+	for f in "$lib" "$target/release/kal" "$exe" "$dir"/*; do
 		[ -f "$f" ] || continue
 		put "$f"
 		if [ "$(head -c 4 "$f")" = $'\177ELF' ]; then put_libs "$f" || return 1; fi
