@@ -1,7 +1,8 @@
 # Kernel patch: build, boot and test kal_snapshot under QEMU.
 #
 #   make kernel        build (or reuse from the cache) the patched 6.12 bzImage
-#   make kernel-test   boot it under QEMU/TCG and run the kselftest + guest tests
+#   make kernel-test   boot it under QEMU/TCG and run the kselftest, the guest
+#                      tests and tests/kal.rs with backend=kernel
 #   make kernel-bench  the kal_snapshot vs fork() pause table
 #
 # The kernel is cached outside the repo, in

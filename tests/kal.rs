@@ -28,6 +28,18 @@
 //! kernel backend (the patched kernel with the `kal_snapshot` syscall, as in
 //! `make kernel-test`); on a stock kernel only `fork` runs.
 //!
+//! Environment knobs:
+//! - `KAL_TEST_BACKENDS=kernel` (a comma list of `fork`, `kernel`): run with
+//!   exactly these backends.  A backend named there that does not work here
+//!   fails the tests instead of being left out.  The tests that run KAL once
+//!   without choosing a backend themselves then use the first one named;
+//!   tests of one backend's own mechanism (the fork backend's thread-stop
+//!   methods and mark time budget) are skipped when it is not named.
+//!   `make kernel-test` runs these tests in the patched guest with `kernel`.
+//! - `KAL_TEST_PREBUILT=1`: do not compile the C programs; expect them,
+//!   already built by `programs_build`, in `build_dir()` (how the guest of
+//!   `make kernel-test` runs them: it has no compiler).
+//!
 //! `RMALLOC_TEST_AGAINST_GLIBC=1` runs the same programs without the preload:
 //! the KAL interface is then absent (the programs find it with dlsym), and
 //! only the program-level expectations (patterns intact, output) are checked.
@@ -50,6 +62,11 @@ fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kal")
 }
 
+/// `KAL_TEST_PREBUILT=1`: use the programs already in `build_dir()`.
+fn prebuilt() -> bool {
+    std::env::var("KAL_TEST_PREBUILT").is_ok_and(|v| v == "1")
+}
+
 /// The test programs, built once per run.
 struct Programs {
     roots: PathBuf,
@@ -64,6 +81,28 @@ fn programs() -> &'static Programs {
     static P: OnceLock<Programs> = OnceLock::new();
     P.get_or_init(|| {
         let dir = build_dir();
+        if prebuilt() {
+            let p = Programs {
+                roots: dir.join("kal_roots"),
+                dso: dir.join("kal_dso.so"),
+                leaky: dir.join("kal_leaky"),
+                api: dir.join("kal_api"),
+                api_defaults: dir.join("kal_api_defaults"),
+            };
+            let missing: Vec<String> = [&p.roots, &p.dso, &p.leaky, &p.api, &p.api_defaults]
+                .iter()
+                .filter(|f| !f.is_file())
+                .map(|f| f.display().to_string())
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "KAL_TEST_PREBUILT=1 but these prebuilt test programs are missing: {missing:?} \
+                 (build them with `cargo test --release -p rmalloc-integration --test kal -- \
+                 --exact programs_build` without KAL_TEST_PREBUILT, and copy {} whole)",
+                dir.display()
+            );
+            return p;
+        }
         std::fs::create_dir_all(&dir).expect("create build dir");
         let include = support::workspace_root().join("rmalloc/include");
         let roots = dir.join("kal_roots");
@@ -124,6 +163,18 @@ fn programs() -> &'static Programs {
             api_defaults,
         }
     })
+}
+
+/// The C programs build (with `KAL_TEST_PREBUILT=1`: they are there).
+/// `make kernel-test` runs this test alone on the host to build the
+/// programs it copies into the guest.
+#[test]
+fn programs_build() {
+    let p = programs();
+    eprintln!(
+        "[kal] test programs in {}",
+        p.roots.parent().unwrap().display()
+    );
 }
 
 /// A command for one of the C programs: preloaded (unless against glibc),
@@ -337,36 +388,128 @@ fn not_reported(out: &Output, objs: &[(String, u64, u64)]) -> Vec<String> {
 /// Above glibc's default mmap threshold: a separately mmapped chunk.
 const MMAPPED: u64 = 128 * 1024;
 
+/// The backends named by `KAL_TEST_BACKENDS` (a comma list of `fork`,
+/// `kernel`), or None when it is unset (every backend that works here).
+fn selected_backends() -> Option<&'static [&'static str]> {
+    static S: OnceLock<Result<Option<Vec<&'static str>>, String>> = OnceLock::new();
+    let s = S.get_or_init(|| {
+        let Ok(list) = std::env::var("KAL_TEST_BACKENDS") else {
+            return Ok(None);
+        };
+        let mut names = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = match name {
+                "fork" => "fork",
+                "kernel" => "kernel",
+                other => {
+                    return Err(format!(
+                    "KAL_TEST_BACKENDS={list:?}: unknown backend {other:?} (known: fork, kernel)"
+                ))
+                }
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            return Err(format!(
+                "KAL_TEST_BACKENDS={list:?} names no backend (known: fork, kernel)"
+            ));
+        }
+        Ok(Some(names))
+    });
+    match s {
+        Ok(v) => v.as_deref(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Whether the tests run with backend `name` (`fork` or `kernel`): always
+/// when `KAL_TEST_BACKENDS` is unset.
+fn backend_selected(name: &str) -> bool {
+    match selected_backends() {
+        None => true,
+        Some(s) => s.contains(&name),
+    }
+}
+
 /// Snapshot configurations to run with (KAL_OPTIONS suffixes): the fork
 /// backend with each way of stopping threads (`stop=ptrace`, a helper that
 /// attaches with ptrace; `stop=signal`, the signal handshake), plus
 /// `backend=kernel` when the kernel has `kal_snapshot` (a probe run reports
-/// backend 2; on a stock kernel it is left out).  Against glibc: one run.
+/// backend 2; on a stock kernel it is left out).  `KAL_TEST_BACKENDS`
+/// chooses instead, and then a named backend that does not work fails.
+/// Against glibc: one run.
 fn backends() -> &'static [&'static str] {
-    static B: OnceLock<Vec<&'static str>> = OnceLock::new();
-    B.get_or_init(|| {
+    static B: OnceLock<Result<Vec<&'static str>, String>> = OnceLock::new();
+    let b = B.get_or_init(|| {
         if against_glibc() {
-            return vec!["none"];
+            return Ok(vec!["none"]);
         }
-        let mut v = vec!["backend=fork:stop=ptrace", "backend=fork:stop=signal"];
-        if kernel_backend_available() {
-            v.push("backend=kernel");
+        let fork = ["backend=fork:stop=ptrace", "backend=fork:stop=signal"];
+        let mut v = Vec::new();
+        match selected_backends() {
+            None => {
+                v.extend(fork);
+                if kernel_backend_available() {
+                    v.push("backend=kernel");
+                }
+            }
+            Some(names) => {
+                for name in names {
+                    match *name {
+                        "fork" => v.extend(fork),
+                        _ if kernel_backend_available() => v.push("backend=kernel"),
+                        _ => {
+                            return Err(format!(
+                                "KAL_TEST_BACKENDS names `kernel`, but the kernel backend does \
+                                 not work here: a probe run with KAL_OPTIONS=backend=kernel did \
+                                 not report backend 2 (kernel without the kal_snapshot system \
+                                 call, or a library that does not drive it)\n{}",
+                                kernel_probe().describe()
+                            ))
+                        }
+                    }
+                }
+            }
         }
         eprintln!("[kal] snapshot configurations: {v:?}");
-        v
+        Ok(v)
+    });
+    match b {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// For a test that runs KAL once and chooses no backend itself: `opts` with
+/// the first backend of `KAL_TEST_BACKENDS` added (unchanged when that is
+/// unset, against glibc, or when `opts` names a backend).
+fn with_selected_backend(opts: &str) -> String {
+    match selected_backends() {
+        Some(names) if !against_glibc() && !opts.contains("backend=") => {
+            // Fails here if the backend does not work.
+            backends();
+            format!("{opts}:backend={}", names[0])
+        }
+        _ => opts.to_string(),
+    }
+}
+
+/// The run that tells whether `backend=kernel` works here.
+fn kernel_probe() -> &'static Output {
+    static P: OnceLock<Output> = OnceLock::new();
+    P.get_or_init(|| {
+        run_roots(
+            "basic",
+            Some("mode=detect:interval_ms=100000:backend=kernel"),
+            &[],
+        )
     })
 }
 
 fn kernel_backend_available() -> bool {
-    static K: OnceLock<bool> = OnceLock::new();
-    *K.get_or_init(|| {
-        let out = run_roots(
-            "basic",
-            Some("mode=detect:interval_ms=100000:backend=kernel"),
-            &[],
-        );
-        kal_stats(&out, "end").is_some_and(|s| s.get("backend") == Some(&2))
-    })
+    kal_stats(kernel_probe(), "end").is_some_and(|s| s.get("backend") == Some(&2))
 }
 
 fn options(base: &str, backend: &str) -> String {
@@ -640,29 +783,57 @@ fn roots_alternate_signal_stack() {
     root_case("altstack", None);
 }
 
-/// ptrace denied (seccomp, as in containers and sandboxes): the engine must
-/// fall back to its signal handshake and still lose nothing.
+/// ptrace denied (seccomp, as in containers and sandboxes): the fork
+/// backend must fall back to its signal handshake and still lose nothing
+/// (and the kernel backend, which needs no ptrace, too, when
+/// `KAL_TEST_BACKENDS` names it).
 #[test]
 fn roots_with_ptrace_denied() {
     // stop=auto (the default): ptrace refused, the signal handshake.
-    let cfg = if against_glibc() {
-        "none"
+    let cfgs: Vec<&str> = if against_glibc() {
+        vec!["none"]
+    } else if selected_backends().is_none() {
+        vec!["backend=fork"]
     } else {
-        "backend=fork"
+        // Fails here if a named backend does not work.
+        backends();
+        ["fork", "kernel"]
+            .into_iter()
+            .filter(|b| backend_selected(b))
+            .map(|b| {
+                if b == "fork" {
+                    "backend=fork"
+                } else {
+                    "backend=kernel"
+                }
+            })
+            .collect()
     };
-    for case in ["register", "thread_stack"] {
-        let out = run_roots(
-            case,
-            Some(&options(RECLAIM, cfg)),
-            &[("KAL_TEST_DENY_PTRACE", "1")],
-        );
-        assert!(
-            out.stdout.contains("ptrace denied by seccomp"),
-            "{}",
-            out.describe()
-        );
-        assert_nothing_lost(case, &out);
+    for cfg in cfgs {
+        for case in ["register", "thread_stack"] {
+            let out = run_roots(
+                case,
+                Some(&options(RECLAIM, cfg)),
+                &[("KAL_TEST_DENY_PTRACE", "1")],
+            );
+            assert!(
+                out.stdout.contains("ptrace denied by seccomp"),
+                "{}",
+                out.describe()
+            );
+            assert_nothing_lost(case, &out);
+        }
     }
+}
+
+/// A test of the fork backend's own mechanism: false (and says so) when
+/// `KAL_TEST_BACKENDS` leaves the fork backend out.
+fn fork_backend_tested(test: &str) -> bool {
+    if backend_selected("fork") {
+        return true;
+    }
+    eprintln!("[kal] {test}: the fork backend's own mechanism, not in KAL_TEST_BACKENDS: skipped");
+    false
 }
 
 /// A thread that blocks every signal cannot be stopped by the signal
@@ -672,6 +843,9 @@ fn roots_with_ptrace_denied() {
 /// objects are freed.  Its own objects survive either way.
 #[test]
 fn thread_blocking_all_signals() {
+    if !fork_backend_tested("thread_blocking_all_signals") {
+        return;
+    }
     if against_glibc() {
         let out = run_roots("blocked_signals", None, &[("KAL_TEST_ROUNDS", "10")]);
         out.assert_success();
@@ -847,7 +1021,9 @@ fn scan_now_answers_promptly_with_a_long_interval() {
             &mut kal_command(
                 &programs().leaky,
                 &["scan"],
-                Some("mode=detect:interval_ms=100000:leak_check_at_exit=0"),
+                Some(&with_selected_backend(
+                    "mode=detect:interval_ms=100000:leak_check_at_exit=0",
+                )),
                 &[],
                 &stats,
             ),
@@ -1002,7 +1178,9 @@ fn false_reclaim_names_the_allocation_site() {
     }
     let out = run_roots(
         "false_reclaim",
-        Some("mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all"),
+        Some(&with_selected_backend(
+            "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all",
+        )),
         &[],
     );
     assert!(out.success(), "{}", out.describe());
@@ -1295,6 +1473,7 @@ fn assert_direct_first(report: &[Shape], what: &str) {
 }
 
 fn run_leaky(args: &[&str], kal: &str) -> Output {
+    let kal = &with_selected_backend(kal);
     let tmp = TempDir::new("kal-leaky");
     let stats = tmp.path().join("stats");
     let out = support::run(
@@ -1722,6 +1901,8 @@ SUMMARY: KAL: 4160 byte(s) leaked in 3 allocation(s).
 
 /// Run one case of kal_api.c with `kal` as KAL_OPTIONS.
 fn api_case(exe: &Path, case: &str, kal: Option<&str>) -> Output {
+    let kal = kal.map(with_selected_backend);
+    let kal = kal.as_deref();
     let tmp = TempDir::new("kal-api");
     let out = support::run(
         &mut kal_command(exe, &[case], kal, &[], &tmp.path().join("stats")),
@@ -1826,7 +2007,8 @@ fn stats_page_is_published_and_removed() {
 
 /// `unshare(CLONE_NEWUSER)` needs a single-threaded process: the scanner
 /// steps aside for it and is back afterwards.  Skipped where user
-/// namespaces are not permitted at all (as without KAL).
+/// namespaces are not permitted at all (as without KAL) or the kernel has
+/// none (the `make kernel-test` guest).
 #[test]
 fn unshare_of_a_user_namespace_works_under_kal() {
     if against_glibc() {
@@ -1839,7 +2021,7 @@ fn unshare_of_a_user_namespace_works_under_kal() {
     );
     if out.status.code() == Some(3) {
         eprintln!(
-            "user namespaces not permitted here: skipped\n{}",
+            "[kal] user namespaces not permitted or not in this kernel: skipped\n{}",
             out.describe()
         );
         return;
@@ -1856,13 +2038,13 @@ fn unshare_of_a_user_namespace_works_under_kal() {
 /// discarded with a reason, and the program unaffected.
 #[test]
 fn a_mark_over_its_time_budget_is_abandoned() {
-    if against_glibc() {
+    if against_glibc() || !fork_backend_tested("a_mark_over_its_time_budget_is_abandoned") {
         return;
     }
     let out = api_case(
         &programs().api,
         "slow",
-        Some("mode=detect:scan_timeout_ms=1:verbosity=1:leak_check_at_exit=0"),
+        Some("mode=detect:scan_timeout_ms=1:verbosity=1:leak_check_at_exit=0:backend=fork"),
     );
     assert!(
         out.success() && out.stdout.contains("PASS"),

@@ -4,8 +4,18 @@
  * the programs named by kal.mode= on the kernel command line, prints one
  * "KAL-RESULT: PASS" or "KAL-RESULT: FAIL ..." line for the host to turn
  * into an exit code, and powers the machine off.
+ *
+ * In test mode it also runs KAL's own tests (tests/kal.rs) when the host
+ * put them in the initramfs: /kal_tests.conf, written by run-guest.sh, has
+ * one directive per line:
+ *   exe PATH        the test executable (dynamically linked; its libraries
+ *                   are in the initramfs at their host paths)
+ *   arg WORD        one argument (repeatable)
+ *   env NAME=VALUE  one environment variable (repeatable)
+ *   timeout SEC     kill it after SEC seconds (default 1200)
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -27,8 +37,10 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Run @argv with a timeout; returns its exit status or -1. */
-static int run(char *const argv[], int timeout_s)
+extern char **environ;
+
+/* Run @argv with @envp (NULL: ours) and a timeout; returns its exit status or -1. */
+static int run_env(char *const argv[], char *const envp[], int timeout_s)
 {
 	double t0 = now();
 	int status;
@@ -38,8 +50,8 @@ static int run(char *const argv[], int timeout_s)
 	fflush(stdout);
 	pid = fork();
 	if (pid == 0) {
-		execv(argv[0], argv);
-		perror("execv");
+		execve(argv[0], argv, envp ? envp : environ);
+		perror("execve");
 		_exit(127);
 	}
 	for (;;) {
@@ -59,6 +71,78 @@ static int run(char *const argv[], int timeout_s)
 	       WIFEXITED(status) ? "exit" : "signal",
 	       WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int run(char *const argv[], int timeout_s)
+{
+	return run_env(argv, NULL, timeout_s);
+}
+
+#define KAL_TESTS_CONF "/kal_tests.conf"
+#define MAX_WORDS 64
+
+/*
+ * Run the tests described by KAL_TESTS_CONF (see the top of this file).
+ * Returns 0 when they pass or are not there (said loudly), else nonzero.
+ */
+static int run_kal_tests(void)
+{
+	static char line[4096];
+	char *argv[MAX_WORDS + 1], *envp[MAX_WORDS + 1];
+	int argc = 1, envc = 0, timeout_s = 1200, rc;
+	char *exe = NULL;
+	FILE *f = fopen(KAL_TESTS_CONF, "r");
+
+	if (!f) {
+		printf("kal-init: WARNING: %s missing, KAL tests (tests/kal.rs) not run\n",
+		       KAL_TESTS_CONF);
+		return 0;
+	}
+	for (char **e = environ; *e && envc < MAX_WORDS / 2; e++)
+		envp[envc++] = *e;
+	while (fgets(line, sizeof(line), f)) {
+		char *val, *end = line + strlen(line);
+
+		while (end > line && isspace((unsigned char)end[-1]))
+			*--end = 0;
+		if (!line[0] || line[0] == '#')
+			continue;
+		val = strchr(line, ' ');
+		if (!val) {
+			printf("kal-init: %s: bad line '%s'\n", KAL_TESTS_CONF, line);
+			fclose(f);
+			return 1;
+		}
+		*val++ = 0;
+		if (!strcmp(line, "exe")) {
+			exe = strdup(val);
+		} else if (!strcmp(line, "arg") && argc < MAX_WORDS) {
+			argv[argc++] = strdup(val);
+		} else if (!strcmp(line, "env") && envc < MAX_WORDS && strchr(val, '=')) {
+			envp[envc++] = strdup(val);
+		} else if (!strcmp(line, "timeout")) {
+			timeout_s = atoi(val);
+		} else {
+			printf("kal-init: %s: bad or too many '%s' lines\n", KAL_TESTS_CONF, line);
+			fclose(f);
+			return 1;
+		}
+	}
+	fclose(f);
+	if (!exe || access(exe, X_OK) != 0) {
+		printf("kal-init: %s: test executable '%s' missing\n", KAL_TESTS_CONF,
+		       exe ? exe : "(no exe line)");
+		return 1;
+	}
+	argv[0] = exe;
+	argv[argc] = NULL;
+	envp[envc] = NULL;
+	for (int i = envc - 1; i >= 0; i--)
+		if (!strncmp(envp[i], "KAL_TEST", 8))
+			printf("kal-init: KAL tests with %s\n", envp[i]);
+	rc = run_env(argv, envp, timeout_s);
+	printf("KAL-TESTS: %s\n", rc == 0 ? "PASS" : "FAIL");
+	return rc != 0;
 }
 
 static void write_file(const char *path, const char *s)
@@ -85,7 +169,14 @@ int main(void)
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	mount("tmpfs", "/tmp", "tmpfs", 0, NULL);
+	/* KAL's statistics page lives in /dev/shm. */
+	mkdir("/dev/shm", 01777);
+	mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777");
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	setenv("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", 1);
+	setenv("HOME", "/tmp", 1);
+	setenv("TMPDIR", "/tmp", 1);
+	setenv("LC_ALL", "C", 1);
 
 	fd = open("/proc/cmdline", O_RDONLY);
 	if (fd >= 0) {
@@ -113,6 +204,7 @@ int main(void)
 			failed |= run(rust, 300) != 0;
 		else
 			printf("kal-init: WARNING: %s missing, Rust sys tests not run\n", rust[0]);
+		failed |= run_kal_tests();
 	}
 	printf("KAL-RESULT: %s\n", failed ? "FAIL" : "PASS");
 	fflush(stdout);

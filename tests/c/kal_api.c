@@ -123,6 +123,10 @@ int main(int argc, char **argv) {
     } else if (!strcmp(c, "unshare")) {
         /* A new user namespace needs a single-threaded process: KAL's
          * scanner steps aside, and comes back at the next allocation. */
+        if (access("/proc/self/ns/user", F_OK) != 0) {
+            printf("no user namespaces in this kernel\n");
+            return 3;                        /* e.g. a kernel without CONFIG_USER_NS */
+        }
         if (unshare(CLONE_NEWUSER) != 0) {
             printf("unshare failed: %s\n", strerror(errno));
             return errno == EINVAL ? 1 : 3;   /* 3: not permitted here */
