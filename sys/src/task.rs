@@ -228,6 +228,22 @@ pub fn exit_now(code: i32) -> ! {
     }
 }
 
+/// Ask for SIGKILL when the parent goes away, and end at once if it has
+/// already gone (it may have died before the request was made).  `parent`
+/// is the creator's process id, taken before the `clone`.
+pub fn die_with_parent(parent: i32) {
+    let _ = prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if !parent_is(parent) {
+        exit_now(0);
+    }
+}
+
+/// Is `parent` still this process's parent?
+pub fn parent_is(parent: i32) -> bool {
+    // SAFETY: getppid has no arguments and cannot fail.
+    unsafe { syscall!(Sysno::getppid) }.is_ok_and(|p| p as i32 == parent)
+}
+
 /// `prctl` with one argument.
 pub fn prctl(option: usize, arg: usize) -> SysResult<usize> {
     // SAFETY: the options used here take integers or a short string pointer

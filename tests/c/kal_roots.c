@@ -1113,8 +1113,16 @@ static void case_blocked_signals(void) {
  * of the chunk below it; a mapping's base is one past the end of the
  * mmapped chunk below it). */
 static void *volatile g_last[8];
+static void *volatile g_last_anchor;
 
 __attribute__((noinline)) static void last_make(void) {
+  /* A live mmapped chunk first, so that the first dropped one borders a
+   * mapping of the allocator's.  Without it, that neighbour is whatever the
+   * process mapped before, such as the main thread's static TLS block,
+   * whose base the loader legitimately points to: one past the end of the
+   * dropped chunk, which then stays alive as it must (seen in the guest). */
+  g_last_anchor = malloc(200000);
+  REQUIRE(g_last_anchor != NULL);
   for (int i = 0; i < 8; i++) {
     g_last[i] = malloc(i < 4 ? 200000 : 100000);
     REQUIRE(g_last[i] != NULL);

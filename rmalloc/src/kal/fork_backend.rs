@@ -20,6 +20,7 @@ use super::snapshot::Discard;
 /// Take one snapshot with `fork` and scan it (see [`instant::take`]).
 pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> {
     let kill_after = f.opts.scan_timeout_ms * 1_000_000;
+    let parent = sys::getpid();
     let r = instant::take(f, incomplete_roots, kill_after, |f, shared_ok| {
         // SAFETY: the child only scans (raw system calls, memory it maps
         // itself, the shared result area) and ends with exit_now.
@@ -30,7 +31,7 @@ pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> 
                 // SAFETY: close_range only closes this child's fds.
                 let _ = unsafe { task::raw(436, [0, u32::MAX as usize, 0, 0, 0, 0]) };
                 instant::background(f.opts.sched_idle);
-                let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
+                task::die_with_parent(parent);
                 let r = scan_self(f, shared_ok);
                 f.results.finish(r);
                 task::exit_now(0);

@@ -56,6 +56,8 @@ struct Job {
     fd: i32,
     shared_ok: bool,
     deadline: u64,
+    /// The program's process id (the task's parent).
+    parent: i32,
 }
 
 impl KernelState {
@@ -77,6 +79,7 @@ impl KernelState {
                 fd: -1,
                 shared_ok: false,
                 deadline: 0,
+                parent: 0,
             },
         }
     }
@@ -170,6 +173,7 @@ fn capture(
         fd,
         shared_ok,
         deadline,
+        parent: sys::getpid(),
     };
     let arg = &k.job as *const Job as usize;
     // SAFETY: a stack mapping of ours that only this task uses; `scan_task`
@@ -205,7 +209,7 @@ extern "C" fn scan_task(arg: usize) -> ! {
         let _ = task::raw(436, [fd + 1, u32::MAX as usize, 0, 0, 0, 0]);
     }
     instant::background(f.opts.sched_idle);
-    let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
+    task::die_with_parent(job.parent);
     let r = scan_image(f, k, job.fd, job.shared_ok, job.deadline);
     f.results.finish(r);
     task::exit_now(0);

@@ -126,7 +126,8 @@ fn spawn() -> bool {
     let flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_UNTRACED;
     // SAFETY: the tracer runs `tracer_main` on its own stack, touches only
     // CTL, the slots and the stopped threads' memory, and never returns.
-    match unsafe { task::spawn_raw(flags, s as *mut u8, tracer_main, 0) } {
+    let parent = sys::getpid() as usize;
+    match unsafe { task::spawn_raw(flags, s as *mut u8, tracer_main, parent) } {
         Ok(pid) => {
             TRACER.store(pid, Ordering::Release);
             true
@@ -208,8 +209,11 @@ pub fn release() {
     }
 }
 
-extern "C" fn tracer_main(_: usize) -> ! {
-    let _ = task::prctl(task::PR_SET_PDEATHSIG, task::SIGKILL);
+extern "C" fn tracer_main(parent: usize) -> ! {
+    // It shares the program's descriptor table: it must not outlive the
+    // program, or the program's pipes stay open after it exits.
+    let parent = parent as i32;
+    task::die_with_parent(parent);
     let gen = CTL.gen.load(Ordering::Acquire);
     let mut attached = 0usize;
     let mut seen = CTL.done.load(Ordering::Acquire);
@@ -217,6 +221,9 @@ extern "C" fn tracer_main(_: usize) -> ! {
         let c = CTL.cmd.load(Ordering::Acquire);
         if c == seen {
             task::futex_wait_timeout(&CTL.cmd, c, 1_000_000_000);
+            if !task::parent_is(parent) {
+                task::exit_now(0);
+            }
             continue;
         }
         seen = c;
