@@ -156,6 +156,47 @@ static void write_file(const char *path, const char *s)
 	}
 }
 
+#define KAL_HEAP_CONF "/kal_heap.conf"
+
+/*
+ * Bench mode: KAL's pause and scan rate per snapshot backend, with
+ * benches/kal/kal_heap.c under librmalloc.so.  KAL_HEAP_CONF holds
+ * "exe PATH", "lib PATH", then one "BACKEND HEAP_MIB SCANS" line per run;
+ * each run prints its own "result ..." line for the host's table.
+ */
+static int run_kal_heap(void)
+{
+	static char line[512], exe[256], lib[256], preload[300], opts[200];
+	char backend[16], mib[16], scans[16];
+	int failed = 0, envc = 0;
+	char *envp[MAX_WORDS + 3];
+	FILE *f = fopen(KAL_HEAP_CONF, "r");
+
+	if (!f)
+		return 0;
+	for (char **e = environ; *e && envc < MAX_WORDS; e++)
+		envp[envc++] = *e;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "exe %255s", exe) == 1 || sscanf(line, "lib %255s", lib) == 1)
+			continue;
+		if (sscanf(line, "%15s %15s %15s", backend, mib, scans) != 3)
+			continue;
+		char *argv[] = { exe, mib, scans, NULL };
+
+		snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", lib);
+		snprintf(opts, sizeof(opts),
+			 "KAL_OPTIONS=mode=detect:interval_ms=86400000:scan_timeout_ms=600000:backend=%s",
+			 backend);
+		envp[envc] = preload;
+		envp[envc + 1] = opts;
+		envp[envc + 2] = NULL;
+		printf("kal-init: kal_heap backend=%s heap=%s MiB scans=%s\n", backend, mib, scans);
+		failed |= run_env(argv, envp, 2400) != 0;
+	}
+	fclose(f);
+	return failed;
+}
+
 int main(void)
 {
 	char cmdline[1024] = "";
@@ -192,6 +233,7 @@ int main(void)
 		char *argv[] = { "/kal_bench", NULL };
 
 		failed |= run(argv, 3000) != 0;
+		failed |= run_kal_heap();
 	} else {
 		char *kself[] = { "/kal_snapshot_test", NULL };
 		char *extra[] = { "/kal_guest_test", NULL };

@@ -6,8 +6,10 @@
 # test:  the kselftest (tools/testing/selftests/kal), kernel-patch/guest
 #        tests, the static rmalloc-sys tests and KAL's own tests
 #        (tests/kal.rs, see below); 2 vCPUs, 2 GiB.
-# bench: kernel-patch/guest/kal_bench.c; 2 vCPUs, 3 GiB; prints the pause
-#        table (also saved to $KAL_CACHE/bench-<hash>.md).
+# bench: kernel-patch/guest/kal_bench.c, then KAL's own pause and scan
+#        rate per backend (benches/kal/kal_heap.c under librmalloc.so);
+#        2 vCPUs, 3 GiB; prints the tables (also saved to
+#        $KAL_CACHE/bench-<hash>.md).
 #
 # KAL's tests in the guest: the host builds librmalloc.so, the kal command,
 # the tests/kal.rs test executable and its C programs (by running its `programs_build` test),
@@ -160,6 +162,37 @@ if [ "$mode" = test ]; then
 		exit 1
 	fi
 fi
+# Bench: KAL's pause and scan rate with each backend (benches/kal/kal_heap.c
+# under librmalloc.so, packed like the tests above).  KAL_HEAP_RUNS: lines
+# of "BACKEND HEAP_MIB SCANS"; KAL_HEAP_RUNS=none leaves them out.
+kal_heap_runs() {
+	local target lib exe
+	command -v cargo >/dev/null 2>&1 || { echo "kernel-bench: ERROR: cargo not found" >&2; return 1; }
+	target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') || return 1
+	(cd "$repo" && cargo build --release -p rmalloc >&2) || return 1
+	lib="$target/release/librmalloc.so"
+	exe="$target/bench/bin/kal_heap-guest"
+	mkdir -p "$(dirname "$exe")"
+	gcc -O2 -g -I "$repo/rmalloc/include" -o "$exe" "$repo/benches/kal/kal_heap.c" -ldl || return 1
+	for f in "$lib" "$exe"; do
+		put "$f"
+		put_libs "$f" || return 1
+	done
+	{
+		echo "exe $exe"
+		echo "lib $lib"
+		printf '%s\n' "${KAL_HEAP_RUNS:-fork 64 5
+kernel 64 5
+fork 256 3
+kernel 256 3
+fork 1024 2
+kernel 1024 2}"
+	} > "$root/kal_heap.conf"
+}
+if [ "$mode" = bench ] && [ "${KAL_HEAP_RUNS:-}" != none ]; then
+	kal_heap_runs || { echo "kernel-bench: FAIL: could not prepare kal_heap" >&2; exit 1; }
+fi
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$tmp/initramfs.gz"
 
 case "$mode" in
@@ -199,6 +232,23 @@ fi
 if [ "$mode" = bench ]; then
 	out="$(dirname "$kdir")/bench-$(basename "$kdir").md"
 	sed -n 's/^KAL-BENCH: \{0,1\}//p' "$log" | tr -d '\r' > "$out"
+	# kal_heap's "result" lines: one table row per backend and heap size.
+	tr -d '\r' < "$log" | python3 -c '
+import sys
+rows = [dict(kv.split("=", 1) for kv in l.split()[1:] if "=" in kv)
+        for l in sys.stdin if l.startswith("result heap_mib=")]
+if rows:
+    print()
+    print("KAL through librmalloc.so (benches/kal/kal_heap.c, mode=detect, in this guest):")
+    print()
+    print("| backend | heap | scans completed | pause p50 | pause p99 | mark (median) | scan rate (median) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print("| %s | %s MiB | %s/%s | %.1f ms | %.1f ms | %s ms | %s GB/s |" % (
+            r.get("backend"), r.get("heap_mib"), r.get("completed"), r.get("scans"),
+            int(r.get("pause_p50_us", 0)) / 1000, int(r.get("pause_p99_us", 0)) / 1000,
+            r.get("mark_ms_median"), r.get("rate_gbs_median")))
+' >> "$out"
 	cat "$out"
 	echo "kernel-bench: table saved to $out" >&2
 fi
