@@ -30,7 +30,7 @@ pub(crate) fn set_errno(e: i32) {
 }
 
 #[inline(always)]
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() }
 }
@@ -149,6 +149,33 @@ pub unsafe fn free(mem: *mut u8) {
 /// `raw` its size field as read by `free`.
 #[inline(never)]
 unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
+    // SAFETY: `p` is a live chunk being freed once (contract); a heap chunk
+    // goes to its arena once `check_pointer` passes.
+    unsafe {
+        // The common case: a heap chunk too big for the thread's cache (which
+        // exists, so initialisation is done) goes straight to its fastbin or
+        // arena, which keep `errno`.  Only tail calls here, so no registers
+        // are saved on the way.
+        let t = tls::get::<{ tls::TCACHE }>();
+        if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
+            let size = raw & !SIZE_BITS;
+            if csize2tidx(size) >= PARAMS.tcache_bins() {
+                check_pointer(p, size);
+                return crate::free::free_full_bin(p, size);
+            }
+        }
+        free_rare(p, raw)
+    }
+}
+
+/// The rest of `free`: mmapped chunks, a thread's first `free` (its cache
+/// is created here), and anything while the cache is disabled.
+///
+/// # Safety
+/// As `free_slow`.
+#[cold]
+#[inline(never)]
+unsafe fn free_rare(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: `p` is a live chunk being freed once (contract); mmapped ones are
     // unmapped, heap ones go to their own arena after `check_pointer`.
     unsafe {
