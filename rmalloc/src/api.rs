@@ -94,7 +94,7 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
         thread::tcache_or_init();
         let (mut av, mut held) = arena_get(bytes);
         kal_hook(av);
-        let mut p = int_malloc(av, bytes, nb);
+        let mut p = crate::malloc::int_malloc_inline(av, bytes, nb);
         if p.is_null() {
             (av, held) = arena_get_retry(av, held, bytes);
             p = int_malloc(av, bytes, nb);

@@ -80,7 +80,19 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk and size arguments are as described
 /// above and belong to `av`.
+#[inline(never)]
 pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { int_malloc_inline(av, bytes, nb) }
+}
+
+/// `int_malloc` compiled into its caller: `malloc`'s slow path, which runs it
+/// on most calls, saves a call frame (and its register saves) that way.
+///
+/// # Safety
+/// As `int_malloc`.
+#[inline(always)]
+pub(crate) unsafe fn int_malloc_inline(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
         let t = tls::get::<{ tls::TCACHE }>();
