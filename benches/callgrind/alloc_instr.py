@@ -22,8 +22,11 @@ def main(path):
     fn = None; cfn = None; total = None
     alloc = 0; pending = False; calls_by = {}
     selfcost = {}
+    npos = 1  # position columns before the costs ("positions: instr line" gives 2)
     for line in open(path):
         line = line.rstrip('\n')
+        if line.startswith('positions:'):
+            npos = len(line.split()) - 1; continue
         if line.startswith('fn='):
             fn = resolve('fn', line[3:]); continue
         if line.startswith('cfn='):
@@ -38,9 +41,9 @@ def main(path):
             total = int(line.split()[1]); continue
         if line and (line[0].isdigit() or line[0] in '+-*'):
             parts = line.split()
-            if len(parts) < 2: 
+            if len(parts) <= npos:
                 pending = False; continue
-            cost = int(parts[1])
+            cost = int(parts[npos])
             if pending:
                 if cfn in ENTRY and fn not in ENTRY:
                     alloc += cost
