@@ -139,6 +139,10 @@ pub unsafe fn free(mem: *mut u8) {
                 // Bin full: checked already, straight to the arena.
                 return crate::free::free_full_bin(p, size);
             }
+            // Too big for the cache: straight to the arena too (what
+            // `free_slow` would do, without re-deriving it).  Anything that
+            // diverts `free` through `free_slow` must divert this route too.
+            return crate::free::free_uncached(p, size);
         }
         free_slow(p, raw);
     }

@@ -86,6 +86,20 @@ pub(crate) unsafe fn free_full_bin(p: ChunkPtr, size: usize) {
     }
 }
 
+/// `free` of heap chunk `p` (of size `size`) too big for the thread cache,
+/// whose cache exists: glibc's pointer checks, then [`free_full_bin`].
+///
+/// # Safety
+/// As `free_full_bin`, except that the pointer is not checked yet.
+#[inline(never)]
+pub(crate) unsafe fn free_uncached(p: ChunkPtr, size: usize) {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        check_pointer(p, size);
+        free_full_bin(p, size)
+    }
+}
+
 /// `merge_chunk` of a program's `free` under the arena lock (taken here).
 ///
 /// # Safety
