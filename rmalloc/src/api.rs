@@ -30,7 +30,7 @@ pub(crate) fn set_errno(e: i32) {
 }
 
 #[inline(always)]
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() }
 }
@@ -142,7 +142,7 @@ unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
         thread::tcache_or_init();
         let (mut av, mut held) = arena_get(bytes);
         kal_hook(av);
-        let mut p = int_malloc(av, bytes, nb);
+        let mut p = crate::malloc::int_malloc_inline(av, bytes, nb);
         if p.is_null() {
             (av, held) = arena_get_retry(av, held, bytes);
             p = int_malloc(av, bytes, nb);
@@ -175,6 +175,12 @@ pub unsafe fn free(mem: *mut u8) {
             // See `malloc` for `fast_bins`.
             if idx < PARAMS.fast_bins() {
                 return free_cached(t, p, size, idx);
+            }
+            // Too big for the cache: straight to the arena too (what
+            // `free_slow` would do, without re-deriving it), except while
+            // KAL records allocation stacks: `free_slow` forgets them.
+            if !crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
+                return crate::free::free_uncached(p, size);
             }
         }
         free_slow(p, raw);
@@ -255,6 +261,33 @@ unsafe fn free_arena_out(p: chunk::ChunkPtr, raw: usize) {
 /// As `free_slow`.
 #[inline(always)]
 unsafe fn free_arena(p: chunk::ChunkPtr, raw: usize) {
+    // SAFETY: `p` is a live chunk being freed once (contract); a heap chunk
+    // goes to its arena once `check_pointer` passes.
+    unsafe {
+        // The common case: a heap chunk too big for the thread's cache (which
+        // exists, so initialisation is done) goes straight to its fastbin or
+        // arena, which keep `errno`.  Only tail calls here, so no registers
+        // are saved on the way.
+        let t = tls::get::<{ tls::TCACHE }>();
+        if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
+            let size = raw & !SIZE_BITS;
+            if csize2tidx(size) >= PARAMS.tcache_bins() {
+                check_pointer(p, size);
+                return crate::free::free_full_bin(p, size);
+            }
+        }
+        free_rare(p, raw)
+    }
+}
+
+/// The rest of `free`: mmapped chunks, a thread's first `free` (its cache
+/// is created here), and anything while the cache is disabled.
+///
+/// # Safety
+/// As `free_slow`.
+#[cold]
+#[inline(never)]
+unsafe fn free_rare(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: `p` is a live chunk being freed once (contract); mmapped ones are
     // unmapped, heap ones go to their own arena after `check_pointer`.
     unsafe {

@@ -54,16 +54,17 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
             return;
         }
         let held = (*av).lock();
-        merge_chunk(av, p, size);
+        merge_chunk(av, p, size, false);
         (*av).unlock(held);
     }
 }
 
-/// `free` of heap chunk `p` (of size `size`) whose cache bin is full: the
-/// fast path has already checked the pointer and the cache's double-free
+/// `free` of heap chunk `p` (of size `size`) that does not go to the thread
+/// cache (its bin is full, or it is too big for one): the caller has already
+/// checked the pointer and, for a cacheable size, the cache's double-free
 /// key, so go straight to the fastbin or the arena's bins without repeating
-/// that work.  `errno` is preserved; only trimming the main heap through
-/// libc's `sbrk` can change it, so it is saved on the merging path only.
+/// that work.  `errno` is preserved: only trimming the main heap through
+/// libc's `sbrk` can change it, so `merge_chunk` saves it around that alone.
 ///
 /// # Safety
 /// `p` is an in-use heap chunk (not mmapped) of size `size` that the caller
@@ -74,14 +75,42 @@ pub(crate) unsafe fn free_full_bin(p: ChunkPtr, size: usize) {
     unsafe {
         let av = crate::arena::arena_for_chunk(p);
         if size <= PARAMS.max_fast() {
-            fastbin_push(av, p, size, false);
-            return;
+            return fastbin_push(av, p, size, false);
         }
-        let saved = *libc::__errno_location();
+        // Tail calls only: with one thread no lock is taken (as
+        // `Arena::lock` decides), so nothing is left to do after the merge.
+        if crate::arena::single_threaded() {
+            return merge_chunk(av, p, size, true);
+        }
+        merge_chunk_locked(av, p, size)
+    }
+}
+
+/// `free` of heap chunk `p` (of size `size`) too big for the thread cache,
+/// whose cache exists: glibc's pointer checks, then [`free_full_bin`].
+///
+/// # Safety
+/// As `free_full_bin`, except that the pointer is not checked yet.
+#[inline(never)]
+pub(crate) unsafe fn free_uncached(p: ChunkPtr, size: usize) {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        check_pointer(p, size);
+        free_full_bin(p, size)
+    }
+}
+
+/// `merge_chunk` of a program's `free` under the arena lock (taken here).
+///
+/// # Safety
+/// As `merge_chunk`, without the lock held.
+#[inline(never)]
+unsafe fn merge_chunk_locked(av: *mut Arena, p: ChunkPtr, size: usize) {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
         let held = (*av).lock();
-        merge_chunk(av, p, size);
+        merge_chunk(av, p, size, true);
         (*av).unlock(held);
-        *libc::__errno_location() = saved;
     }
 }
 
@@ -106,7 +135,7 @@ pub(crate) unsafe fn int_free_locked(av: *mut Arena, p: ChunkPtr) {
         if size <= PARAMS.max_fast() {
             fastbin_push(av, p, size, true);
         } else {
-            merge_chunk(av, p, size);
+            merge_chunk(av, p, size, false);
         }
     }
 }
@@ -214,14 +243,16 @@ unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool
 }
 
 /// Coalesce `p` with free neighbours and put the result in the unsorted bin
-/// or top; then consolidate and trim if the freed block is large.
+/// or top; then consolidate and trim if the freed block is large.  With
+/// `keep_errno` (a `free` of the program's), `errno` is saved and restored
+/// around trimming, the one step that can set it (libc's `sbrk`).
 ///
 /// # Safety
 /// `av` is an initialised arena and `p` one of its heap chunks that the
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
-unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize) {
+unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize, keep_errno: bool) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
         let next = chunk::at_offset(p, size);
@@ -249,7 +280,13 @@ unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize) {
                 malloc_consolidate(av);
             }
             if !(*av).is_main() || chunk::size((*av).top) >= PARAMS.trim_threshold() {
-                top::systrim(av, PARAMS.top_pad());
+                if keep_errno {
+                    let saved = crate::api::errno();
+                    top::systrim(av, PARAMS.top_pad());
+                    crate::api::set_errno(saved);
+                } else {
+                    top::systrim(av, PARAMS.top_pad());
+                }
             }
         }
     }

@@ -80,7 +80,19 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk and size arguments are as described
 /// above and belong to `av`.
+#[inline(never)]
 pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { int_malloc_inline(av, bytes, nb) }
+}
+
+/// `int_malloc` compiled into its caller: `malloc`'s slow path, which runs it
+/// on most calls, saves a call frame (and its register saves) that way.
+///
+/// # Safety
+/// As `int_malloc`.
+#[inline(always)]
+pub(crate) unsafe fn int_malloc_inline(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
         let t = tls::get::<{ tls::TCACHE }>();
@@ -115,10 +127,8 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
             }
         }
 
-        let mut idx;
         if in_smallbin_range(nb) {
-            idx = smallbin_index(nb);
-            let bin = (*av).bin_at(idx);
+            let bin = (*av).bin_at(smallbin_index(nb));
             let victim = (*bin).bk;
             if victim != bin {
                 let bck = (*victim).bk;
@@ -152,7 +162,6 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
                 return p;
             }
         } else {
-            idx = largebin_index(nb);
             if (*av).have_fastchunks.load(Ordering::Relaxed) {
                 malloc_consolidate(av);
             }
@@ -247,6 +256,26 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
         if return_cached {
             return tcache::get(tc, tc_idx);
         }
+        search_bins(av, nb, bytes)
+    }
+}
+
+/// The rest of `int_malloc` once the fastbins, the exact small bin and the
+/// unsorted bin could not serve `nb`: best fit in the request's large bin,
+/// then the binmap scan, then top.  Out of line, so that the large-bin
+/// index is computed here and not (speculatively) on every `int_malloc`.
+///
+/// # Safety
+/// As `int_malloc`.
+#[inline(never)]
+unsafe fn search_bins(av: *mut Arena, nb: usize, bytes: usize) -> *mut u8 {
+    // SAFETY: the caller upholds the contract under `# Safety`.
+    unsafe {
+        let mut idx = if in_smallbin_range(nb) {
+            smallbin_index(nb)
+        } else {
+            largebin_index(nb)
+        };
 
         // Best fit from the request's own large bin.
         if !in_smallbin_range(nb) {
