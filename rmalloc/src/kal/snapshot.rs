@@ -215,12 +215,13 @@ fn kernel_available() -> bool {
 
 /// Pick a backend for `wanted`; Err(message) when it cannot run here.
 ///
-/// `auto` is `fork`: with ABI 1 the kernel's capture pauses as long as
-/// fork's page-table copy (measured in the guest: 35 ms against 35 ms at
-/// 64 MiB, 152 against 144 ms at 256 MiB, p50 under TCG), and reading the
-/// image through `pread` marks about 2.5 times slower than the fork child's
-/// own loads.  An ABI whose capture does not grow with the heap is what
-/// would make `kernel` the better default.
+/// `auto` is `fork`: with ABI 1 the kernel's capture still copies the page
+/// tables of everything captured, so its pause is only somewhat shorter
+/// than fork's, while reading the image through `pread` marks 2 to 2.5
+/// times slower (`make kernel-bench`, TCG guest, p50 pause fork/kernel:
+/// 56/47 ms at 64 MiB, 101/70 ms at 256 MiB, 330/296 ms at 1 GiB; mark
+/// 1.1/3.3 s, 5.3/11.3 s, 34/81 s).  An ABI whose capture does not grow
+/// with the heap is what would make `kernel` the better default.
 pub fn choose(wanted: super::options::Backend) -> Result<Kind, &'static str> {
     use super::options::Backend;
     match wanted {
