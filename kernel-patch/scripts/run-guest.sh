@@ -59,20 +59,25 @@ gcc "${cflags[@]}" -o "$root/init" "$here/guest/init.c"
 gcc "${cflags[@]}" -o "$root/kal_snapshot_test" "$kdir/selftests/kal/kal_snapshot_test.c"
 gcc "${cflags[@]}" -o "$root/kal_guest_test" "$here/guest/kal_guest_test.c"
 gcc "${cflags[@]}" -o "$root/kal_bench" "$here/guest/kal_bench.c"
-# The sys crate's unit tests, linked statically, run against the real call.
-if [ "$mode" = test ] && command -v cargo >/dev/null 2>&1; then
-	rtarget="$(dirname "$kdir")/rust-static-target"
-	rbin=$(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$rtarget" \
-		cargo test -p rmalloc-sys --release --no-run --target x86_64-unknown-linux-gnu \
-		--message-format=json 2>/dev/null | python3 -c '
+# The path of test executable $1, from cargo's JSON messages on stdin.
+test_exe() {
+	python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "rmalloc_sys":
-        print(m["executable"])' | tail -1) || true
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1" | tail -1
+}
+
+# The sys crate's unit tests, linked statically, run against the real call.
+if [ "$mode" = test ] && command -v cargo >/dev/null 2>&1; then
+	rtarget="$(dirname "$kdir")/rust-static-target"
+	rbin=$(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$rtarget" \
+		cargo test -p rmalloc-sys --release --no-run --target x86_64-unknown-linux-gnu \
+		--message-format=json 2>/dev/null | test_exe rmalloc_sys) || true
 	if [ -n "$rbin" ] && [ -x "$rbin" ]; then
 		cp "$rbin" "$root/rmalloc_sys_test"
 	else
@@ -117,15 +122,7 @@ kal_tests() {
 	(cd "$repo" && cargo build --release -p rmalloc -p kal >&2) || return 1
 	lib="$target/release/librmalloc.so"
 	exe=$(cd "$repo" && cargo test --release -p rmalloc-integration --test kal --no-run \
-		--message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kal":
-        print(m["executable"])' | tail -1) || return 1
+		--message-format=json | test_exe kal) || return 1
 	[ -n "$exe" ] && [ -x "$exe" ] || { echo "kernel-test: ERROR: no tests/kal.rs executable from cargo" >&2; return 1; }
 	# Its programs_build test compiles the C programs into its build
 	# directory (CARGO_TARGET_TMPDIR/kal) with the flags the tests use.
