@@ -56,8 +56,6 @@ pub struct ImageView<'a> {
     /// Captured ranges, sorted by address, disjoint, page aligned.
     ranges: &'a [(usize, usize)],
     cache: &'a mut BlockCache,
-    /// Bytes read from the image.
-    pub read_bytes: u64,
     /// `now_ns` after which every read fails (0: none).
     deadline: u64,
     /// A read failed because the deadline had passed.
@@ -83,7 +81,6 @@ impl<'a> ImageView<'a> {
             fd,
             ranges,
             cache,
-            read_bytes: 0,
             deadline,
             late: false,
         })
@@ -116,7 +113,6 @@ impl<'a> ImageView<'a> {
                     _ => return None,
                 }
             }
-            self.read_bytes += (e - s) as u64;
             for pg in (s - base) / sys::PAGE_SIZE..(e - base) / sys::PAGE_SIZE {
                 mask |= 1 << pg;
             }

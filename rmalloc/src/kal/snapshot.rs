@@ -35,7 +35,20 @@ pub enum Discard {
     Killed,
 }
 
+// Every reason is in `Discard::ALL` (they are numbered from 0 in order).
+const _: () = assert!(Discard::ALL.len() == Discard::Killed as usize + 1);
+
 impl Discard {
+    /// Every reason, to read one back from the result area.
+    const ALL: [Discard; 6] = [
+        Discard::Stop,
+        Discard::Heap,
+        Discard::Roots,
+        Discard::Resources,
+        Discard::Slow,
+        Discard::Killed,
+    ];
+
     pub fn why(self) -> &'static str {
         match self {
             Discard::Stop => "a thread could not be stopped",
@@ -187,13 +200,10 @@ impl Results {
         }
         match h.status.load(Ordering::Acquire) {
             ST_DONE => Ok(()),
-            ST_FAILED => Err(match h.reason {
-                0 => Discard::Stop,
-                1 => Discard::Heap,
-                2 => Discard::Roots,
-                4 => Discard::Slow,
-                _ => Discard::Resources,
-            }),
+            ST_FAILED => Err(Discard::ALL
+                .into_iter()
+                .find(|&d| d as u32 == h.reason)
+                .unwrap_or(Discard::Resources)),
             _ => Err(Discard::Resources),
         }
     }
