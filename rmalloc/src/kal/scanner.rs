@@ -188,16 +188,26 @@ pub fn suspend() -> bool {
     // A scan in progress finishes first; bounded, so the caller's system
     // call is never held up for long (it then fails as without KAL's help).
     let deadline = task::now_ns() + 10_000_000_000;
+    let tid = SCANNER_TID.load(Ordering::Acquire);
     loop {
         let t = SCANNER_TID.load(Ordering::Acquire);
         if t == 0 {
-            return true;
+            break;
         }
         if task::now_ns() >= deadline {
             return true; // it ends after its scan; `start` waits for that
         }
         task::futex_wait_timeout(&SCANNER_TID, t, 100_000_000);
     }
+    // The kernel clears the tid while the thread is still in the thread
+    // group (the mm is released before the task is unhashed), and in that
+    // window `unshare(CLONE_NEWUSER)` still fails with EINVAL.  Wait until
+    // the thread is gone for the kernel too.
+    let pid = sys::getpid();
+    while tid != 0 && task::thread_alive(pid, tid as i32) && task::now_ns() < deadline {
+        task::sleep_ns(20_000);
+    }
+    true
 }
 
 /// Ask for a scan and wait for it (at most `timeout_ns`).  Returns 1 if it
