@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # build-kernel.sh: build the kal_snapshot test kernel, cached by content.
 #
-# Extracts Debian's linux-source-6.12, applies kernel-patch/0001-kal-syscall.patch,
-# configures tinyconfig + kernel-patch/kal.config and builds bzImage plus the
-# uapi headers.  The result lives in $KAL_CACHE/<hash>/ (default
-# ${XDG_CACHE_HOME:-$HOME/.cache}/rmalloc-kernel), keyed by a hash of the
-# patch and the config fragment; a second run with the same inputs only
-# prints the path.  Prints the cache directory on stdout as its last line.
+# Extracts Debian's linux-source-6.12, applies the patch series
+# kernel-patch/[0-9][0-9][0-9][0-9]-*.patch in order (the cover letter 0000 is
+# not a patch), configures tinyconfig + kernel-patch/kal.config and builds
+# bzImage plus the uapi headers.  The result lives in $KAL_CACHE/<hash>/
+# (default ${XDG_CACHE_HOME:-$HOME/.cache}/rmalloc-kernel), keyed by a hash
+# of the series and the config fragment; a second run with the same inputs
+# only prints the path.  Prints the cache directory on stdout as its last
+# line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 repo=$(cd "$here/.." && pwd)
-patch="$here/0001-kal-syscall.patch"
+mapfile -t patches < <(ls "$here"/[0-9][0-9][0-9][0-9]-*.patch 2>/dev/null | grep -v '/0000-')
 frag="$here/kal.config"
 cache="${KAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rmalloc-kernel}"
 jobs="${KAL_JOBS:-$(nproc)}"
@@ -18,12 +20,12 @@ jobs="${KAL_JOBS:-$(nproc)}"
 log() { echo "kernel: $*" >&2; }
 die() { echo "kernel: ERROR: $*" >&2; exit 1; }
 
-[ -f "$patch" ] || die "missing $patch"
+[ "${#patches[@]}" -gt 0 ] || die "no patches in $here"
 [ -f "$frag" ] || die "missing $frag"
 "$repo/scripts/need-apt" linux-source-6.12 build-essential flex bison bc \
 	libelf-dev libssl-dev cpio xz-utils gzip git rsync >&2
 
-hash=$(cat "$patch" "$frag" | sha256sum | cut -c1-16)
+hash=$(cat "${patches[@]}" "$frag" | sha256sum | cut -c1-16)
 out="$cache/$hash"
 if [ -f "$out/done" ]; then
 	log "cached kernel $out/bzImage"
@@ -49,10 +51,12 @@ tar -C "$work" -xf "$tarball"
 src="$work/linux-source-6.12"
 [ -d "$src" ] || die "unexpected tarball layout"
 
-log "applying $(basename "$patch")"
-if ! (cd "$src" && git apply --check "$patch" && git apply "$patch"); then
-	die "the patch does not apply to $(basename "$tarball")"
-fi
+for p in "${patches[@]}"; do
+	log "applying $(basename "$p")"
+	if ! (cd "$src" && git apply --check "$p" && git apply "$p"); then
+		die "$(basename "$p") does not apply to $(basename "$tarball")"
+	fi
+done
 
 log "configuring (tinyconfig + $(basename "$frag"))"
 make -C "$src" O="$work/build" tinyconfig >/dev/null

@@ -194,7 +194,7 @@ fi
 
 case "$mode" in
 test) mem=2G ;;
-bench) mem=3G ;;
+bench) mem=6G ;;
 *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
 log="$tmp/console.log"

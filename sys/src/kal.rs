@@ -1,6 +1,6 @@
 //! The `kal_snapshot` system call: uapi mirror and raw wrappers.
 //!
-//! Mirrors `include/uapi/linux/kal.h` from `kernel-patch/0001-kal-syscall.patch`
+//! Mirrors `include/uapi/linux/kal.h` from the `kernel-patch/` series
 //! (ABI version 1).  `kal_snapshot(ranges, nr_ranges, flags)` gives the calling
 //! process a close-on-exec file descriptor for a copy-on-write image of the
 //! given ranges of its own memory, taken at one instant.  `pread` at a virtual
@@ -29,6 +29,9 @@ pub const KAL_PROBE_ABI_MASK: u32 = 0xff;
 /// Stop every other thread of the process for the instant of the snapshot and
 /// record their user registers.
 pub const KAL_SNAPSHOT_STOP_THREADS: u32 = 0x1;
+/// Copy every page table at the instant instead of lazily (the default):
+/// the pause then grows with the number of 4 KiB pages, as fork()'s does.
+pub const KAL_SNAPSHOT_EAGER: u32 = 0x2;
 /// Probe: `kal_snapshot(NULL, 0, KAL_SNAPSHOT_PROBE)`.
 pub const KAL_SNAPSHOT_PROBE: u32 = 0x8000_0000;
 /// Most ranges one call accepts (`E2BIG` beyond).
