@@ -67,6 +67,22 @@ static long meminfo_kb(const char *key)
 	return v;
 }
 
+/* A field of this process' /proc/self/smaps_rollup, in kB. */
+static long self_kb(const char *key)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ':')
+			v = atol(line + strlen(key) + 1);
+	fclose(f);
+	return v;
+}
+
 static void fmt(char *buf, double us)
 {
 	if (us >= 1000)
@@ -301,9 +317,13 @@ static void moved_cost(size_t len, int reps)
 }
 
 /*
- * Snapshots of a heap that keeps being written: @per_round random pages
- * written between two snapshots, the time those writes take, and the
- * pause.  Also the THP case: after writes, are the huge pages still huge?
+ * Snapshots of a heap that keeps being written, as under KAL: each round
+ * takes a snapshot, writes random pages while the image is open (as the
+ * program does while the scanner reads), then closes it.  The pause, the
+ * time those writes take (with the lazy copy, the first write into each
+ * pending 2 MiB region copies that table), and for THP whether the huge
+ * pages are still huge afterwards (a write to a huge page shared with an
+ * image splits the process' mapping, as after fork()).
  */
 static void under_writes(size_t len, int reps, double *k, double *f)
 {
@@ -311,7 +331,7 @@ static void under_writes(size_t len, int reps, double *k, double *f)
 	size_t pages = len / 4096;
 	char a[4][32];
 
-	printf("KAL-BENCH:\nKAL-BENCH: snapshots while the process writes (%zu MiB, lazy, random 4 KiB pages written between snapshots):\nKAL-BENCH:\n",
+	printf("KAL-BENCH:\nKAL-BENCH: snapshots while the process writes (%zu MiB, lazy; each round: snapshot, write random pages with the image open, close):\nKAL-BENCH:\n",
 	       len >> 20);
 	printf("KAL-BENCH: | heap pages | pages written per round | pause p50 | pause p99 | writes per round p50 | AnonHugePages after |\n");
 	printf("KAL-BENCH: |---|---|---|---|---|---|\n");
@@ -323,8 +343,8 @@ static void under_writes(size_t len, int reps, double *k, double *f)
 
 			for (int i = -2; i < reps; i++) {
 				double pause, t0;
+				int fd = snap(&r, 0, &pause);
 
-				close(snap(&r, 0, &pause));
 				t0 = now_us();
 				for (int w = 0; w < rates[j]; w++)
 					p[(rand_r(&seed) % pages) * 4096]++;
@@ -332,13 +352,14 @@ static void under_writes(size_t len, int reps, double *k, double *f)
 					k[i] = pause;
 					f[i] = now_us() - t0;
 				}
+				close(fd);
 			}
 			fmt(a[0], pct(k, reps, 0.5));
 			fmt(a[1], pct(k, reps, 0.99));
 			fmt(a[2], pct(f, reps, 0.5));
 			printf("KAL-BENCH: | %s | %d | %s | %s | %s | %ld MiB |\n",
 			       thp ? "THP" : "4 KiB", rates[j], a[0], a[1], a[2],
-			       meminfo_kb("AnonHugePages") >> 10);
+			       self_kb("AnonHugePages") >> 10);
 			munmap(raw, len + HPAGE);
 		}
 	}
