@@ -14,6 +14,8 @@ pub const SIG_SETMASK: usize = 2;
 pub const WCLONE: usize = 0x8000_0000;
 pub const ESRCH: i32 = 3;
 pub const ENOENT: i32 = 2;
+pub const EPERM: i32 = 1;
+pub const EACCES: i32 = 13;
 pub const ETIMEDOUT: i32 = 110;
 pub const PR_SET_PDEATHSIG: usize = 1;
 pub const PR_SET_NAME: usize = 15;
@@ -418,18 +420,27 @@ unsafe fn spawn_raw_ctid(
 }
 
 /// Copy `len` bytes at `src` in this process into `dst`, without a fault
-/// signal for memory that cannot be read (a file mapping past its end):
-/// `process_vm_readv` on ourselves reports that as an error instead.  On a
-/// kernel built without it (`CONFIG_CROSS_MEMORY_ATTACH`), `/proc/self/mem`
-/// does the same.  Returns the number of bytes copied.
+/// signal for memory that cannot be read (a file mapping past its end): the
+/// kernel reports that as an error instead.  Reads through `/proc/self/mem`
+/// (the kernel walks the pages with a plain reference), not
+/// `process_vm_readv`, which pins the pages it reads: one pin marks the
+/// process as a user of DMA pins for good (`MMF_HAS_PINNED`), after which
+/// `kal_snapshot` must copy every page table at the instant.  Where
+/// `/proc/self/mem` cannot be opened, `process_vm_readv` does the copy.
+/// Returns the number of bytes copied.
 ///
 /// # Safety
 /// `dst` must be writable for `len` bytes.
 pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<usize> {
+    // SAFETY: forwarded contract.
+    match unsafe { read_self_mem(dst, src, len) } {
+        Err(e) if e == ENOENT || e == EACCES || e == EPERM => {}
+        r => return r,
+    }
     let local = [dst as usize, len];
     let remote = [src, len];
     // SAFETY: two single-element iovec arrays; the kernel checks `src`.
-    let r = map(unsafe {
+    map(unsafe {
         syscall!(
             Sysno::process_vm_readv,
             crate::getpid() as usize,
@@ -439,12 +450,7 @@ pub unsafe fn copy_from_self(dst: *mut u8, src: usize, len: usize) -> SysResult<
             1usize,
             0usize
         )
-    });
-    if r != Err(ENOSYS) {
-        return r;
-    }
-    // SAFETY: forwarded contract.
-    unsafe { read_self_mem(dst, src, len) }
+    })
 }
 
 /// Copy `len` bytes at `src` in this process into `dst` through
@@ -479,8 +485,6 @@ pub unsafe fn read_self_mem(dst: *mut u8, src: usize, len: usize) -> SysResult<u
     crate::close(fd);
     Ok(done)
 }
-
-const ENOSYS: i32 = 38;
 
 /// Create `path` (which must not exist) for reading and writing, mode 0600.
 pub fn create_rw(path: &core::ffi::CStr) -> SysResult<i32> {

@@ -332,7 +332,7 @@ fn dontfork_missing(s: &mut Scratch, parent_maps: &[u8]) -> bool {
 }
 
 /// Mark from `[start, end)` of the process's memory as it is now, read with
-/// `process_vm_readv` through `buf`: no fault for memory that went away.
+/// `copy_from_self` through `buf`: no fault for memory that went away.
 fn live_roots(m: &mut Marker, h: &mut Heap, buf: &mut MVec<u8>, start: usize, end: usize) -> bool {
     const PIECE: usize = 64 << 10;
     let short = PIECE.saturating_sub(buf.len());
