@@ -512,6 +512,28 @@ fn kernel_backend_available() -> bool {
     kal_stats(kernel_probe(), "end").is_some_and(|s| s.get("backend") == Some(&2))
 }
 
+/// `backend=auto` takes the kernel's `kal_snapshot` where it works (its
+/// pause does not grow with the heap) and fork elsewhere.  On a stock
+/// kernel this checks the fork side; `make kernel-test` checks the other.
+#[test]
+fn auto_backend_prefers_the_kernels_snapshot() {
+    if against_glibc() {
+        return;
+    }
+    let out = run_roots(
+        "basic",
+        Some("mode=detect:interval_ms=100000:backend=auto"),
+        &[],
+    );
+    let want = if kernel_backend_available() { 2 } else { 1 };
+    let got = kal_stats(&out, "end").and_then(|s| s.get("backend").copied());
+    assert_eq!(
+        got,
+        Some(want),
+        "backend=auto ran backend {got:?}, want {want} (1 fork, 2 kernel)"
+    );
+}
+
 fn options(base: &str, backend: &str) -> String {
     if backend == "none" {
         base.to_string()

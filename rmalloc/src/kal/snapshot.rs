@@ -225,17 +225,19 @@ fn kernel_available() -> bool {
 
 /// Pick a backend for `wanted`; Err(message) when it cannot run here.
 ///
-/// `auto` is `fork`: with ABI 1 the kernel's capture still copies the page
-/// tables of everything captured, so its pause is only somewhat shorter
-/// than fork's, while reading the image through `pread` marks 2 to 2.5
-/// times slower (`make kernel-bench`, TCG guest, p50 pause fork/kernel:
-/// 56/47 ms at 64 MiB, 101/70 ms at 256 MiB, 330/296 ms at 1 GiB; mark
-/// 1.1/3.3 s, 5.3/11.3 s, 34/81 s).  An ABI whose capture does not grow
-/// with the heap is what would make `kernel` the better default.
+/// `auto` is `kernel` where the kernel has `kal_snapshot`, `fork`
+/// elsewhere.  With the lazy page-table copy the kernel's capture no
+/// longer grows with the heap: KAL's pause p50 kernel/fork in the TCG guest
+/// (`make kernel-bench`) 12.6/22.9 ms at 64 MiB, 16.1/52.4 ms at 256 MiB,
+/// 33.9/139.5 ms at 1 GiB.  Reading the image through `pread` marks about
+/// 3 times slower (2.4/0.8 s, 10.3/3.4 s, 47.7/14.1 s), but the mark runs
+/// beside the program; the pause stops it.
 pub fn choose(wanted: super::options::Backend) -> Result<Kind, &'static str> {
     use super::options::Backend;
     match wanted {
-        Backend::Fork | Backend::Auto => Ok(Kind::Fork),
+        Backend::Fork => Ok(Kind::Fork),
+        Backend::Auto if kernel_available() => Ok(Kind::Kernel),
+        Backend::Auto => Ok(Kind::Fork),
         Backend::Kernel => {
             if kernel_available() {
                 Ok(Kind::Kernel)
