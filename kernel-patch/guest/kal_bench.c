@@ -52,11 +52,12 @@ static double pct(double *v, int n, double p)
 	return v[i < 0 ? 0 : (i >= n ? n - 1 : i)];
 }
 
-static long meminfo_kb(const char *key)
+/* A "Key: N kB" field of a /proc file such as /proc/meminfo, in kB. */
+static long proc_kb(const char *path, const char *key)
 {
 	char line[256];
 	long v = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
+	FILE *f = fopen(path, "r");
 
 	if (!f)
 		return -1;
@@ -67,20 +68,15 @@ static long meminfo_kb(const char *key)
 	return v;
 }
 
-/* A field of this process' /proc/self/smaps_rollup, in kB. */
+static long meminfo_kb(const char *key)
+{
+	return proc_kb("/proc/meminfo", key);
+}
+
+/* This process' own, from /proc/self/smaps_rollup. */
 static long self_kb(const char *key)
 {
-	char line[256];
-	long v = -1;
-	FILE *f = fopen("/proc/self/smaps_rollup", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ':')
-			v = atol(line + strlen(key) + 1);
-	fclose(f);
-	return v;
+	return proc_kb("/proc/self/smaps_rollup", key);
 }
 
 static void fmt(char *buf, double us)
