@@ -345,11 +345,7 @@ fn live_roots(m: &mut Marker, h: &mut Heap, buf: &mut MVec<u8>, start: usize, en
         let dst = buf.as_mut_slice().as_mut_ptr();
         // SAFETY: `buf` holds at least PIECE writable bytes.  A mapping
         // without read permission is read as a debugger would.
-        let got = match unsafe { sys::task::copy_from_self(dst, at, n) } {
-            Ok(got) => got,
-            // SAFETY: as above.
-            Err(_) => unsafe { sys::task::read_self_mem(dst, at, n) }.unwrap_or(0),
-        };
+        let got = unsafe { sys::task::copy_from_self(dst, at, n) }.unwrap_or(0);
         if got != n {
             return false;
         }
