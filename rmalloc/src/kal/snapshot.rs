@@ -228,9 +228,9 @@ fn kernel_available() -> bool {
 /// `auto` is `kernel` where the kernel has `kal_snapshot`, `fork`
 /// elsewhere.  With the lazy page-table copy the kernel's capture no
 /// longer grows with the heap: KAL's pause p50 kernel/fork in the TCG guest
-/// (`make kernel-bench`) 12.6/22.9 ms at 64 MiB, 16.1/52.4 ms at 256 MiB,
-/// 33.9/139.5 ms at 1 GiB.  Reading the image through `pread` marks about
-/// 3 times slower (2.4/0.8 s, 10.3/3.4 s, 47.7/14.1 s), but the mark runs
+/// (`make kernel-bench`) 16.4/20.4 ms at 64 MiB, 22.9/50.4 ms at 256 MiB,
+/// 32.5/222.3 ms at 1 GiB.  Reading the image through `pread` marks about
+/// 3 times slower (2.3/0.7 s, 9.1/3.1 s, 51.0/16.1 s), but the mark runs
 /// beside the program; the pause stops it.
 pub fn choose(wanted: super::options::Backend) -> Result<Kind, &'static str> {
     use super::options::Backend;
