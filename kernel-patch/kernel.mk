@@ -3,10 +3,10 @@
 #   make kernel        build (or reuse from the cache) the patched 6.12 bzImage
 #   make kernel-test   boot it under QEMU/TCG and run the kselftest, the guest
 #                      tests and tests/kal.rs with backend=kernel
-#   make kernel-bench  the kal_snapshot vs fork() pause table
+#   make kernel-bench  the kal_snapshot (lazy, eager) vs fork() pause tables
 #
 # The kernel is cached outside the repo, in
-# $${XDG_CACHE_HOME:-$$HOME/.cache}/rmalloc-kernel/<hash of patch + config>/.
+# $${XDG_CACHE_HOME:-$$HOME/.cache}/rmalloc-kernel/<hash of the series + config>/.
 # If QEMU cannot run at all on the machine, kernel-test says so loudly on
 # stderr and does not fail `make test` (KAL_REQUIRE_QEMU=1 makes it fail).
 # Any other problem (build, boot, a failing test, a timeout) fails.
