@@ -353,12 +353,12 @@ identity_change! {
 /// process, so KAL's scanner thread steps aside first (it restarts later).
 #[no_mangle]
 pub extern "C" fn unshare(flags: c_int) -> c_int {
-    if flags & libc::CLONE_NEWUSER != 0 {
-        crate::kal::suspend_for_namespaces();
-    }
-    // SAFETY: unshare takes only flags.
-    errno_result(unsafe {
-        rmalloc_sys::task::raw(libc::SYS_unshare as usize, [flags as usize, 0, 0, 0, 0, 0])
+    let kal = flags & libc::CLONE_NEWUSER != 0 && crate::kal::suspend_for_namespaces();
+    namespace_call(kal, || {
+        // SAFETY: unshare takes only flags.
+        unsafe {
+            rmalloc_sys::task::raw(libc::SYS_unshare as usize, [flags as usize, 0, 0, 0, 0, 0])
+        }
     })
 }
 
@@ -366,16 +366,33 @@ pub extern "C" fn unshare(flags: c_int) -> c_int {
 /// namespace type is left to the descriptor).
 #[no_mangle]
 pub extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
-    if nstype == 0 || nstype & libc::CLONE_NEWUSER != 0 {
-        crate::kal::suspend_for_namespaces();
-    }
-    // SAFETY: setns takes a descriptor and flags.
-    errno_result(unsafe {
-        rmalloc_sys::task::raw(
-            libc::SYS_setns as usize,
-            [fd as usize, nstype as usize, 0, 0, 0, 0],
-        )
+    let kal =
+        (nstype == 0 || nstype & libc::CLONE_NEWUSER != 0) && crate::kal::suspend_for_namespaces();
+    namespace_call(kal, || {
+        // SAFETY: setns takes a descriptor and flags.
+        unsafe {
+            rmalloc_sys::task::raw(
+                libc::SYS_setns as usize,
+                [fd as usize, nstype as usize, 0, 0, 0, 0],
+            )
+        }
     })
+}
+
+/// Run a namespace call after KAL's scanner stepped aside (`kal`).  The
+/// kernel may still count the ended thread in the thread group for a
+/// moment, and the call then fails with EINVAL: retry for up to a second.
+/// A program with threads of its own gets its EINVAL, a second late.
+fn namespace_call(kal: bool, call: impl Fn() -> Result<usize, i32>) -> c_int {
+    let mut r = call();
+    if kal {
+        let deadline = rmalloc_sys::task::now_ns() + 1_000_000_000;
+        while r == Err(libc::EINVAL) && rmalloc_sys::task::now_ns() < deadline {
+            rmalloc_sys::task::sleep_ns(1_000_000);
+            r = call();
+        }
+    }
+    errno_result(r)
 }
 
 /// One scan now; see rmalloc.h.

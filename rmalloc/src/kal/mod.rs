@@ -426,15 +426,20 @@ pub fn note_fork_hidden_memory() {
 }
 
 /// Before `unshare`/`setns` calls that need a single-threaded process: end
-/// the scanner; the next allocation slow path starts it again.
-pub fn suspend_for_namespaces() {
-    if mode() != Mode::Off && scanner::suspend() {
+/// the scanner; the next allocation slow path starts it again.  Returns
+/// whether KAL is on (one of its threads may still be on its way out).
+pub fn suspend_for_namespaces() -> bool {
+    if mode() == Mode::Off {
+        return false;
+    }
+    if scanner::suspend() {
         RESTART.store(true, Ordering::Release);
         arena::for_each_arena(|a| {
             // SAFETY: arenas are never freed.
             unsafe { (*a).kal_pending.store(true, Ordering::Release) };
         });
     }
+    true
 }
 
 /// Fork prepare handler (after the arena locks): KAL's own locks, so the
