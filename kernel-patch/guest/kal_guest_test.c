@@ -258,7 +258,7 @@ static void test_churn(void)
 {
 	char *heap = mmap(NULL, 8 << 20, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	int i, ok = 0, again = 0, other = 0;
+	int i, ok = 0, other = 0;
 	pthread_t t[3];
 
 	memset(heap, 7, 8 << 20);
@@ -277,8 +277,6 @@ static void test_churn(void)
 			else
 				other++;
 			close(fd);
-		} else if (errno == EAGAIN) {
-			again++;
 		} else {
 			printf("# churn: kal_snapshot: %s\n", strerror(errno));
 			other++;
@@ -288,8 +286,9 @@ static void test_churn(void)
 	for (i = 0; i < 3; i++)
 		pthread_join(t[i], NULL);
 	munmap(heap, 8 << 20);
-	printf("# churn: %d snapshots, %d EAGAIN, %d other\n", ok, again, other);
-	result(other == 0 && ok > 0, "stop_threads_under_thread_and_mmap_churn");
+	printf("# churn: %d snapshots, %d failed or invalid\n", ok, other);
+	/* Thread creation during a stop is held off, never retried. */
+	result(other == 0 && ok == 300, "stop_threads_under_thread_and_mmap_churn");
 }
 
 int main(void)
