@@ -34,7 +34,8 @@ pub const KAL_SNAPSHOT_STOP_THREADS: u32 = 0x1;
 pub const KAL_SNAPSHOT_EAGER: u32 = 0x2;
 /// Probe: `kal_snapshot(NULL, 0, KAL_SNAPSHOT_PROBE)`.
 pub const KAL_SNAPSHOT_PROBE: u32 = 0x8000_0000;
-/// Most ranges one call accepts (`E2BIG` beyond).
+/// Most ranges one call accepts (`E2BIG` beyond) on an ABI 1 kernel, which
+/// says so in `/sys/kernel/mm/kal/max_ranges`; the engine never asks for more.
 pub const KAL_MAX_RANGES: usize = 4096;
 
 /// File offset of the image metadata; offsets below are virtual addresses.
@@ -46,8 +47,12 @@ pub const KAL_META_MAGIC: u32 = 0x4b41_4c4d;
 pub const KAL_THREAD_CALLER: u32 = 0x1;
 /// [`KalThread::state`]: held at its return to user mode.
 pub const KAL_THREAD_STOPPED: u32 = 0x2;
-/// [`KalThread::state`]: asleep in the kernel (registers are its syscall entry state).
+/// [`KalThread::state`]: held inside the kernel (asleep, preempted, or running a
+/// system call); the registers are its user state as saved at kernel entry.
 pub const KAL_THREAD_IN_KERNEL: u32 = 0x4;
+/// [`KalThread::state`] flag: the thread is traced, so a tracer may change its
+/// registers and memory behind the snapshot's back.
+pub const KAL_THREAD_TRACED: u32 = 0x8;
 /// Number of general-purpose registers in [`KalThread::gpr`].
 pub const KAL_NR_GPR: usize = 16;
 
@@ -113,17 +118,49 @@ pub fn decode_probe(ret: Result<usize, Errno>) -> Option<u32> {
     }
 }
 
-/// Does this kernel have `kal_snapshot`?  Returns its ABI version, or `None`
-/// (no such call, or something else answers at that number).  Never crashes:
-/// the probe passes a null pointer, a zero count and a single flag bit, which
-/// an unrelated system call rejects or ignores.
+/// The kernel's description of `kal_snapshot`: its ABI version.  Present
+/// only on a kernel that has the call (`/sys/kernel/mm/kal/`, beside
+/// `syscall`, `max_ranges` and `max_images`).
+pub const KAL_SYSFS_ABI: &core::ffi::CStr = c"/sys/kernel/mm/kal/abi";
+
+/// Does this kernel have `kal_snapshot`?  Returns its ABI version, or `None`.
+///
+/// Reads [`KAL_SYSFS_ABI`] first and executes no system call when it is
+/// missing: an unknown system call is fatal under a seccomp filter whose
+/// default action kills (systemd's `SystemCallFilter=`, sandboxes).  Only
+/// when the file names an ABI does it make the probe call, which must
+/// answer the same version (it also tells whether seccomp lets the call
+/// through).  The probe passes a null pointer, a zero count and a single
+/// flag bit, which an unrelated system call rejects or ignores.
 pub fn probe() -> Option<u32> {
+    probe_at(KAL_SYSFS_ABI)
+}
+
+fn probe_at(abi_file: &core::ffi::CStr) -> Option<u32> {
     if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
         return None;
     }
+    let abi = read_number(abi_file)?;
     // SAFETY: no pointer is passed (null ranges, zero count).
     let ret = unsafe { raw_kal_snapshot(core::ptr::null(), 0, KAL_SNAPSHOT_PROBE) };
-    decode_probe(ret)
+    decode_probe(ret).filter(|&v| v == abi)
+}
+
+/// A file that holds one decimal number and a newline, as sysfs files do.
+fn read_number(path: &core::ffi::CStr) -> Option<u32> {
+    let fd = crate::open_rdonly(path).ok()?;
+    let mut buf = [0u8; 24];
+    let n = crate::read(fd, &mut buf);
+    crate::close(fd);
+    parse_number(&buf[..n.ok()?])
+}
+
+fn parse_number(text: &[u8]) -> Option<u32> {
+    let digits = text.strip_suffix(b"\n").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |v, d| v * 10 + u32::from(d - b'0')))
 }
 
 /// The raw call, errors as [`Errno`].
@@ -301,6 +338,106 @@ mod tests {
                 assert!(r.is_err());
             }
             Some(abi) => assert_eq!(abi, KAL_ABI_VERSION),
+        }
+    }
+
+    #[test]
+    fn sysfs_numbers_parse_strictly() {
+        assert_eq!(parse_number(b"1\n"), Some(1));
+        assert_eq!(parse_number(b"4096"), Some(4096));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"1 \n",
+            b"-1\n",
+            b"0x10\n",
+            b"12345678901\n",
+        ] {
+            assert_eq!(parse_number(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Without the sysfs file the probe executes no system call, so a
+    /// seccomp filter that kills on the call's number does not kill the
+    /// process.  The control shows that the filter would: the call itself
+    /// ends the child with SIGSYS.
+    #[test]
+    fn probe_without_the_sysfs_file_makes_no_call() {
+        const SIGSYS: i32 = 31;
+        let run = |call_directly: bool| -> i32 {
+            // SAFETY: the child only makes raw system calls and exits.
+            let pid = unsafe { crate::task::fork_raw() }.expect("fork");
+            if pid == 0 {
+                kill_on_kal_snapshot();
+                let none = if call_directly {
+                    // SAFETY: no pointer is passed.
+                    let _ = unsafe { raw_kal_snapshot(core::ptr::null(), 0, KAL_SNAPSHOT_PROBE) };
+                    true
+                } else {
+                    probe_at(c"/nonexistent/kal/abi").is_none()
+                };
+                crate::task::exit_now(if none { 0 } else { 1 });
+            }
+            crate::task::wait_clone(pid).expect("wait")
+        };
+        assert_eq!(run(false), 0, "the probe made the call");
+        assert_eq!(run(true) & 0x7f, SIGSYS, "the filter does not kill");
+    }
+
+    /// Install a seccomp filter that kills the process on `kal_snapshot`'s
+    /// number (x86-64) and allows everything else.
+    fn kill_on_kal_snapshot() {
+        #[repr(C)]
+        struct SockFilter {
+            code: u16,
+            jt: u8,
+            jf: u8,
+            k: u32,
+        }
+        #[repr(C)]
+        struct SockFprog {
+            len: u16,
+            filter: *const SockFilter,
+        }
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
+        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+        const ALLOW: u32 = 0x7fff_0000;
+        const KILL_PROCESS: u32 = 0x8000_0000;
+        let f = |code, jt, jf, k| SockFilter { code, jt, jf, k };
+        let prog = [
+            f(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+            f(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+            f(RET_K, 0, 0, ALLOW),
+            f(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+            f(JEQ_K, 0, 1, NR_KAL_SNAPSHOT as u32),
+            f(RET_K, 0, 0, KILL_PROCESS),
+            f(RET_K, 0, 0, ALLOW),
+        ];
+        let fprog = SockFprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr(),
+        };
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) and seccomp(SET_MODE_FILTER)
+        // read only `fprog` and `prog`, which live across the calls.
+        unsafe {
+            syscalls::syscall!(
+                syscalls::Sysno::prctl,
+                38usize,
+                1usize,
+                0usize,
+                0usize,
+                0usize
+            )
+            .expect("PR_SET_NO_NEW_PRIVS");
+            syscalls::syscall!(
+                syscalls::Sysno::seccomp,
+                1usize,
+                0usize,
+                &fprog as *const SockFprog as usize
+            )
+            .expect("seccomp");
         }
     }
 
