@@ -1,9 +1,14 @@
 # Kernel patch: build, boot and test kal_snapshot under QEMU.
 #
 #   make kernel        build (or reuse from the cache) the patched 6.12 bzImage
-#   make kernel-test   boot it under QEMU/TCG and run the kselftest, the guest
-#                      tests and tests/kal.rs with backend=kernel
+#                      and its debug variant (kal-debug.config: lockdep,
+#                      DEBUG_VM, page-table check, PREEMPT, KSM, io_uring)
+#   make kernel-test   boot each under QEMU/TCG and run the kselftest, the
+#                      guest tests and tests/kal.rs with backend=kernel (the
+#                      debug variant with 4 vCPUs; a lockdep report, BUG or
+#                      WARNING on either console fails)
 #   make kernel-bench  the kal_snapshot (lazy, eager) vs fork() pause tables
+#                      (on the plain kernel)
 #
 # The kernel is cached outside the repo, in
 # $${XDG_CACHE_HOME:-$$HOME/.cache}/rmalloc-kernel/<hash of the series + config>/.
@@ -15,13 +20,24 @@
 KAL_DIR := $(CURDIR)/kernel-patch
 
 kernel:
-	$(KAL_DIR)/scripts/build-kernel.sh >/dev/null
+	@for v in plain debug; do \
+		start=$$(date +%s); \
+		KAL_KERNEL_VARIANT=$${v#plain} $(KAL_DIR)/scripts/build-kernel.sh >/dev/null || exit 1; \
+		echo "kernel: $$v kernel ready in $$(( $$(date +%s) - start )) s" >&2; \
+	done
 
 kernel-test: kernel
-	@$(KAL_DIR)/scripts/run-guest.sh test; rc=$$?; \
-	if [ $$rc -eq 3 ] && [ "$(KAL_REQUIRE_QEMU)" != 1 ]; then \
-		echo "kernel-test: SKIPPED (LOUDLY): QEMU cannot run here; set KAL_REQUIRE_QEMU=1 to fail instead" >&2; exit 0; \
-	fi; exit $$rc
+	@for v in plain debug; do \
+		start=$$(date +%s); \
+		echo "kernel-test: === $$v kernel" >&2; \
+		KAL_KERNEL_VARIANT=$${v#plain} $(KAL_DIR)/scripts/run-guest.sh test; rc=$$?; \
+		echo "kernel-test: $$v kernel took $$(( $$(date +%s) - start )) s" >&2; \
+		if [ $$rc -eq 3 ] && [ "$(KAL_REQUIRE_QEMU)" != 1 ]; then \
+			echo "kernel-test: SKIPPED (LOUDLY): QEMU cannot run here; set KAL_REQUIRE_QEMU=1 to fail instead" >&2; exit 0; \
+		fi; \
+		[ $$rc -eq 0 ] || exit $$rc; \
+	done
 
-kernel-bench: kernel
+kernel-bench:
+	$(KAL_DIR)/scripts/build-kernel.sh >/dev/null
 	$(KAL_DIR)/scripts/run-guest.sh bench

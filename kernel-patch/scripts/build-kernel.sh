@@ -9,11 +9,22 @@
 # of the series and the config fragment; a second run with the same inputs
 # only prints the path.  Prints the cache directory on stdout as its last
 # line.
+#
+# KAL_KERNEL_VARIANT=debug adds kal-debug.config (lock, VM and page-table
+# checks) on top and caches the result under debug-<hash>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 repo=$(cd "$here/.." && pwd)
 mapfile -t patches < <(ls "$here"/[0-9][0-9][0-9][0-9]-*.patch 2>/dev/null | grep -v '/0000-')
 frag="$here/kal.config"
+variant="${KAL_KERNEL_VARIANT:-}"
+frags=("$frag")
+prefix=
+case "$variant" in
+'') ;;
+debug) frags+=("$here/kal-debug.config"); prefix=debug- ;;
+*) echo "kernel: ERROR: unknown KAL_KERNEL_VARIANT=$variant (debug or empty)" >&2; exit 1 ;;
+esac
 cache="${KAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rmalloc-kernel}"
 jobs="${KAL_JOBS:-$(nproc)}"
 
@@ -25,7 +36,7 @@ die() { echo "kernel: ERROR: $*" >&2; exit 1; }
 "$repo/scripts/need-apt" linux-source-6.12 build-essential flex bison bc \
 	libelf-dev libssl-dev cpio xz-utils gzip git rsync >&2
 
-hash=$(cat "${patches[@]}" "$frag" | sha256sum | cut -c1-16)
+hash=$prefix$(cat "${patches[@]}" "${frags[@]}" | sha256sum | cut -c1-16)
 out="$cache/$hash"
 if [ -f "$out/done" ]; then
 	log "cached kernel $out/bzImage"
@@ -58,16 +69,16 @@ for p in "${patches[@]}"; do
 	fi
 done
 
-log "configuring (tinyconfig + $(basename "$frag"))"
+log "configuring (tinyconfig + $(cd "$here" && echo "${frags[@]##*/}"))"
 make -C "$src" O="$work/build" tinyconfig >/dev/null
 (cd "$src" && scripts/kconfig/merge_config.sh -m -O "$work/build" \
-	"$work/build/.config" "$frag") >/dev/null
+	"$work/build/.config" "${frags[@]}") >/dev/null
 make -C "$src" O="$work/build" olddefconfig >/dev/null
 missing=0
 while IFS= read -r line; do
 	case "$line" in ''|'#'*) continue ;; esac
 	grep -qx "$line" "$work/build/.config" || { log "config: $line did not stick"; missing=1; }
-done < "$frag"
+done < <(cat "${frags[@]}")
 [ "$missing" -eq 0 ] || die "config fragment not satisfied"
 
 log "building bzImage with -j$jobs (about 10 minutes on 2 cores)"

@@ -197,15 +197,19 @@ test) mem=2G ;;
 bench) mem=6G ;;
 *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
+# The debug variant (KAL_KERNEL_VARIANT=debug) runs with 4 vCPUs, so that
+# more threads really run at once.
+smp=2
+[ "${KAL_KERNEL_VARIANT:-}" = debug ] && smp=4
 log="$tmp/console.log"
-echo "kernel-$mode: booting $kdir/bzImage under QEMU/TCG (2 vCPUs, $mem), timeout ${timeout_s}s" >&2
+echo "kernel-$mode: booting $kdir/bzImage under QEMU/TCG ($smp vCPUs, $mem), timeout ${timeout_s}s" >&2
 t_boot=$(date +%s)
 set +e
-timeout --foreground -k 10 "$timeout_s" "$qemu" -accel tcg -smp 2 -m "$mem" \
+timeout --foreground -k 10 "$timeout_s" "$qemu" -accel tcg -smp "$smp" -m "$mem" \
 	-kernel "$kdir/bzImage" -initrd "$tmp/initramfs.gz" \
 	-append "console=ttyS0 panic=-1 oops=panic kal.mode=$mode" \
 	-nographic -no-reboot -monitor none -serial stdio </dev/null 2>"$tmp/qemu.err" \
-	| tee "$log" | grep --line-buffered -E '^(kal-init|KAL-|ok |not ok |#|test |\[kal\] .*(skipped|configurations)|\[ *[0-9.]+\] (BUG|WARNING|Kernel panic|Oops))' || true
+	| tee "$log" | grep --line-buffered -E '^(kal-init|KAL-|ok |not ok |#|test |\[kal\] .*(skipped|configurations)|\[ *[0-9.]+\] (BUG|kernel BUG|WARNING|Kernel panic|Oops|general protection|UBSAN))' || true
 rc=${PIPESTATUS[0]}
 set -e
 echo "kernel-$mode: guest ran $(( $(date +%s) - t_boot )) s; $(( $(date +%s) - t_start )) s in all" >&2
@@ -221,9 +225,11 @@ if ! grep -q "Linux version" "$log"; then
 	loud "QEMU exited ($rc) before the kernel printed anything: kal_snapshot NOT TESTED"
 	exit 3
 fi
-if grep -qE "BUG:|WARNING:|Kernel panic|Oops" "$log"; then
+problem="BUG:|kernel BUG at|WARNING:|Kernel panic|Oops|general protection fault|UBSAN:"
+# The guest's own init reports with a "kal-init:" prefix; the rest is the kernel.
+if grep -v '^kal-init:' "$log" | grep -qE "$problem"; then
 	echo "kernel-$mode: FAIL: kernel reported a problem:" >&2
-	grep -E -A20 "BUG:|WARNING:|Kernel panic|Oops" "$log" | head -60 >&2
+	grep -v '^kal-init:' "$log" | grep -E -A20 "$problem" | head -60 >&2
 	exit 1
 fi
 if [ "$mode" = bench ]; then
