@@ -69,7 +69,7 @@ for p in "${patches[@]}"; do
 	fi
 done
 
-log "configuring (tinyconfig + $(cd "$here" && echo "${frags[@]##*/}"))"
+log "configuring (tinyconfig + ${frags[*]##*/})"
 make -C "$src" O="$work/build" tinyconfig >/dev/null
 (cd "$src" && scripts/kconfig/merge_config.sh -m -O "$work/build" \
 	"$work/build/.config" "${frags[@]}") >/dev/null
