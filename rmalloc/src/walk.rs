@@ -13,7 +13,7 @@ use crate::arena::{self, Arena};
 use crate::chunk::{self, Chunk, MINSIZE, PREV_INUSE, SIZE_BITS};
 use crate::heap::{self, HeapInfo};
 use crate::top::{MAX_REGIONS, NREGIONS, REGIONS};
-use crate::view::MemView;
+use crate::view::{Ahead, MemView};
 
 /// What the walker reports for each chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub(crate) fn walk_arena(
     }
 }
 
+/// How far ahead of a walk its memory is prefetched.
+const WALK_AHEAD: usize = 4096;
+
 fn walk_region(
     v: &mut impl MemView,
     mut p: usize,
@@ -76,7 +79,11 @@ fn walk_region(
     f: &mut dyn FnMut(usize, usize, Kind),
 ) -> Result<(), Broken> {
     let size_at = |p: usize| p + offset_of!(Chunk, size);
+    // The walk is a chain of dependent loads through ascending addresses:
+    // ask for the memory ahead of it before it is needed.
+    let mut ahead = Ahead::new();
     loop {
+        ahead.at(v, p, WALK_AHEAD);
         let size = read(v, size_at(p))? & !SIZE_BITS;
         if p == top {
             f(p, size, Kind::Top);

@@ -15,14 +15,30 @@
 //! chunks it reads are mostly read in ascending order, which keeps a
 //! snapshot image's block cache (and the CPU's) useful.
 //!
+//! A word that may be a heap pointer is not looked up at once: it waits
+//! in a small ring while its lookup's memory is prefetched in two stages
+//! (index entry, then chunks and flags), because a lookup is a few
+//! dependent cache misses and the CPU can wait for many at a time.  The
+//! ring is emptied before the mark decides it is done, so marking is only
+//! delayed, never lost.
+//!
 //! Invariants: each chunk is pending (bitmap) or on the stack at most once
 //! (it gets there when it becomes MARKED, or INDIRECT in `classify`), so
 //! both are bounded by the number of chunks; a pending bit is always above
 //! the cursor; FREEISH chunks are never followed.
 
-use crate::view::MemView;
+use crate::view::{Ahead, MemView};
 
 use super::dissect::{Heap, CAND, FREEISH, INDIRECT, MARKED, PROBATION};
+
+/// Lookups in flight: enough to keep the CPU's line fill buffers busy.
+/// A value's index entry is prefetched when it arrives, its chunks
+/// `STAGE` values later, and it is looked up `RING` values later.
+const RING: usize = 16;
+const STAGE: usize = 8;
+
+/// How far ahead of the chunk it follows the sweep prefetches the heap.
+const SWEEP_AHEAD: usize = 2048;
 use super::mem::MVec;
 
 pub struct Marker {
@@ -36,6 +52,12 @@ pub struct Marker {
     lo: usize,
     hi: usize,
     pub nomem: bool,
+    /// Values waiting for their lookup, with their index entries: those
+    /// numbered `tail..head` (counted since `begin`) are in the ring.
+    ring: [(usize, usize); RING],
+    head: usize,
+    tail: usize,
+    ahead: Ahead,
 }
 
 impl Marker {
@@ -48,6 +70,10 @@ impl Marker {
             lo: 0,
             hi: 0,
             nomem: false,
+            ring: [(0, 0); RING],
+            head: 0,
+            tail: 0,
+            ahead: Ahead::new(),
         }
     }
 
@@ -57,6 +83,8 @@ impl Marker {
         self.scanned = 0;
         self.nomem = false;
         self.cursor = 0;
+        self.head = 0;
+        self.tail = 0;
         let c = h.chunks.as_slice();
         let words = c.len().div_ceil(64);
         self.pending.clear();
@@ -112,12 +140,46 @@ impl Marker {
         None
     }
 
+    /// Queue `v` for a lookup if it may point into the heap.  Each new
+    /// value moves the pipeline on: the value `STAGE` places back gets its
+    /// chunks prefetched, and the oldest of a full ring is looked up.
     #[inline(always)]
     fn consider(&mut self, h: &mut Heap, v: usize) {
         if v < self.lo || v > self.hi {
             return;
         }
-        if let Some(i) = h.find(v) {
+        if let Some(slot) = h.slot(v) {
+            h.prefetch_slot(slot);
+            if self.head - self.tail == RING {
+                let oldest = self.ring[self.tail % RING];
+                self.tail += 1;
+                self.finish(h, oldest);
+            }
+            self.ring[self.head % RING] = (v, slot);
+            self.head += 1;
+            if self.head - self.tail > STAGE {
+                h.prefetch_chunk(self.ring[(self.head - 1 - STAGE) % RING].1);
+            }
+        }
+    }
+
+    /// Look up every queued value.
+    fn flush(&mut self, h: &mut Heap) {
+        for k in self.tail.max(self.head.saturating_sub(STAGE))..self.head {
+            h.prefetch_chunk(self.ring[k % RING].1);
+        }
+        while self.tail < self.head {
+            let e = self.ring[self.tail % RING];
+            self.tail += 1;
+            self.finish(h, e);
+        }
+    }
+
+    /// The lookup of `v`, whose index entry is `slot`: mark and queue the
+    /// chunk it reaches.
+    #[inline(always)]
+    fn finish(&mut self, h: &mut Heap, (v, slot): (usize, usize)) {
+        if let Some(i) = h.find_at(v, slot) {
             let f = h.flags.as_slice()[i];
             if f & (MARKED | FREEISH) == 0 {
                 h_mark(h, i);
@@ -169,10 +231,20 @@ impl Marker {
                         self.cursor = i;
                         i
                     }
+                    None if self.head > self.tail => {
+                        // What the ring marks is more to follow.
+                        self.flush(h);
+                        continue;
+                    }
                     None => return true,
                 },
             };
             let (s, e) = h.user_area(i);
+            // The sweep moves up through the heap: start loading what it
+            // reads next.
+            if i == self.cursor {
+                self.ahead.at(v, s, SWEEP_AHEAD);
+            }
             if !self.root_range(v, h, s, e) {
                 return false;
             }

@@ -66,12 +66,22 @@ pub fn for_each_internal(mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// Mappings at least this large ask for transparent huge pages.
+const HUGE: usize = 2 << 20;
+
 /// Map `len` bytes (rounded to pages) of zeroed private memory and record it.
 pub fn map(len: usize) -> Option<(*mut u8, usize, usize)> {
     let len = (len.max(1) + sys::PAGE_SIZE - 1) & !(sys::PAGE_SIZE - 1);
     // SAFETY: a fresh mapping at an address the kernel picks.
     let p = unsafe { sys::mmap_anon(0, len, sys::PROT_READ | sys::PROT_WRITE, sys::MAP_NORESERVE) }
         .ok()?;
+    if len >= HUGE {
+        // The mark's tables are read at random: on 4 KiB pages nearly every
+        // lookup in a large heap's tables also misses the TLB.  A hint: a
+        // kernel without transparent huge pages says no, which is fine.
+        // SAFETY: advice on the mapping just made.
+        let _ = unsafe { sys::madvise(p, len, sys::MADV_HUGEPAGE) };
+    }
     let slot = note_internal(p as usize, len);
     Some((p, len, slot))
 }
