@@ -56,7 +56,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Aggressive reclaim, as in the contract: a dropped object is freed by the
 /// third scan after it was dropped, and reused at once.
-const RECLAIM: &str = "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=0";
+const RECLAIM: &str =
+    "mode=reclaim:interval_ms=2:max_overhead=0:confirm_scans=2:min_free_age_ms=0:probation_ms=0";
 
 fn build_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kal")
@@ -1133,7 +1134,7 @@ fn dropped_objects_are_freed_in_reclaim_mode() {
 fn false_reclaim_is_reported_and_the_program_survives() {
     for backend in backends() {
         let opts = options(
-            "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000",
+            "mode=reclaim:interval_ms=2:max_overhead=0:confirm_scans=2:min_free_age_ms=0:probation_ms=60000",
             backend,
         );
         let out = run_roots("false_reclaim", Some(&opts), &[]);
@@ -1201,7 +1202,7 @@ fn false_reclaim_names_the_allocation_site() {
     let out = run_roots(
         "false_reclaim",
         Some(&with_selected_backend(
-            "mode=reclaim:interval_ms=2:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all",
+            "mode=reclaim:interval_ms=2:max_overhead=0:confirm_scans=2:min_free_age_ms=0:probation_ms=60000:sites=all",
         )),
         &[],
     );
@@ -1230,6 +1231,66 @@ fn false_reclaim_names_the_allocation_site() {
         sym.stdout.contains(" in hide_make "),
         "the site is kal_roots.c's hide_make:\n{}",
         sym.stdout
+    );
+}
+
+/// Pacing: timer-driven scans of a heap the program keeps rewriting cost it
+/// a copy-on-write fault per page; KAL measures that cost (more than the
+/// pause alone) and, at the default `max_overhead=1`, waits 100 times the
+/// cost before the next scan instead of `interval_ms`.  `max_overhead=0`
+/// keeps the interval.
+#[test]
+fn scans_are_paced_by_what_they_cost_the_program() {
+    if against_glibc() {
+        return;
+    }
+    let interval_ms = 20u64;
+    let run = |extra: &str| {
+        let opts = format!("mode=detect:interval_ms={interval_ms}:leak_check_at_exit=0{extra}");
+        let out = run_roots("pacing", Some(&opts), &[]);
+        out.assert_success();
+        let s = kal_stats(&out, "live").unwrap_or_else(|| panic!("no stats\n{}", out.describe()));
+        eprintln!(
+            "[kal] pacing{extra}: scans {} pause max {} us, last cost {} us, wait {} ms",
+            s["scans"],
+            s["pause_ns_max"] / 1000,
+            s["cost_ns_last"] / 1000,
+            s["interval_ns"] / 1_000_000
+        );
+        (s, out)
+    };
+    let (paced, out) = run("");
+    let ms = 1_000_000;
+    assert!(
+        paced["scans"] >= 1,
+        "no timer-driven scan\n{}",
+        out.describe()
+    );
+    // The program rewrote 32768 pages during the scan: their faults cost
+    // more than the pause.
+    assert!(
+        paced["cost_ns_last"] > paced["pause_ns_max"],
+        "the cost does not count the copy-on-write work\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        paced["interval_ns"],
+        (paced["cost_ns_last"] * 100).max(interval_ms * ms),
+        "the wait is not 100 times the cost at max_overhead=1\n{}",
+        out.describe()
+    );
+    assert!(paced["interval_ns"] > interval_ms * ms);
+    let (free, out) = run(":max_overhead=0");
+    assert_eq!(
+        free["interval_ns"],
+        interval_ms * ms,
+        "max_overhead=0 changed the interval\n{}",
+        out.describe()
+    );
+    assert!(
+        free["scans"] > paced["scans"],
+        "pacing did not reduce the number of scans\n{}",
+        out.describe()
     );
 }
 
@@ -1315,7 +1376,11 @@ fn bad_options_give_one_clear_line_and_a_running_program() {
     }
     // The same checks accept a good setting: a valid detect-mode line
     // (root sources may be switched off in detect mode) gives no KAL line.
-    let out = run_roots("basic", Some("mode=detect:use_stacks=0:interval_ms=5"), &[]);
+    let out = run_roots(
+        "basic",
+        Some("mode=detect:use_stacks=0:interval_ms=5:max_overhead=0"),
+        &[],
+    );
     out.assert_success();
     if !kal_lines(&out).is_empty() || !out.stdout.contains("kal: mode=detect") {
         problems.push(format!(
@@ -1337,7 +1402,7 @@ fn backend_kernel_forced_on_a_stock_kernel() {
     }
     let out = run_roots(
         "basic",
-        Some("mode=detect:interval_ms=5:backend=kernel"),
+        Some("mode=detect:interval_ms=5:max_overhead=0:backend=kernel"),
         &[],
     );
     out.assert_success();
@@ -1635,7 +1700,7 @@ fn lsan_build() -> Result<PathBuf, String> {
 /// scans ran.
 fn program_kal_options(log: &Path) -> String {
     format!(
-        "mode=reclaim:interval_ms=5:verbosity=1:log_path={}",
+        "mode=reclaim:interval_ms=5:max_overhead=0:verbosity=1:log_path={}",
         log.display()
     )
 }

@@ -467,7 +467,7 @@ fn suppressed_leaks_are_never_reclaimed() {
         &b.exe,
         &["scan"],
         &format!(
-            "mode=reclaim:interval_ms=2:confirm_scans=1:min_free_age_ms=0:probation_ms=0:\
+            "mode=reclaim:interval_ms=2:max_overhead=0:confirm_scans=1:min_free_age_ms=0:probation_ms=0:\
              sites=all:suppressions={}",
             f.display()
         ),

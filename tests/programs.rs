@@ -166,7 +166,10 @@ fn prepare(cmd: &mut Command, alloc: Alloc, stats_file: &Path) -> PathBuf {
         cmd.env(support::EXIT_STATS_ENV, stats_file);
     }
     if alloc == Alloc::RmallocKalReclaim {
-        cmd.env("KAL_OPTIONS", "mode=reclaim:interval_ms=5:verbosity=1");
+        cmd.env(
+            "KAL_OPTIONS",
+            "mode=reclaim:interval_ms=5:max_overhead=0:verbosity=1",
+        );
     }
     let pid_file = stats_file.with_extension(format!(
         "pid{}",

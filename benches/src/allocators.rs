@@ -37,7 +37,7 @@ pub fn kal_variants() -> [(String, String); 2] {
         ),
         (
             format!("rmalloc+KAL@{KAL_AGGRESSIVE_INTERVAL_MS}ms"),
-            format!("mode=reclaim:interval_ms={KAL_AGGRESSIVE_INTERVAL_MS}"),
+            format!("mode=reclaim:interval_ms={KAL_AGGRESSIVE_INTERVAL_MS}:max_overhead=0"),
         ),
     ]
 }

@@ -8,7 +8,7 @@ use crate::exec::{self, Outcome, Spec};
 use crate::report::{self, Machine, Run};
 use crate::workloads::{self, Workload};
 use crate::Config;
-use crate::{pause, redis};
+use crate::{pacing, pause, redis};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         text += "\n";
         text += &redis::run(cfg, &allocs)?;
         text += &pause::run(cfg, &launcher)?;
+        text += &pacing::run(cfg, &launcher)?;
     }
     println!("\n{text}");
     report::write_files(&cfg.out, &wls, &allocs, &runs, &summary, &text)?;
@@ -162,6 +163,7 @@ pub fn run_kal(cfg: &Config) -> Result<(), String> {
     }
     let mut text = redis::run(cfg, &allocs)?;
     text += &pause::run(cfg, &launcher)?;
+    text += &pacing::run(cfg, &launcher)?;
     println!("\n{text}");
     let file = cfg.out.join("kal.md");
     std::fs::write(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;

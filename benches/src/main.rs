@@ -20,6 +20,7 @@ mod bench;
 mod callgrind;
 mod demo;
 mod exec;
+mod pacing;
 mod pause;
 mod redis;
 mod report;

@@ -51,6 +51,9 @@ struct rmalloc_kal_stats {
     uint64_t reclaimed_bytes;
     uint64_t false_reclaims;     /* reclaimed chunks the program later freed or resized */
     uint64_t leaks_reported;     /* leaked chunks named in reports, total */
+    uint64_t cost_ns_last;       /* what the last scan cost the program: pause + copy-on-write work */
+    uint64_t cost_ns_total;
+    uint64_t interval_ns;        /* wait before the next timed scan, after pacing (max_overhead) */
 };
 
 /* Fill *out (see `size` above).  Returns 0, or -1 with errno EINVAL when out

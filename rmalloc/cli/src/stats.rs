@@ -43,10 +43,13 @@ pub struct Stats {
     pub reclaimed_bytes: u64,
     pub false_reclaims: u64,
     pub leaks_reported: u64,
+    pub cost_ns_last: u64,
+    pub cost_ns_total: u64,
+    pub interval_ns: u64,
 }
 
 /// Bytes of `struct rmalloc_kal_stats` this kal reads.
-const STATS_LEN: usize = 152;
+const STATS_LEN: usize = 176;
 
 impl Stats {
     /// Decode the struct from `b` (which starts at its `size` field).
@@ -88,6 +91,9 @@ impl Stats {
             reclaimed_bytes: u64f(128),
             false_reclaims: u64f(136),
             leaks_reported: u64f(144),
+            cost_ns_last: u64f(152),
+            cost_ns_total: u64f(160),
+            interval_ns: u64f(168),
         }
     }
 }
@@ -282,6 +288,14 @@ pub fn render(pid: u32, s: &Stats, rss: Option<u64>) -> String {
         s.unreachable_chunks,
         mib(s.unreachable_bytes)
     );
+    if s.size as usize >= STATS_LEN {
+        t += &format!(
+            "cost:           last scan {}, all scans {}; next scan in {}\n",
+            ms(s.cost_ns_last),
+            ms(s.cost_ns_total),
+            ms(s.interval_ns)
+        );
+    }
     t += &format!("leaks reported: {} chunks\n", s.leaks_reported);
     t += &format!(
         "reclaimed:      {} chunks, {}\n",

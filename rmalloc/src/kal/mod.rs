@@ -9,7 +9,8 @@
 //! root ([`roots`], [`mark`], [`scan`]), and reports ([`report`]) or, in reclaim mode, queues for
 //! reclaim ([`reclaim`]) what stayed unreachable in `confirm_scans`
 //! consecutive snapshots.  Program threads free queued chunks at arena
-//! boundaries, through probation.  Settings: [`options`]; counters:
+//! boundaries, through probation.  Scans are paced ([`pace`]) so that they
+//! cost the program at most `max_overhead` percent.  Settings: [`options`]; counters:
 //! [`stats`]; the engine's own memory: [`mem`]; mmapped chunks: [`registry`].
 //!
 //! The allocator core calls in through the hooks in this file only: the
@@ -36,6 +37,7 @@ pub mod mark;
 pub mod mem;
 pub mod modules;
 pub mod options;
+pub mod pace;
 pub mod ptrace;
 pub mod reclaim;
 pub mod registry;

@@ -56,6 +56,10 @@ pub const LOG_PATH_MAX: usize = 1000;
 pub struct Options {
     pub mode: Mode,
     pub interval_ms: u64,
+    /// Percent of the program's time that timer-driven scans may cost it
+    /// (pause and copy-on-write work); the gap between scans stretches
+    /// beyond `interval_ms` to keep to it.  0: no pacing.
+    pub max_overhead: u64,
     pub confirm_scans: u32,
     pub min_free_age_ms: u64,
     pub probation_ms: u64,
@@ -98,6 +102,7 @@ impl Options {
         Options {
             mode: Mode::Off,
             interval_ms: 2000,
+            max_overhead: 1,
             confirm_scans: 2,
             min_free_age_ms: 1000,
             probation_ms: 1000,
@@ -276,6 +281,7 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
                 }
             }
             b"interval_ms" => o.interval_ms = num(key, v, 1, 86_400_000)?,
+            b"max_overhead" => o.max_overhead = num(key, v, 0, 100)?,
             b"confirm_scans" => o.confirm_scans = num(key, v, 1, 64)? as u32,
             b"min_free_age_ms" => o.min_free_age_ms = num(key, v, 0, 86_400_000)?,
             b"probation_ms" => o.probation_ms = num(key, v, 0, 86_400_000)?,

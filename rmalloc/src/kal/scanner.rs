@@ -26,11 +26,12 @@ use super::instant::Frozen;
 use super::kernel_backend::{self, KernelState};
 use super::mem::{self, AddrMap, MVec};
 use super::options::{Mode, Options};
+use super::pace::{self, Pace};
 use super::reclaim;
 use super::report::{self, Leak};
 use super::scan::Scratch;
 use super::snapshot::{Discard, Results};
-use super::stats::STATS;
+use super::stats::{self, STATS};
 
 /// A chunk seen unreachable, tracked across scans.
 #[derive(Clone, Copy)]
@@ -153,12 +154,19 @@ extern "C" fn main(_: usize) -> ! {
     // SAFETY: this is the scanner thread.
     let e = unsafe { engine() };
     let interval = e.opts.interval_ms * 1_000_000;
+    let mut pace = Pace::new();
+    let mut next_at = task::now_ns().saturating_add(interval);
+    STATS.interval_ns.store(interval, Ordering::Relaxed);
     // Requests made before this thread ran are still to be served.
     let mut handled = DONE.load(Ordering::Acquire);
     loop {
         let r = REQ.load(Ordering::Acquire);
         if r == handled && !QUIT.load(Ordering::Acquire) {
-            task::futex_wait_timeout(&REQ, r, interval);
+            let now = task::now_ns();
+            if now < next_at {
+                task::futex_wait_timeout(&REQ, r, next_at - now);
+                continue; // a request, the time, or a spurious wake-up
+            }
         }
         if QUIT.load(Ordering::Acquire) {
             task::exit_thread();
@@ -166,7 +174,27 @@ extern "C" fn main(_: usize) -> ! {
         let r = REQ.load(Ordering::Acquire);
         // A full-report request is served by the scan that serves it.
         let last = r != handled && FINAL.swap(false, Ordering::AcqRel);
+        let start = pace.start();
         let ok = one_scan(e, last);
+        let cost = pace.end(start, stats::take_pause());
+        let wait = pace::wait_ns(cost, interval, e.opts.max_overhead);
+        next_at = task::now_ns().saturating_add(wait);
+        STATS.cost_ns_last.store(cost, Ordering::Relaxed);
+        STATS.cost_ns_total.fetch_add(cost, Ordering::Relaxed);
+        STATS.interval_ns.store(wait, Ordering::Relaxed);
+        if wait > interval {
+            report::log(
+                e.opts.verbosity,
+                1,
+                format_args!(
+                    "paced: the scan cost the program {} us; next scan in {} ms (max_overhead={}%)",
+                    cost / 1000,
+                    wait / 1_000_000,
+                    e.opts.max_overhead
+                ),
+            );
+        }
+        super::statpage::update(&super::c_stats());
         handled = r;
         LAST.store(ok, Ordering::Release);
         DONE.store(r, Ordering::Release);

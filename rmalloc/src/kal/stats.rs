@@ -21,6 +21,11 @@ pub struct Stats {
     pub reclaimed_bytes: AtomicU64,
     pub false_reclaims: AtomicU64,
     pub leaks_reported: AtomicU64,
+    /// What the last scan cost the program (pause and copy-on-write), ns.
+    pub cost_ns_last: AtomicU64,
+    pub cost_ns_total: AtomicU64,
+    /// The wait before the next timer-driven scan, after pacing, ns.
+    pub interval_ns: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -38,6 +43,9 @@ pub static STATS: Stats = Stats {
     reclaimed_bytes: AtomicU64::new(0),
     false_reclaims: AtomicU64::new(0),
     leaks_reported: AtomicU64::new(0),
+    cost_ns_last: AtomicU64::new(0),
+    cost_ns_total: AtomicU64::new(0),
+    interval_ns: AtomicU64::new(0),
 };
 
 /// Pause samples: a ring of the last 1024, enough for p99.
@@ -45,8 +53,16 @@ const PAUSES: usize = 1024;
 static PAUSE_RING: [AtomicU64; PAUSES] = [const { AtomicU64::new(0) }; PAUSES];
 static PAUSE_N: AtomicU64 = AtomicU64::new(0);
 static PAUSE_MAX: AtomicU64 = AtomicU64::new(0);
+/// Pause time not yet charged to a scan's cost (see [`take_pause`]).
+static PAUSE_UNCHARGED: AtomicU64 = AtomicU64::new(0);
+
+/// The pause time noted since the last call.
+pub fn take_pause() -> u64 {
+    PAUSE_UNCHARGED.swap(0, Relaxed)
+}
 
 pub fn note_pause(ns: u64) {
+    PAUSE_UNCHARGED.fetch_add(ns, Relaxed);
     let i = PAUSE_N.fetch_add(1, Relaxed);
     PAUSE_RING[(i as usize) % PAUSES].store(ns, Relaxed);
     PAUSE_MAX.fetch_max(ns, Relaxed);
@@ -92,7 +108,14 @@ pub struct CStats {
     pub reclaimed_bytes: u64,
     pub false_reclaims: u64,
     pub leaks_reported: u64,
+    pub cost_ns_last: u64,
+    pub cost_ns_total: u64,
+    pub interval_ns: u64,
 }
+
+// rmalloc.h and the `kal` tool's reader (rmalloc/cli/src/stats.rs) spell
+// out the same layout: a field added here is added there too.
+const _: () = assert!(core::mem::size_of::<CStats>() == 176);
 
 pub fn snapshot(mode: u32, backend: u32) -> CStats {
     let s = &STATS;
@@ -118,6 +141,9 @@ pub fn snapshot(mode: u32, backend: u32) -> CStats {
         reclaimed_bytes: s.reclaimed_bytes.load(Relaxed),
         false_reclaims: s.false_reclaims.load(Relaxed),
         leaks_reported: s.leaks_reported.load(Relaxed),
+        cost_ns_last: s.cost_ns_last.load(Relaxed),
+        cost_ns_total: s.cost_ns_total.load(Relaxed),
+        interval_ns: s.interval_ns.load(Relaxed),
     }
 }
 
@@ -139,11 +165,15 @@ pub fn reset() {
         &s.reclaimed_bytes,
         &s.false_reclaims,
         &s.leaks_reported,
+        &s.cost_ns_last,
+        &s.cost_ns_total,
+        &s.interval_ns,
     ] {
         c.store(0, Relaxed);
     }
     PAUSE_N.store(0, Relaxed);
     PAUSE_MAX.store(0, Relaxed);
+    PAUSE_UNCHARGED.store(0, Relaxed);
 }
 
 /// Write the statistics as text (for `malloc_stats`).
@@ -167,6 +197,13 @@ pub fn write_text(w: &mut dyn core::fmt::Write, mode: &str) -> core::fmt::Result
     )?;
     writeln!(
         w,
+        "KAL cost:            last scan {} ns, all scans {} ns; next scan after {} ms",
+        c.cost_ns_last,
+        c.cost_ns_total,
+        c.interval_ns / 1_000_000
+    )?;
+    writeln!(
+        w,
         "KAL unreachable:     {} chunks, {} bytes (last scan)",
         c.unreachable_chunks, c.unreachable_bytes
     )?;
@@ -184,7 +221,8 @@ pub fn write_xml(w: &mut dyn core::fmt::Write, mode: &str) -> core::fmt::Result 
         w,
         "<kal mode=\"{mode}\" scans=\"{}\" discarded=\"{}\" pause_p50_ns=\"{}\" pause_p99_ns=\"{}\" \
          pause_max_ns=\"{}\" bytes_scanned=\"{}\" unreachable_chunks=\"{}\" unreachable_bytes=\"{}\" \
-         reclaimed_chunks=\"{}\" reclaimed_bytes=\"{}\" false_reclaims=\"{}\"/>",
+         reclaimed_chunks=\"{}\" reclaimed_bytes=\"{}\" false_reclaims=\"{}\" cost_ns_total=\"{}\" \
+         interval_ns=\"{}\"/>",
         c.scans,
         c.scans_discarded,
         c.pause_ns_p50,
@@ -195,6 +233,8 @@ pub fn write_xml(w: &mut dyn core::fmt::Write, mode: &str) -> core::fmt::Result 
         c.unreachable_bytes,
         c.reclaimed_chunks,
         c.reclaimed_bytes,
-        c.false_reclaims
+        c.false_reclaims,
+        c.cost_ns_total,
+        c.interval_ns
     )
 }
