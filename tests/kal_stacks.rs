@@ -361,6 +361,52 @@ fn a_freed_chunks_stack_is_forgotten() {
     );
 }
 
+/// KAL's reclaim forgets the stack of the chunk it frees: a chunk later
+/// allocated (unrecorded) at the same address and leaked shows no stack,
+/// not the reclaimed one's.
+#[test]
+fn a_reclaimed_chunks_stack_is_forgotten() {
+    let b = gcc_build();
+    // sample:2^40: only each thread's first allocation is recorded.
+    let (out, raw) = run_kal(
+        &b.exe,
+        &["reclaim_reuse"],
+        "mode=reclaim:interval_ms=3600000:confirm_scans=1:min_free_age_ms=0:probation_ms=0:\
+         sites=sample:1099511627776",
+        &[],
+    );
+    assert!(
+        out.stdout.contains("reclaim_reuse: address reused"),
+        "no 88-byte block landed where the reclaimed one was:\n{}",
+        out.describe()
+    );
+    // Each 88-byte group (reclaimed, or left at exit), with its frames.
+    let sym = kal_report(&raw);
+    let mut stacks: Vec<Vec<String>> = Vec::new();
+    let mut in_group = false;
+    for l in sym.lines() {
+        if l.starts_with("Reclaimed 88 byte(s)") || l.starts_with("Direct leak of 88 byte(s)") {
+            stacks.push(Vec::new());
+            in_group = true;
+        } else if let (true, Some(f)) = (in_group, l.trim_start().strip_prefix('#')) {
+            let s = stacks.last_mut().expect("a group");
+            s.push(f.split_once(' ').map_or("", |x| x.1).to_string());
+        } else {
+            in_group = false;
+        }
+    }
+    assert_eq!(stacks.len(), 2, "two 88-byte groups:\n{sym}");
+    assert!(
+        stacks[0].iter().any(|f| f.contains("leak_first")),
+        "the first was recorded:\n{sym}"
+    );
+    assert_eq!(
+        stacks[1],
+        ["(allocation stack not recorded)"],
+        "the chunk at the reclaimed address inherited its stack:\n{sym}"
+    );
+}
+
 #[test]
 fn fast_unwind_walks_frame_pointers() {
     let b = build(&support::cc(), "gcc-fp", &["-fno-omit-frame-pointer"])

@@ -11,6 +11,10 @@
  *          bytes again (the same address, from the thread cache), and leak
  *          that: under sites=sample:2^40 only the thread's first allocation
  *          is recorded, so that leak must show no stack.
+ *   reclaim_reuse: first of all, leak 88 bytes (recorded: the thread's first
+ *          allocation under sites=sample:2^40), let KAL reclaim them, allocate
+ *          88-byte blocks until one lands at the same address, and leak that
+ *          one too: it must show no stack (the reclaim forgot the first's).
  *   quarantine: a live 200-byte block whose only pointer is XOR-hidden (site
  *          A) is reclaimed by KAL, then freed by the program (a false
  *          reclaim); then a 200-byte block from site B is leaked: with the
@@ -70,6 +74,7 @@ __attribute__((noinline)) static void site_b(void) {
 }
 
 static void quarantine(void);
+static void reclaim_reuse(void);
 
 __attribute__((noinline)) static void scrub(void) {
   volatile char buf[16384];
@@ -81,6 +86,8 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
   if (argc > 1 && !strcmp(argv[1], "reuse"))
     reuse();
+  if (argc > 1 && !strcmp(argv[1], "reclaim_reuse") && rmalloc_kal_scan_now)
+    reclaim_reuse();
   exe_leak_a();
   for (int i = 0; i < three; i++) /* one call site: one stack */
     exe_leak_b(i);
@@ -108,6 +115,41 @@ __attribute__((noinline)) static void quarantine(void) {
     rmalloc_kal_scan_now();
   free((void *)(hidden ^ HIDE_KEY)); /* the false reclaim */
   site_b();
+  scrub();
+  for (int i = 0; i < 4; i++)
+    rmalloc_kal_scan_now();
+}
+
+__attribute__((noinline)) static void leak_first(void) {
+  keep[6] = malloc(88);
+  memset(keep[6], 7, 88);
+  hidden = (uintptr_t)keep[6] ^ HIDE_KEY;
+  keep[6] = NULL;
+}
+
+__attribute__((noinline)) static void reclaim_reuse(void) {
+  leak_first();
+  scrub();
+  for (int i = 0; i < 4; i++)
+    rmalloc_kal_scan_now();
+  /* The reclaim frees at arena boundaries: allocations here drain it. */
+  static void *tries[64];
+  void *again = NULL;
+  for (int i = 0; i < 64 && !again; i++) {
+    tries[i] = malloc(88);
+    if ((uintptr_t)tries[i] == (hidden ^ HIDE_KEY)) {
+      again = tries[i];
+      tries[i] = NULL;
+    }
+  }
+  for (int i = 0; i < 64; i++) {
+    free(tries[i]);
+    tries[i] = NULL;
+  }
+  printf("reclaim_reuse: address %s\n", again ? "reused" : "not reused");
+  if (again)
+    memset(again, 8, 88);
+  again = NULL;
   scrub();
   for (int i = 0; i < 4; i++)
     rmalloc_kal_scan_now();
