@@ -1266,13 +1266,6 @@ fn scans_are_paced_by_what_they_cost_the_program() {
         "no timer-driven scan\n{}",
         out.describe()
     );
-    // The program rewrote 32768 pages during the scan: their faults cost
-    // more than the pause.
-    assert!(
-        paced["cost_ns_last"] > paced["pause_ns_max"],
-        "the cost does not count the copy-on-write work\n{}",
-        out.describe()
-    );
     assert_eq!(
         paced["interval_ns"],
         (paced["cost_ns_last"] * 100).max(interval_ms * ms),
@@ -1281,6 +1274,14 @@ fn scans_are_paced_by_what_they_cost_the_program() {
     );
     assert!(paced["interval_ns"] > interval_ms * ms);
     let (free, out) = run(":max_overhead=0");
+    // Scans follow each other while the program rewrites 32768 pages: the
+    // faults during each cost more than any pause.  (Checked here, where
+    // the last scan measured is never one from before the rewriting.)
+    assert!(
+        free["cost_ns_last"] > free["pause_ns_max"],
+        "the cost does not count the copy-on-write work\n{}",
+        out.describe()
+    );
     assert_eq!(
         free["interval_ns"],
         interval_ms * ms,

@@ -36,14 +36,22 @@ fn program_sys_ns() -> Option<u64> {
     Some(all.saturating_sub(me))
 }
 
-/// The pacing state: when the last scan ended, and the program's system
-/// time then.
+/// The pacing state: when the last measurement ended, and the program's
+/// system time then.
 pub struct Pace {
     end_ns: u64,
     end_sys: u64,
     /// The program's system time per wall time between the last two scans
     /// (ns per ns, as a fraction).
     rate: (u64, u64),
+    /// A scan whose cost is still being measured, its pause, when it
+    /// ended, and when the measurement ends.
+    pending: Option<(Start, u64, u64, u64)>,
+    /// The time and the program's system time shortly before a timed
+    /// scan: the usual rate is taken from there when there is one, so that
+    /// neither the program's start-up nor the last scan's late faults count
+    /// as usual.
+    before: Option<(u64, u64)>,
 }
 
 /// A scan under way: when it began, the program's system time then.
@@ -60,27 +68,58 @@ impl Pace {
             end_ns: task::now_ns(),
             end_sys: program_sys_ns().unwrap_or(0),
             rate: (0, 1),
+            pending: None,
+            before: None,
         }
     }
 
-    /// A scan begins: the time since the last one gives the program's
-    /// usual rate of system time.
+    /// Note the program's system time now, shortly before a timed scan.
+    pub fn sample(&mut self) {
+        self.before = program_sys_ns().map(|s| (task::now_ns(), s));
+    }
+
+    /// Whether [`Pace::sample`] was called since the last scan began.
+    pub fn sampled(&self) -> bool {
+        self.before.is_some()
+    }
+
+    /// A scan begins: the time since [`Pace::sample`] (or else since the
+    /// last measurement ended) gives the program's usual rate of system
+    /// time.
     pub fn start(&mut self) -> Start {
         let at = task::now_ns();
         let sys = program_sys_ns();
+        let (t0, s0) = self.before.take().unwrap_or((self.end_ns, self.end_sys));
         if let Some(s) = sys {
-            let gap = at.saturating_sub(self.end_ns);
+            let gap = at.saturating_sub(t0);
             if gap > 0 {
-                self.rate = (s.saturating_sub(self.end_sys), gap);
+                self.rate = (s.saturating_sub(s0), gap);
             }
         }
         Start { at, sys }
     }
 
-    /// The scan that began at `s` has ended (its snapshot is released);
-    /// `pause_ns` is how long the program's threads were stopped.  Returns
-    /// the cost to the program in ns.
+    /// The scan that began at `s` has ended; `pause_ns` is how long the
+    /// program's threads were stopped.  Its cost is measured until the
+    /// time returned (see [`Pace::settle`]).
     pub fn end(&mut self, s: Start, pause_ns: u64) -> u64 {
+        let now = task::now_ns();
+        let settle = now.saturating_sub(s.at).clamp(SETTLE_MIN_NS, SETTLE_MAX_NS);
+        let until = now.saturating_add(settle);
+        self.pending = Some((s, pause_ns, now, until));
+        until
+    }
+
+    /// When the measurement under way ends, if one is.
+    pub fn settles_at(&self) -> Option<u64> {
+        self.pending.map(|(_, _, _, until)| until)
+    }
+
+    /// End the measurement under way (at its time, or earlier when another
+    /// scan is about to start): the scan's cost to the program in ns, the
+    /// pause included, and when the scan ended.  `None` if there is none.
+    pub fn settle(&mut self) -> Option<(u64, u64)> {
+        let (s, pause_ns, ended, _) = self.pending.take()?;
         let now = task::now_ns();
         let sys = program_sys_ns();
         let extra = match (s.sys, sys) {
@@ -94,9 +133,18 @@ impl Pace {
         };
         self.end_ns = now;
         self.end_sys = sys.unwrap_or(self.end_sys);
-        pause_ns.saturating_add(extra)
+        Some((pause_ns.saturating_add(extra), ended))
     }
 }
+
+/// How long before a timed scan the usual rate is sampled: this, or half
+/// the interval if that is shorter.
+pub const SAMPLE_NS: u64 = 200_000_000;
+
+/// How long after a scan its cost is still measured: its own duration,
+/// within these bounds.
+const SETTLE_MIN_NS: u64 = 100_000_000;
+const SETTLE_MAX_NS: u64 = 1_000_000_000;
 
 /// How long to wait after a scan that cost `cost_ns` before the next
 /// timer-driven one: `interval_ns`, or longer if that would let scans cost
@@ -143,13 +191,17 @@ mod tests {
         })
         .join()
         .unwrap();
-        let cost = p.end(s, 1_000);
+        let until = p.end(s, 1_000);
+        assert_eq!(p.settles_at(), Some(until));
+        let (cost, _) = p.settle().unwrap();
+        assert_eq!(p.settle(), None);
         // 65,536 page faults take well over a millisecond of system time.
         assert!(cost > 1_000_000, "cost {cost} ns");
         // A scan during which nothing happens costs its pause, give or
         // take the accounting's grain (ticks) and the other tests' threads.
         let s = p.start();
-        let cost = p.end(s, 7_000);
+        p.end(s, 7_000);
+        let (cost, _) = p.settle().unwrap();
         assert!((7_000..50_000_000).contains(&cost), "cost {cost} ns");
     }
 }

@@ -160,12 +160,29 @@ extern "C" fn main(_: usize) -> ! {
     // Requests made before this thread ran are still to be served.
     let mut handled = DONE.load(Ordering::Acquire);
     loop {
+        // A scan's cost is known a while after it ended: then it sets the
+        // time of the next timed scan.
+        if pace.settles_at().is_some_and(|t| task::now_ns() >= t) {
+            settled(e, &mut pace, interval, &mut next_at);
+        }
+        // Shortly before a timed scan: the program's usual rate.
+        let sample_at = next_at.saturating_sub(pace::SAMPLE_NS.min(interval / 2));
+        if !pace.sampled() && pace.settles_at().is_none() && task::now_ns() >= sample_at {
+            pace.sample();
+        }
         let r = REQ.load(Ordering::Acquire);
         if r == handled && !QUIT.load(Ordering::Acquire) {
             let now = task::now_ns();
-            if now < next_at {
-                task::futex_wait_timeout(&REQ, r, next_at - now);
+            let mut wake = next_at.min(pace.settles_at().unwrap_or(u64::MAX));
+            if !pace.sampled() && pace.settles_at().is_none() {
+                wake = wake.min(sample_at);
+            }
+            if now < wake {
+                task::futex_wait_timeout(&REQ, r, wake - now);
                 continue; // a request, the time, or a spurious wake-up
+            }
+            if now < next_at {
+                continue; // only the measurement or the sample was due
             }
         }
         if QUIT.load(Ordering::Acquire) {
@@ -174,25 +191,18 @@ extern "C" fn main(_: usize) -> ! {
         let r = REQ.load(Ordering::Acquire);
         // A full-report request is served by the scan that serves it.
         let last = r != handled && FINAL.swap(false, Ordering::AcqRel);
+        if pace.settles_at().is_some() {
+            // A request came first: measure the last scan up to here.
+            settled(e, &mut pace, interval, &mut next_at);
+        }
         let start = pace.start();
         let ok = one_scan(e, last);
-        let cost = pace.end(start, stats::take_pause());
-        let wait = pace::wait_ns(cost, interval, e.opts.max_overhead);
-        next_at = task::now_ns().saturating_add(wait);
-        STATS.cost_ns_last.store(cost, Ordering::Relaxed);
-        STATS.cost_ns_total.fetch_add(cost, Ordering::Relaxed);
-        STATS.interval_ns.store(wait, Ordering::Relaxed);
-        if wait > interval {
-            report::log(
-                e.opts.verbosity,
-                1,
-                format_args!(
-                    "paced: the scan cost the program {} us; next scan in {} ms (max_overhead={}%)",
-                    cost / 1000,
-                    wait / 1_000_000,
-                    e.opts.max_overhead
-                ),
-            );
+        let until = pace.end(start, stats::take_pause());
+        // Until the cost is known: the interval, and not before it is known
+        // when pacing may stretch it.
+        next_at = task::now_ns().saturating_add(interval);
+        if e.opts.max_overhead != 0 {
+            next_at = next_at.max(until);
         }
         super::statpage::update(&super::c_stats());
         handled = r;
@@ -200,6 +210,33 @@ extern "C" fn main(_: usize) -> ! {
         DONE.store(r, Ordering::Release);
         sys::futex_wake(&DONE, i32::MAX as u32);
     }
+}
+
+/// The measurement of the last scan's cost has ended: account for it and
+/// set the next timed scan.
+fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64) {
+    let Some((cost, ended)) = pace.settle() else {
+        return;
+    };
+    let wait = pace::wait_ns(cost, interval, e.opts.max_overhead);
+    // The wait counts from the scan's end.
+    *next_at = ended.saturating_add(wait);
+    STATS.cost_ns_last.store(cost, Ordering::Relaxed);
+    STATS.cost_ns_total.fetch_add(cost, Ordering::Relaxed);
+    STATS.interval_ns.store(wait, Ordering::Relaxed);
+    if wait > interval {
+        report::log(
+            e.opts.verbosity,
+            1,
+            format_args!(
+                "paced: the scan cost the program {} us; next scan in {} ms (max_overhead={}%)",
+                cost / 1000,
+                wait / 1_000_000,
+                e.opts.max_overhead
+            ),
+        );
+    }
+    super::statpage::update(&super::c_stats());
 }
 
 /// End the scanner thread and wait (at most 10 s) until it is gone, for
