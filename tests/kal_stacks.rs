@@ -346,7 +346,7 @@ fn a_freed_chunks_stack_is_forgotten() {
     let (_, raw) = run_kal(
         &b.exe,
         &["reuse"],
-        "mode=detect:sites=sample:1099511627776",
+        "mode=detect:sites=sample:1099511627776:leak_check_at_exit=0",
         &[],
     );
     let (gs, _) = groups(&raw);

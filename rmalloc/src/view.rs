@@ -64,7 +64,10 @@ impl Ahead {
         }
         while self.next < end {
             v.prefetch(self.next);
-            self.next += Self::LINE;
+            match self.next.checked_add(Self::LINE) {
+                Some(n) => self.next = n,
+                None => break, // the top of the address space
+            }
         }
     }
 }

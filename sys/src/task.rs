@@ -80,7 +80,10 @@ pub const RUSAGE_SELF: usize = 0;
 pub const RUSAGE_THREAD: usize = 1;
 
 /// System (kernel-mode) CPU time of `who` (`RUSAGE_SELF` or
-/// `RUSAGE_THREAD`) in nanoseconds, at the kernel's microsecond grain.
+/// `RUSAGE_THREAD`) in nanoseconds.  Reported in microseconds, but unless
+/// the kernel accounts exactly, the split of a thread's time between user
+/// and system mode is sampled at each tick and scaled: trust it over tens
+/// of milliseconds, not over a few.
 pub fn system_cpu_ns(who: usize) -> SysResult<u64> {
     // struct rusage: ru_utime and ru_stime (two timevals), then 14 longs.
     let mut ru = [0i64; 18];

@@ -10,7 +10,8 @@
  *   reuse: first of all, allocate 88 bytes, free them and allocate 88
  *          bytes again (the same address, from the thread cache), and leak
  *          that: under sites=sample:2^40 only the thread's first allocation
- *          is recorded, so that leak must show no stack.
+ *          is recorded, so that leak must show no stack (scanned as in
+ *          scan mode).
  *   reclaim_reuse: first of all, leak 88 bytes (recorded: the thread's first
  *          allocation under sites=sample:2^40), let KAL reclaim them, allocate
  *          88-byte blocks until one lands at the same address, and leak that
@@ -97,7 +98,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 8; i++)
     keep[i] = NULL;
   scrub();
-  if (argc > 1 && !strcmp(argv[1], "scan") && rmalloc_kal_scan_now) {
+  /* reuse: scan before exit, not only at it: the exit path's frames may
+   * hold a stale copy of the reused block's address (a conservative root,
+   * as for LeakSanitizer), which would hide its leak from the exit check. */
+  if (argc > 1 && (!strcmp(argv[1], "scan") || !strcmp(argv[1], "reuse")) &&
+      rmalloc_kal_scan_now) {
     for (int i = 0; i < 3; i++)
       rmalloc_kal_scan_now();
     malloc_stats(); /* KAL's block: what was reclaimed */
@@ -127,12 +132,10 @@ __attribute__((noinline)) static void leak_first(void) {
   keep[6] = NULL;
 }
 
-__attribute__((noinline)) static void reclaim_reuse(void) {
-  leak_first();
-  scrub();
-  for (int i = 0; i < 4; i++)
-    rmalloc_kal_scan_now();
-  /* The reclaim frees at arena boundaries: allocations here drain it. */
+/* Allocate 88-byte blocks until one lands where the reclaimed one was, and
+ * leak it (in a function of its own, so that no register of the caller
+ * keeps it during the scans that follow). */
+__attribute__((noinline)) static void leak_at_reclaimed_address(void) {
   static void *tries[64];
   void *again = NULL;
   for (int i = 0; i < 64 && !again; i++) {
@@ -149,7 +152,15 @@ __attribute__((noinline)) static void reclaim_reuse(void) {
   printf("reclaim_reuse: address %s\n", again ? "reused" : "not reused");
   if (again)
     memset(again, 8, 88);
-  again = NULL;
+}
+
+__attribute__((noinline)) static void reclaim_reuse(void) {
+  leak_first();
+  scrub();
+  for (int i = 0; i < 4; i++)
+    rmalloc_kal_scan_now();
+  /* The reclaim frees at arena boundaries: the allocations in here drain it. */
+  leak_at_reclaimed_address();
   scrub();
   for (int i = 0; i < 4; i++)
     rmalloc_kal_scan_now();

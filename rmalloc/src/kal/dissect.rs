@@ -58,27 +58,32 @@ struct Seg {
     hi: usize,
     /// Index of the segment's first granule in `granules`.
     base: usize,
+    /// The segment's granules are `1 << shift` bytes.
+    shift: u32,
 }
 
-/// One index entry per granule of this many bytes.  Small enough that the
-/// chunks a lookup searches share a cache line or two (at most
-/// `GRANULE / MINSIZE + 2` of them), so that a lookup costs about three
-/// memory accesses, which [`Heap::prefetch_slot`] and
-/// [`Heap::prefetch_chunk`] can start ahead of time.  The index takes 4
-/// bytes per granule: 1.6% of the heap's span.
-const GRANULE_SHIFT: usize = 8;
-const GRANULE: usize = 1 << GRANULE_SHIFT;
+/// One index entry per granule of a segment: 4 bytes.  A granule holds
+/// about four chunks of the segment's average size, at least 256 bytes
+/// (so that the chunks a lookup searches share a cache line or two and a
+/// lookup costs about three memory accesses, which [`Heap::prefetch_slot`]
+/// and [`Heap::prefetch_chunk`] can start ahead of time) and at most 64 KiB
+/// (so that a segment of a few huge chunks does not cost an entry per 256
+/// bytes; and half of SEG_GAP at most, so rounding keeps segments apart).
+/// For a heap of small chunks the index is 1.6% of its span.
+const GRANULE_MIN_SHIFT: u32 = 8;
+const GRANULE_MAX_SHIFT: u32 = 16;
+const _: () = assert!(2 << GRANULE_MAX_SHIFT <= SEG_GAP);
 /// Chunks further apart than this start a new segment.
 const SEG_GAP: usize = 1 << 20;
 
 impl Heap {
     pub const fn new() -> Self {
         Heap {
-            chunks: MVec::new(),
-            flags: MVec::new(),
+            chunks: MVec::new_huge(),
+            flags: MVec::new_huge(),
             ranges: MVec::new(),
             segs: MVec::new(),
-            granules: MVec::new(),
+            granules: MVec::new_huge(),
             arenas: MVec::new(),
         }
     }
@@ -96,7 +101,7 @@ impl Heap {
     pub fn slot(&self, addr: usize) -> Option<usize> {
         let segs = self.segs.as_slice();
         let g = segs.get(segs.partition_point(|g| g.hi <= addr))?;
-        (addr >= g.lo).then(|| g.base + ((addr - g.lo) >> GRANULE_SHIFT))
+        (addr >= g.lo).then(|| g.base + ((addr - g.lo) >> g.shift))
     }
 
     /// Start loading the index entry `slot` (from [`Heap::slot`]).
@@ -122,13 +127,9 @@ impl Heap {
         let granules = self.granules.as_slice();
         let first = granules[slot] as usize;
         // Chunks from the one after the next granule's entry on start
-        // beyond the next granule's start, hence beyond `addr`.  (And at
-        // most a granule's worth of chunks can start in this granule.)
+        // beyond the next granule's start, hence beyond `addr`.
         let next = granules.get(slot + 1).map_or(c.len(), |&n| n as usize + 2);
-        let last = c
-            .len()
-            .min(first + GRANULE / chunk::MINSIZE + 2)
-            .min(next.max(first));
+        let last = c.len().min(next.max(first));
         let k = c[first..last].partition_point(|&(p, _)| p + HDR <= addr);
         if k == 0 {
             return None;
@@ -153,7 +154,7 @@ impl Heap {
         let mut i = 0;
         while i < n {
             // A segment: chunks no more than SEG_GAP apart.
-            let lo = self.chunks.as_slice()[i].0 & !(GRANULE - 1);
+            let start = self.chunks.as_slice()[i].0;
             let mut j = i;
             let mut hi = 0;
             while j < n {
@@ -164,17 +165,28 @@ impl Heap {
                 hi = hi.max(p + size + 2 * chunk::SIZE_SZ);
                 j += 1;
             }
-            let hi = (hi + GRANULE - 1) & !(GRANULE - 1);
+            let per_chunk = (hi - start) / (j - i);
+            let shift = (per_chunk.max(1).ilog2() + 2).clamp(GRANULE_MIN_SHIFT, GRANULE_MAX_SHIFT);
+            let granule = 1usize << shift;
+            let lo = start & !(granule - 1);
+            let hi = (hi + granule - 1) & !(granule - 1);
             let base = self.granules.len();
-            let n = (hi - lo) >> GRANULE_SHIFT;
-            if !self.granules.reserve(n) || !self.segs.push(Seg { lo, hi, base }) {
+            let n = (hi - lo) >> shift;
+            if !self.granules.reserve(n)
+                || !self.segs.push(Seg {
+                    lo,
+                    hi,
+                    base,
+                    shift,
+                })
+            {
                 return false;
             }
             // granules[g] = first chunk of the segment ending after granule
             // g's start.
             let mut k = i;
             for g in 0..n {
-                let start = lo + (g << GRANULE_SHIFT);
+                let start = lo + (g << shift);
                 while k < j {
                     let (p, size) = self.chunks.as_slice()[k];
                     if p + size + 2 * chunk::SIZE_SZ > start {
@@ -474,7 +486,14 @@ mod tests {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let size = 32 + ((x >> 33) % 64) * 16;
+            // Mostly random sizes; a dense run of the smallest chunks
+            // (the most a granule can hold); and huge chunks, alone in a
+            // segment and among small ones, which coarsen the granules.
+            let size = match i {
+                500..=560 => chunk::MINSIZE,
+                1500 | 2500 => 3 << 20,
+                _ => 32 + ((x >> 33) % 64) * 16,
+            };
             if i % 1000 == 999 {
                 p += 8 << 20; // a gap that starts a new segment
             }
@@ -505,6 +524,13 @@ mod tests {
             a += 8 + (a >> 3) % 3 * 8;
             if a % 65536 < 24 {
                 a += 4096; // sample, so the naive search stays affordable
+            }
+        }
+        // Every word around every chunk start of the dense run.
+        let dense: Vec<usize> = h.chunks.as_slice()[490..580].iter().map(|c| c.0).collect();
+        for c in dense {
+            for a in (c - 40..c + 48).step_by(8) {
+                assert_eq!(h.find(a), naive(a), "address {a:#x}");
             }
         }
     }

@@ -30,6 +30,7 @@
 use crate::view::{Ahead, MemView};
 
 use super::dissect::{Heap, CAND, FREEISH, INDIRECT, MARKED, PROBATION};
+use super::mem::MVec;
 
 /// Lookups in flight: enough to keep the CPU's line fill buffers busy.
 /// A value's index entry is prefetched when it arrives, its chunks
@@ -39,7 +40,6 @@ const STAGE: usize = 8;
 
 /// How far ahead of the chunk it follows the sweep prefetches the heap.
 const SWEEP_AHEAD: usize = 2048;
-use super::mem::MVec;
 
 pub struct Marker {
     pub work: MVec<u32>,
@@ -63,8 +63,8 @@ pub struct Marker {
 impl Marker {
     pub const fn new() -> Self {
         Marker {
-            work: MVec::new(),
-            pending: MVec::new(),
+            work: MVec::new_huge(),
+            pending: MVec::new_huge(),
             cursor: 0,
             scanned: 0,
             lo: 0,

@@ -66,7 +66,8 @@ pub fn for_each_internal(mut f: impl FnMut(usize, usize)) {
     }
 }
 
-/// Mappings at least this large ask for transparent huge pages.
+/// Huge-page arrays ([`MVec::new_huge`]) this large ask for transparent
+/// huge pages.
 const HUGE: usize = 2 << 20;
 
 /// Map `len` bytes (rounded to pages) of zeroed private memory and record it.
@@ -75,13 +76,6 @@ pub fn map(len: usize) -> Option<(*mut u8, usize, usize)> {
     // SAFETY: a fresh mapping at an address the kernel picks.
     let p = unsafe { sys::mmap_anon(0, len, sys::PROT_READ | sys::PROT_WRITE, sys::MAP_NORESERVE) }
         .ok()?;
-    if len >= HUGE {
-        // The mark's tables are read at random: on 4 KiB pages nearly every
-        // lookup in a large heap's tables also misses the TLB.  A hint: a
-        // kernel without transparent huge pages says no, which is fine.
-        // SAFETY: advice on the mapping just made.
-        let _ = unsafe { sys::madvise(p, len, sys::MADV_HUGEPAGE) };
-    }
     let slot = note_internal(p as usize, len);
     Some((p, len, slot))
 }
@@ -103,6 +97,7 @@ pub struct MVec<T: Copy> {
     len: usize,
     bytes: usize,
     slot: usize,
+    huge: bool,
 }
 
 // SAFETY: the mapping is owned by the MVec; moving it between threads moves
@@ -117,7 +112,19 @@ impl<T: Copy> MVec<T> {
             len: 0,
             bytes: 0,
             slot: usize::MAX,
+            huge: false,
         }
+    }
+
+    /// An array read at random over a large span (the mark's tables): its
+    /// mappings of 2 MiB and more ask for transparent huge pages, since on
+    /// 4 KiB pages nearly every lookup would also miss the TLB.  (Not for
+    /// memory filled while the program is stopped: a huge-page fault may
+    /// compact memory first, which would lengthen the pause.)
+    pub const fn new_huge() -> Self {
+        let mut v = Self::new();
+        v.huge = true;
+        v
     }
 
     pub fn len(&self) -> usize {
@@ -150,6 +157,11 @@ impl<T: Copy> MVec<T> {
         let Some((p, bytes, slot)) = map(bytes) else {
             return false;
         };
+        if self.huge && bytes >= HUGE {
+            // A hint: a kernel without transparent huge pages says no.
+            // SAFETY: advice on the mapping just made.
+            let _ = unsafe { sys::madvise(p, bytes, sys::MADV_HUGEPAGE) };
+        }
         if !self.ptr.is_null() {
             // SAFETY: both mappings are ours and large enough for `len`
             // elements; they do not overlap.

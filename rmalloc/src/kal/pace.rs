@@ -14,6 +14,13 @@
 //! scanner thread's own) beyond what the program spent at its rate
 //! between scans.
 //!
+//! The usual rate comes from the [`SAMPLE_NS`] before a timed scan (or,
+//! for a requested scan, from the time since the last measurement ended),
+//! and only from windows of at least 100 ms: system time is accounted in
+//! ticks.  So with pacing on, timed scans are at least the settling time
+//! plus [`SAMPLE_NS`] apart (at least 300 ms plus the scan), whatever
+//! `interval_ms` says.
+//!
 //! The cost counts CPU time as wall time, which overstates it for a
 //! program that is idle or runs on several CPUs: pacing errs towards
 //! fewer scans.  Requested scans (`rmalloc_kal_scan_now`, the leak check
@@ -52,6 +59,9 @@ pub struct Pace {
     /// neither the program's start-up nor the last scan's late faults count
     /// as usual.
     before: Option<(u64, u64)>,
+    /// [`Pace::sample`] was called since the last scan began (even if the
+    /// kernel would not say).
+    sampled: bool,
 }
 
 /// A scan under way: when it began, the program's system time then.
@@ -70,17 +80,19 @@ impl Pace {
             rate: (0, 1),
             pending: None,
             before: None,
+            sampled: false,
         }
     }
 
     /// Note the program's system time now, shortly before a timed scan.
     pub fn sample(&mut self) {
         self.before = program_sys_ns().map(|s| (task::now_ns(), s));
+        self.sampled = true;
     }
 
     /// Whether [`Pace::sample`] was called since the last scan began.
     pub fn sampled(&self) -> bool {
-        self.before.is_some()
+        self.sampled
     }
 
     /// A scan begins: the time since [`Pace::sample`] (or else since the
@@ -90,9 +102,13 @@ impl Pace {
         let at = task::now_ns();
         let sys = program_sys_ns();
         let (t0, s0) = self.before.take().unwrap_or((self.end_ns, self.end_sys));
+        self.sampled = false;
         if let Some(s) = sys {
+            // System time is accounted in ticks (the split of a thread's
+            // time between user and system mode is sampled), so a short
+            // window says little: keep the rate of the last long one.
             let gap = at.saturating_sub(t0);
-            if gap > 0 {
+            if gap >= MIN_RATE_NS {
                 self.rate = (s.saturating_sub(s0), gap);
             }
         }
@@ -125,8 +141,8 @@ impl Pace {
         let extra = match (s.sys, sys) {
             (Some(a), Some(b)) => {
                 let window = now.saturating_sub(s.at);
-                let usual =
-                    (window as u128 * self.rate.0 as u128 / self.rate.1.max(1) as u128) as u64;
+                let usual = (window as u128 * self.rate.0 as u128 / self.rate.1.max(1) as u128)
+                    .min(u64::MAX as u128) as u64;
                 b.saturating_sub(a).saturating_sub(usual)
             }
             _ => 0,
@@ -137,9 +153,12 @@ impl Pace {
     }
 }
 
-/// How long before a timed scan the usual rate is sampled: this, or half
-/// the interval if that is shorter.
+/// How long before a timed scan the usual rate is sampled.  With pacing
+/// on, timed scans are never closer than this plus the settling time.
 pub const SAMPLE_NS: u64 = 200_000_000;
+
+/// The shortest window a rate is taken from.
+const MIN_RATE_NS: u64 = 100_000_000;
 
 /// How long after a scan its cost is still measured: its own duration,
 /// within these bounds.

@@ -166,7 +166,11 @@ extern "C" fn main(_: usize) -> ! {
             settled(e, &mut pace, interval, &mut next_at);
         }
         // Shortly before a timed scan: the program's usual rate.
-        let sample_at = next_at.saturating_sub(pace::SAMPLE_NS.min(interval / 2));
+        let sample_at = next_at.saturating_sub(if e.opts.max_overhead == 0 {
+            pace::SAMPLE_NS.min(interval / 2)
+        } else {
+            pace::SAMPLE_NS
+        });
         if !pace.sampled() && pace.settles_at().is_none() && task::now_ns() >= sample_at {
             pace.sample();
         }
@@ -219,8 +223,12 @@ fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64) {
         return;
     };
     let wait = pace::wait_ns(cost, interval, e.opts.max_overhead);
-    // The wait counts from the scan's end.
+    // The wait counts from the scan's end; with pacing on, a whole sample
+    // window of the usual rate comes first.
     *next_at = ended.saturating_add(wait);
+    if e.opts.max_overhead != 0 {
+        *next_at = (*next_at).max(task::now_ns().saturating_add(pace::SAMPLE_NS));
+    }
     STATS.cost_ns_last.store(cost, Ordering::Relaxed);
     STATS.cost_ns_total.fetch_add(cost, Ordering::Relaxed);
     STATS.interval_ns.store(wait, Ordering::Relaxed);
