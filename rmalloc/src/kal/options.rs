@@ -56,9 +56,11 @@ pub const LOG_PATH_MAX: usize = 1000;
 pub struct Options {
     pub mode: Mode,
     pub interval_ms: u64,
-    /// Percent of the program's time that timer-driven scans may cost it
-    /// (pause and copy-on-write work); the gap between scans stretches
-    /// beyond `interval_ms` to keep to it.  0: no pacing.
+    /// Share of the program's time that timer-driven scans may cost it
+    /// (pause and copy-on-write work), in hundredths of a percent (the
+    /// option is written in percent with up to two decimals); the gap
+    /// between scans stretches beyond `interval_ms` to keep to it.
+    /// 0: no pacing.
     pub max_overhead: u64,
     pub confirm_scans: u32,
     pub min_free_age_ms: u64,
@@ -102,7 +104,7 @@ impl Options {
         Options {
             mode: Mode::Off,
             interval_ms: 2000,
-            max_overhead: 1,
+            max_overhead: 100,
             confirm_scans: 2,
             min_free_age_ms: 1000,
             probation_ms: 1000,
@@ -152,6 +154,36 @@ fn err(args: core::fmt::Arguments) -> ParseError {
     let mut e = ParseError::new();
     let _ = e.write_fmt(args);
     e
+}
+
+/// A percentage from 0 to 100 with at most two decimals ("1", "0.25"), in
+/// hundredths.
+fn hundredths(key: &str, v: &[u8]) -> Result<u64, ParseError> {
+    let (int, frac) = match v.iter().position(|&c| c == b'.') {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, &b""[..]),
+    };
+    let digits = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
+    let ok = !int.is_empty()
+        && int.len() <= 3
+        && digits(int)
+        && frac.len() <= 2
+        && digits(frac)
+        && (v.len() == int.len() || !frac.is_empty());
+    let value = ok.then(|| {
+        let whole = int.iter().fold(0u64, |n, &c| n * 10 + (c - b'0') as u64);
+        let cents = frac.iter().fold(0u64, |n, &c| n * 10 + (c - b'0') as u64)
+            * if frac.len() == 1 { 10 } else { 1 };
+        whole * 100 + cents
+    });
+    match value {
+        Some(n) if n <= 10_000 => Ok(n),
+        _ => Err(err(format_args!(
+            "KAL: bad value '{}' for {key} (expected a percentage from 0 to 100, at most two \
+             decimals); KAL stays off",
+            Shown(v)
+        ))),
+    }
 }
 
 fn num(key: &str, v: &[u8], min: u64, max: u64) -> Result<u64, ParseError> {
@@ -281,7 +313,7 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
                 }
             }
             b"interval_ms" => o.interval_ms = num(key, v, 1, 86_400_000)?,
-            b"max_overhead" => o.max_overhead = num(key, v, 0, 100)?,
+            b"max_overhead" => o.max_overhead = hundredths(key, v)?,
             b"confirm_scans" => o.confirm_scans = num(key, v, 1, 64)? as u32,
             b"min_free_age_ms" => o.min_free_age_ms = num(key, v, 0, 86_400_000)?,
             b"probation_ms" => o.probation_ms = num(key, v, 0, 86_400_000)?,
@@ -397,6 +429,46 @@ mod tests {
         assert_eq!(o.verbosity, 1);
         let o = parse(b"mode=detect use_stacks=0 report_objects=1").unwrap();
         assert!(!o.use_stacks && o.report_objects);
+    }
+
+    #[test]
+    fn max_overhead_is_a_percentage_with_two_decimals() {
+        assert_eq!(parse(b"").unwrap().max_overhead, 100);
+        for (text, hundredths) in [
+            (&b"0"[..], 0),
+            (b"1", 100),
+            (b"0.25", 25),
+            (b"0.5", 50),
+            (b"2.05", 205),
+            (b"100", 10_000),
+            (b"100.00", 10_000),
+        ] {
+            let o = parse(&[&b"max_overhead="[..], text].concat()).unwrap();
+            assert_eq!(
+                o.max_overhead,
+                hundredths,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        for bad in [
+            &b""[..],
+            b".5",
+            b"1.",
+            b"0.125",
+            b"100.01",
+            b"101",
+            b"1e2",
+            b"-1",
+            b"1.2.3",
+        ] {
+            let r = parse(&[&b"max_overhead="[..], bad].concat());
+            assert!(
+                msg(r).contains("for max_overhead (expected a percentage"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

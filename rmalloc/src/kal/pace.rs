@@ -1,6 +1,6 @@
 //! Pacing: what each scan costs the program, and how long the scanner
 //! waits before its next timer-driven scan so that scans cost the program
-//! at most `max_overhead` percent of its time.
+//! at most `max_overhead` percent of its time (kept in hundredths).
 //!
 //! A scan costs the program two things.  The pause: its threads are
 //! stopped while the snapshot is taken.  And copy-on-write work: while the
@@ -141,8 +141,10 @@ impl Pace {
         let extra = match (s.sys, sys) {
             (Some(a), Some(b)) => {
                 let window = now.saturating_sub(s.at);
-                let usual = (window as u128 * self.rate.0 as u128 / self.rate.1.max(1) as u128)
-                    .min(u64::MAX as u128) as u64;
+                // In floating point: a 128-bit division would call a
+                // compiler helper through the GOT (see c_api's test), and
+                // the product overflows 64 bits.  The cast saturates.
+                let usual = (window as f64 * self.rate.0 as f64 / self.rate.1.max(1) as f64) as u64;
                 b.saturating_sub(a).saturating_sub(usual)
             }
             _ => 0,
@@ -167,12 +169,12 @@ const SETTLE_MAX_NS: u64 = 1_000_000_000;
 
 /// How long to wait after a scan that cost `cost_ns` before the next
 /// timer-driven one: `interval_ns`, or longer if that would let scans cost
-/// more than `max_overhead` percent (0: no pacing).
+/// more than `max_overhead` hundredths of a percent (0: no pacing).
 pub fn wait_ns(cost_ns: u64, interval_ns: u64, max_overhead: u64) -> u64 {
     if max_overhead == 0 {
         return interval_ns;
     }
-    let paced = (cost_ns as u128 * 100 / max_overhead as u128).min(MAX_WAIT_NS as u128) as u64;
+    let paced = (cost_ns as f64 * 10_000.0 / max_overhead as f64).min(MAX_WAIT_NS as f64) as u64;
     interval_ns.max(paced)
 }
 
@@ -183,11 +185,13 @@ mod tests {
     #[test]
     fn the_wait_keeps_the_cost_to_its_share() {
         let ms = 1_000_000;
-        // Cheap scans keep the interval.
-        assert_eq!(wait_ns(ms, 2000 * ms, 1), 2000 * ms);
-        // A scan that cost 50 ms at 1% waits 5 s; at 5%, 1 s, so the interval.
-        assert_eq!(wait_ns(50 * ms, 2000 * ms, 1), 5000 * ms);
-        assert_eq!(wait_ns(50 * ms, 2000 * ms, 5), 2000 * ms);
+        // Cheap scans keep the interval (max_overhead in hundredths of %).
+        assert_eq!(wait_ns(ms, 2000 * ms, 100), 2000 * ms);
+        // A scan that cost 50 ms at 1% waits 5 s; at 0.25%, 20 s; at 5%,
+        // 1 s, so the interval.
+        assert_eq!(wait_ns(50 * ms, 2000 * ms, 100), 5000 * ms);
+        assert_eq!(wait_ns(50 * ms, 2000 * ms, 25), 20_000 * ms);
+        assert_eq!(wait_ns(50 * ms, 2000 * ms, 500), 2000 * ms);
         // 0 turns pacing off; the wait is bounded.
         assert_eq!(wait_ns(50 * ms, 2 * ms, 0), 2 * ms);
         assert_eq!(wait_ns(u64::MAX, 2 * ms, 1), MAX_WAIT_NS);

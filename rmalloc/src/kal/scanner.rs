@@ -237,10 +237,11 @@ fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64) {
             e.opts.verbosity,
             1,
             format_args!(
-                "paced: the scan cost the program {} us; next scan in {} ms (max_overhead={}%)",
+                "paced: the scan cost the program {} us; next scan in {} ms (max_overhead={}.{:02}%)",
                 cost / 1000,
                 wait / 1_000_000,
-                e.opts.max_overhead
+                e.opts.max_overhead / 100,
+                e.opts.max_overhead % 100
             ),
         );
     }
