@@ -182,13 +182,15 @@ fn run_passes_exit_status_and_sets_environment() {
         "250ms",
         "--backend",
         "fork",
+        "--max-overhead",
+        "0.5",
         "--",
         p,
     ]));
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert!(
         out.stdout
-            .contains("KAL_OPTIONS=mode=reclaim:interval_ms=250:backend=fork"),
+            .contains("KAL_OPTIONS=mode=reclaim:interval_ms=250:max_overhead=0.5:backend=fork"),
         "options carried to KAL_OPTIONS\n{}",
         out.describe()
     );
@@ -353,6 +355,14 @@ fn bad_invocations_give_one_line() {
         (&["run", "--bogus", "--", "true"], "unknown option"),
         (&["run", "--mode", "eat", "--", "true"], "bad mode"),
         (&["run", "--interval", "soon", "--", "true"], "bad interval"),
+        (
+            &["run", "--max-overhead", "0.125", "--", "true"],
+            "bad max-overhead",
+        ),
+        (
+            &["run", "--max-overhead", "150", "--", "true"],
+            "bad max-overhead",
+        ),
         (&["run", "--chart", "x.svg", "--", "true"], "chart not png"),
         (&["frobnicate"], "unknown command"),
         (&[], "no command"),

@@ -105,6 +105,28 @@ struct EngineArgs {
     /// N bytes). Default: off for run, all for check
     #[arg(long, value_name = "off|all|sample:N", value_parser = parse_sites)]
     sites: Option<String>,
+    /// Percent of the program's time scans may cost it (up to two
+    /// decimals; 0: scan every interval whatever it costs). Default: 1
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    max_overhead: Option<String>,
+}
+
+/// `--max-overhead`: as the library's `max_overhead=` option, a percentage
+/// from 0 to 100 with at most two decimals.
+fn parse_percent(s: &str) -> Result<String, String> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
+    let ok = (1..=3).contains(&int.len())
+        && digits(int)
+        && frac.len() <= 2
+        && digits(frac)
+        && (s.len() == int.len() || !frac.is_empty())
+        && s.parse::<f64>().is_ok_and(|v| v <= 100.0);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected a percentage from 0 to 100 with at most two decimals".to_string())
+    }
 }
 
 /// `--sites`: as the library's `sites=` option.
@@ -186,6 +208,9 @@ impl EngineArgs {
         let mut o = Vec::new();
         if let Some(d) = self.interval {
             o.push(("interval_ms", d.as_millis().to_string()));
+        }
+        if let Some(p) = &self.max_overhead {
+            o.push(("max_overhead", p.clone()));
         }
         if let Some(dir) = &self.log {
             o.push(("log_path", launch::log_prefix(dir)?));
