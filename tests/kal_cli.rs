@@ -502,6 +502,18 @@ fn write_page(
     std::fs::write(path, b).unwrap();
 }
 
+/// The same page from a library with the pacing fields (176 bytes).
+fn write_paced_page(path: &Path, pid: u32, start: u64, seq: u64) {
+    write_page(path, b"KALSTAT1", 1, pid, start, seq, 7);
+    let mut b = std::fs::read(path).unwrap();
+    let s = &mut b[32..];
+    s[0..8].copy_from_slice(&176u64.to_le_bytes());
+    s[152..160].copy_from_slice(&25_000_000u64.to_le_bytes()); // last 25 ms
+    s[160..168].copy_from_slice(&75_000_000u64.to_le_bytes()); // all 75 ms
+    s[168..176].copy_from_slice(&2_500_000_000u64.to_le_bytes()); // wait 2.5 s
+    std::fs::write(path, b).unwrap();
+}
+
 /// Removes a file on drop.
 struct Unlink(PathBuf);
 impl Drop for Unlink {
@@ -535,6 +547,18 @@ fn stat_reads_the_page_layout() {
     }
     write_page(&path, b"KALSTAT1", 1, pid, start, 4, 9);
     assert_eq!(scans_of(&run(&mut kal(&["stat", &p])).stdout), 9);
+    // A 152-byte page (a library before pacing) has no cost line; a 176-byte
+    // one shows it.
+    assert!(!out.stdout.contains("cost:"), "{}", out.describe());
+    write_paced_page(&path, pid, start, 6);
+    let out = run(&mut kal(&["stat", &p]));
+    assert!(
+        out.stdout.contains(
+            "cost:           last scan 25.00 ms, all scans 75.00 ms; next scan in 2500.00 ms"
+        ),
+        "{}",
+        out.describe()
+    );
 
     for (what, magic, version, start) in [
         ("bad magic", b"KALSTATX", 1, start),
