@@ -554,7 +554,7 @@ fn stat_reads_the_page_layout() {
     let out = run(&mut kal(&["stat", &p]));
     assert!(
         out.stdout.contains(
-            "cost:           last scan 25.00 ms, all scans 75.00 ms; next scan in 2500.00 ms"
+            "cost:           last scan 25.00 ms, all scans 75.00 ms; next scan 2500.00 ms after the last"
         ),
         "{}",
         out.describe()

@@ -53,7 +53,7 @@ struct rmalloc_kal_stats {
     uint64_t leaks_reported;     /* leaked chunks named in reports, total */
     uint64_t cost_ns_last;       /* what the last scan cost the program: pause + copy-on-write work */
     uint64_t cost_ns_total;
-    uint64_t interval_ns;        /* wait before the next timed scan, after pacing (max_overhead) */
+    uint64_t interval_ns;        /* gap from the last scan's end to the next timed one, after pacing */
 };
 
 /* Fill *out (see `size` above).  Returns 0, or -1 with errno EINVAL when out

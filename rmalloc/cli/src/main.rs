@@ -347,3 +347,20 @@ fn main() {
     };
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_overhead_flag_takes_what_the_library_takes() {
+        for ok in ["0", "1", "0.25", "0.5", "2.05", "100", "100.00"] {
+            assert_eq!(parse_percent(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "", ".5", "1.", "0.125", "100.01", "101", "1e2", "-1", "1.2.3", " 1",
+        ] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+    }
+}

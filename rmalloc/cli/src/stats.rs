@@ -290,7 +290,7 @@ pub fn render(pid: u32, s: &Stats, rss: Option<u64>) -> String {
     );
     if s.size as usize >= STATS_LEN {
         t += &format!(
-            "cost:           last scan {}, all scans {}; next scan in {}\n",
+            "cost:           last scan {}, all scans {}; next scan {} after the last\n",
             ms(s.cost_ns_last),
             ms(s.cost_ns_total),
             ms(s.interval_ns)

@@ -196,7 +196,8 @@ extern "C" fn main(_: usize) -> ! {
         // A full-report request is served by the scan that serves it.
         let last = r != handled && FINAL.swap(false, Ordering::AcqRel);
         if pace.settles_at().is_some() {
-            // A request came first: measure the last scan up to here.
+            // The next scan comes before the last one's measurement ended
+            // (a request, or no pacing): measure it up to here.
             settled(e, &mut pace, interval, &mut next_at);
         }
         let start = pace.start();
@@ -229,6 +230,8 @@ fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64) {
     if e.opts.max_overhead != 0 {
         *next_at = (*next_at).max(task::now_ns().saturating_add(pace::SAMPLE_NS));
     }
+    // What the program sees: the gap from this scan's end to the next.
+    let wait = next_at.saturating_sub(ended);
     STATS.cost_ns_last.store(cost, Ordering::Relaxed);
     STATS.cost_ns_total.fetch_add(cost, Ordering::Relaxed);
     STATS.interval_ns.store(wait, Ordering::Relaxed);

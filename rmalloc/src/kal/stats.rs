@@ -24,7 +24,8 @@ pub struct Stats {
     /// What the last scan cost the program (pause and copy-on-write), ns.
     pub cost_ns_last: AtomicU64,
     pub cost_ns_total: AtomicU64,
-    /// The wait before the next timer-driven scan, after pacing, ns.
+    /// The gap from the last scan's end to the next timer-driven one,
+    /// after pacing, ns.
     pub interval_ns: AtomicU64,
 }
 
@@ -197,7 +198,7 @@ pub fn write_text(w: &mut dyn core::fmt::Write, mode: &str) -> core::fmt::Result
     )?;
     writeln!(
         w,
-        "KAL cost:            last scan {} ns, all scans {} ns; next scan after {} ms",
+        "KAL cost:            last scan {} ns, all scans {} ns; {} ms from a scan to the next",
         c.cost_ns_last,
         c.cost_ns_total,
         c.interval_ns / 1_000_000
