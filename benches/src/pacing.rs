@@ -6,6 +6,7 @@
 //! system time (the copy-on-write faults) and what KAL says it cost.
 
 use crate::exec::{self, Spec};
+use crate::report;
 use crate::workloads;
 use crate::Config;
 use std::fmt::Write as _;
@@ -100,14 +101,9 @@ pub fn run(cfg: &Config, launcher: &Path) -> Result<String, String> {
 }
 
 fn median(runs: &[Vec<(String, String)>], key: &str) -> f64 {
-    let mut v: Vec<f64> = runs
+    let v = runs
         .iter()
         .filter_map(|f| f.iter().find(|(k, _)| k == key)?.1.parse().ok())
         .collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    report::median(v).unwrap_or(f64::NAN)
 }

@@ -209,7 +209,6 @@ extern "C" fn main(_: usize) -> ! {
         if e.opts.max_overhead != 0 {
             next_at = next_at.max(until);
         }
-        super::statpage::update(&super::c_stats());
         handled = r;
         LAST.store(ok, Ordering::Release);
         DONE.store(r, Ordering::Release);
