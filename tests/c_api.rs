@@ -682,9 +682,8 @@ fn api_cases_when_linked_with_lrmalloc() {
 /// the GOT: building the crate as rlib and cdylib at once made every
 /// internal call and every `PARAMS` load an indirect one (issue 8: 6.3M
 /// more instructions on the small workload at scale 0.05).  The only GOT
-/// slots allowed to hold the library's own addresses are the TLS offset
-/// (`R_X86_64_TPOFF64`, not counted here) and `pthread_atfork`, which
-/// libc_nonshared.a links in and the start-up code calls once.
+/// slot allowed to hold the library's own address is the TLS offset
+/// (`R_X86_64_TPOFF64`, not counted here).
 #[test]
 fn library_has_no_got_indirection_to_itself() {
     if skip_against_glibc("library_has_no_got_indirection_to_itself") {
@@ -733,14 +732,91 @@ fn library_has_no_got_indirection_to_itself() {
             continue;
         }
         let names = symbols.get(&target).cloned().unwrap_or_default();
-        if !names.iter().any(|n| n == "pthread_atfork") {
-            own.push(format!("{target:#x} {names:?}"));
-        }
+        own.push(format!("{target:#x} {names:?}"));
     }
     assert!(
         own.is_empty(),
         "{} GOT slot(s) hold the library's own addresses: {own:?}",
         own.len()
+    );
+}
+
+/// The code a typical program runs stays in one place: every text page the
+/// `footprint` program (threads, small and mmapped blocks, calloc, realloc,
+/// the aligned allocators, fork) makes resident lies in the 64 KiB
+/// windows around `.text.hot`, the kernel's fault-around unit (its default
+/// `fault_around_bytes`).  Scattered, the same code kept 164-228 KiB of
+/// text resident in every process, against 68-128 KiB now (issue 8:
+/// peak RSS of small programs).  Also checks the link flags `build.rs`
+/// relies on: no `DT_INIT` from the C start files, and `NODELETE`.
+#[test]
+fn hot_code_shares_the_fewest_text_windows() {
+    if skip_against_glibc("hot_code_shares_the_fewest_text_windows") {
+        return;
+    }
+    let lib = support::lib_path();
+    let tool = |args: &[&str]| {
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..]).arg(&lib);
+        let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+        out.assert_success();
+        out.stdout
+    };
+    let dynamic = tool(&["readelf", "-dW"]);
+    assert!(
+        !dynamic.contains("(INIT)"),
+        "DT_INIT present: linked with the C start files\n{dynamic}"
+    );
+    assert!(
+        dynamic
+            .lines()
+            .any(|l| l.contains("FLAGS_1") && l.contains("NODELETE")),
+        "not linked with -z nodelete\n{dynamic}"
+    );
+    let hot = tool(&["readelf", "-SW"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == ".text.hot")?;
+            let addr = u64::from_str_radix(f.get(i + 2)?, 16).ok()?;
+            let size = u64::from_str_radix(f.get(i + 4)?, 16).ok()?;
+            Some(addr..addr + size)
+        })
+        .expect("no .text.hot output section");
+    let out = run_ok("footprint", &[], HEAVY_TIMEOUT);
+    let field = |l: &str, key: &str| {
+        l.strip_prefix(key)
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+    };
+    let base = out
+        .stdout
+        .lines()
+        .find_map(|l| field(l, "base "))
+        .expect("no base line");
+    let resident: Vec<u64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| field(l, "resident "))
+        .collect();
+    assert!(
+        !resident.is_empty(),
+        "no resident text page\n{}",
+        out.describe()
+    );
+    const WINDOW: u64 = 64 << 10;
+    let lo = ((base + hot.start) & !(WINDOW - 1)) - base;
+    let hi = ((base + hot.end + WINDOW - 1) & !(WINDOW - 1)) - base;
+    let outside: Vec<String> = resident
+        .iter()
+        .filter(|&&p| p + 4096 <= lo || p >= hi)
+        .map(|p| format!("{p:#x}"))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} text page(s) resident outside the windows {lo:#x}..{hi:#x} around .text.hot {:#x}..{:#x}: {outside:?}",
+        outside.len(),
+        hot.start,
+        hot.end
     );
 }
 

@@ -88,6 +88,7 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
 /// # Safety
 /// Called by `malloc` with `nb` the checked chunk size for `bytes`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe {
@@ -126,6 +127,7 @@ unsafe fn malloc_sited(bytes: usize, nb: usize) -> *mut u8 {
 /// # Safety
 /// As `malloc_slow`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn malloc_arena_out(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe { malloc_arena(bytes, nb) }
@@ -216,6 +218,7 @@ unsafe fn free_cached(t: usize, p: chunk::ChunkPtr, size: usize, idx: usize) {
 /// `p` is the chunk of a live pointer the program passed to `free`, and
 /// `raw` its size field as read by `free`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: forwarded contract.
     unsafe {
@@ -252,6 +255,7 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
 /// # Safety
 /// As `free_slow`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn free_arena_out(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: forwarded contract.
     unsafe { free_arena(p, raw) }
@@ -287,6 +291,7 @@ unsafe fn free_arena(p: chunk::ChunkPtr, raw: usize) {
 /// As `free_slow`.
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn free_rare(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: `p` is a live chunk being freed once (contract); mmapped ones are
     // unmapped, heap ones go to their own arena after `check_pointer`.
@@ -318,6 +323,7 @@ unsafe fn free_rare(p: chunk::ChunkPtr, raw: usize) {
 ///
 /// # Safety
 /// Always safe to call.
+#[link_section = ".text.hot.rmalloc"]
 pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
     // SAFETY: the arena is used only while locked; `mem` is a fresh chunk of at
     // least `bytes` (mmapped) or `csz - SIZE_SZ` usable bytes to clear.
@@ -393,6 +399,7 @@ unsafe fn fresh_memory(av: *mut arena::Arena) -> (chunk::ChunkPtr, usize) {
 ///
 /// # Safety
 /// `old` must be null or a live pointer from this allocator.
+#[link_section = ".text.hot.rmalloc"]
 pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
     // SAFETY: `old` is live (contract): its header is readable, and a move copies
     // at most its usable bytes before freeing it.
@@ -468,6 +475,7 @@ pub unsafe fn reallocarray(old: *mut u8, n: usize, size: usize) -> *mut u8 {
 ///
 /// # Safety
 /// Always safe to call.
+#[link_section = ".text.hot.rmalloc"]
 pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
     // SAFETY: `int_memalign` runs on the arena locked by `arena_get`(_retry),
     // which is unlocked once.
@@ -509,6 +517,7 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
 ///
 /// # Safety
 /// `out` must be valid for writing a pointer.
+#[link_section = ".text.hot.rmalloc"]
 pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) -> i32 {
     // SAFETY: `out` is writable (contract).
     unsafe {

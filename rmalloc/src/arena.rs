@@ -263,6 +263,7 @@ pub(crate) fn for_each_arena(mut f: impl FnMut(*mut Arena)) {
 /// The allocator is initialised; the caller unlocks the arena with the
 /// returned token once.
 #[inline]
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn arena_get(bytes: usize) -> (*mut Arena, Held) {
     // SAFETY: an ARENA slot above ARENA_EXITED is an arena this thread
     // attached to, and arenas are never freed.
@@ -325,6 +326,7 @@ fn ncores() -> usize {
 /// # Safety
 /// As `arena_get`; `avoid` is null or an arena.
 #[cold]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn arena_get2(size: usize, avoid: *mut Arena) -> (*mut Arena, Held) {
     // SAFETY: the helpers' contracts are this one's (arenas and their ring are
     // never freed).

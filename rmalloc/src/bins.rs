@@ -95,6 +95,7 @@ pub(crate) const fn tidx2usize(idx: usize) -> usize {
 /// # Safety
 /// `p` is a free chunk linked into one of its arena's bins, and the caller
 /// holds that arena's lock.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn unlink_chunk(p: ChunkPtr) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

@@ -18,6 +18,7 @@ macro_rules! export {
             /// # Safety
             /// The contract of the C function of this name.
             #[no_mangle]
+            #[link_section = ".text.hot.rmalloc"]
             // A few bodies (`mallopt`, `mallinfo`, ...) call safe functions.
             #[allow(unused_unsafe)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
@@ -140,11 +141,13 @@ pub extern "C" fn rmalloc_check_heap() -> c_int {
     }
 }
 
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn at_unload() {
     crate::kal::at_exit();
     crate::stats::write_exit_stats();
 }
 
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn at_load() {
     crate::kal::start_from_env();
 }

@@ -2,7 +2,8 @@
 //! the parent) or re-initialised (in the child) afterwards, so the child
 //! never inherits a lock held by a thread that does not exist there.
 //!
-//! The handlers are registered with `pthread_atfork` during initialisation,
+//! The handlers are registered with glibc's `__register_atfork` (what
+//! `pthread_atfork` calls) during initialisation,
 //! which a constructor of the library forces at load time (see `init.rs`),
 //! so they usually come before any handler of the program: glibc runs
 //! prepare handlers in reverse registration order, so ours runs after the
@@ -29,11 +30,34 @@ use crate::lock;
 /// process's fork handlers under its own lock, one fork at a time.
 static LOCKED: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn register() {
-    // SAFETY: the handlers are extern "C" fns valid for the process's life.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+extern "C" {
+    /// glibc's registration behind `pthread_atfork`, which itself is a
+    /// stub in `libc_nonshared.a` passing the caller's `__dso_handle` (from
+    /// the C start files, which the library is linked without: see
+    /// `build.rs`).  The handle only matters for unregistering at
+    /// `dlclose`, and the library is never unloaded (`-z nodelete`).
+    fn __register_atfork(
+        prepare: Option<extern "C" fn()>,
+        parent: Option<extern "C" fn()>,
+        child: Option<extern "C" fn()>,
+        dso_handle: *mut core::ffi::c_void,
+    ) -> core::ffi::c_int;
 }
 
+pub(crate) fn register() {
+    // SAFETY: the handlers are extern "C" fns valid for the process's life
+    // (the library is never unloaded); a null handle is never unregistered.
+    unsafe {
+        __register_atfork(
+            Some(prepare),
+            Some(parent),
+            Some(child),
+            core::ptr::null_mut(),
+        )
+    };
+}
+
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn prepare() {
     if arena::single_threaded() {
         // KAL's scanner is a thread glibc does not count: its locks are
@@ -53,6 +77,7 @@ extern "C" fn prepare() {
     crate::kal::fork_prepare();
 }
 
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn parent() {
     crate::kal::fork_parent();
     if !LOCKED.swap(false, Ordering::Relaxed) {
@@ -65,6 +90,7 @@ extern "C" fn parent() {
     LIST_LOCK.unlock();
 }
 
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn child() {
     crate::kal::after_fork_child();
     if !LOCKED.swap(false, Ordering::Relaxed) {

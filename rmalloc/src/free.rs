@@ -41,6 +41,7 @@ unsafe fn free_perturb(p: *mut u8, n: usize) {
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -70,6 +71,7 @@ pub(crate) unsafe fn int_free(av: *mut Arena, p: ChunkPtr) {
 /// `p` is an in-use heap chunk (not mmapped) of size `size` that the caller
 /// owns and frees exactly once, and the calling thread's cache exists.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn free_full_bin(p: ChunkPtr, size: usize) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -92,6 +94,7 @@ pub(crate) unsafe fn free_full_bin(p: ChunkPtr, size: usize) {
 /// # Safety
 /// As `free_full_bin`, except that the pointer is not checked yet.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn free_uncached(p: ChunkPtr, size: usize) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -105,6 +108,7 @@ pub(crate) unsafe fn free_uncached(p: ChunkPtr, size: usize) {
 /// # Safety
 /// As `merge_chunk`, without the lock held.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn merge_chunk_locked(av: *mut Arena, p: ChunkPtr, size: usize) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -124,6 +128,7 @@ unsafe fn merge_chunk_locked(av: *mut Arena, p: ChunkPtr, size: usize) {
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn int_free_locked(av: *mut Arena, p: ChunkPtr) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -193,6 +198,7 @@ pub(crate) fn check_pointer(p: ChunkPtr, size: usize) {
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -252,6 +258,7 @@ unsafe fn fastbin_push(av: *mut Arena, p: ChunkPtr, size: usize, have_lock: bool
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize, keep_errno: bool) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -300,6 +307,7 @@ unsafe fn merge_chunk(av: *mut Arena, p: ChunkPtr, size: usize, keep_errno: bool
 /// caller owns (allocated, being freed exactly once); the caller holds the
 /// arena lock where the name or description says so (`*_locked`, merging,
 /// consolidation), and never for the lock-free fastbin push from `int_free`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn malloc_consolidate(av: *mut Arena) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

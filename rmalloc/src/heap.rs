@@ -47,6 +47,7 @@ pub(crate) fn heap_for_ptr(p: usize) -> *mut HeapInfo {
 /// `h` (and chunk arguments) belong to a live non-main heap of this
 /// allocator, and the caller holds the lock of the arena that owns it while
 /// changing it; `new_heap` only needs the lazily initialised parameters.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn new_heap(size: usize, top_pad: usize) -> *mut HeapInfo {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -93,6 +94,7 @@ pub(crate) unsafe fn new_heap(size: usize, top_pad: usize) -> *mut HeapInfo {
 /// `h` (and chunk arguments) belong to a live non-main heap of this
 /// allocator, and the caller holds the lock of the arena that owns it while
 /// changing it; `new_heap` only needs the lazily initialised parameters.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn grow_heap(h: *mut HeapInfo, diff: isize) -> bool {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -126,6 +128,7 @@ pub(crate) unsafe fn grow_heap(h: *mut HeapInfo, diff: isize) -> bool {
 /// `h` (and chunk arguments) belong to a live non-main heap of this
 /// allocator, and the caller holds the lock of the arena that owns it while
 /// changing it; `new_heap` only needs the lazily initialised parameters.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn shrink_heap(h: *mut HeapInfo, diff: usize) -> bool {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

@@ -37,6 +37,7 @@ pub(crate) fn ensure() {
 }
 
 #[cold]
+#[link_section = ".text.hot.rmalloc"]
 fn slow() {
     run(&STATE, &INITIALISER, core_init, register_services);
 }
@@ -85,6 +86,7 @@ fn run(state: &AtomicU8, initialiser: &AtomicUsize, core: fn(), services: fn()) 
 
 /// Runs when the dynamic loader initialises the library.
 #[cfg(not(test))]
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn at_load() {
     ensure();
 }

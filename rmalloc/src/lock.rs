@@ -114,6 +114,7 @@ impl Mutex {
     }
 
     #[cold]
+    #[link_section = ".text.hot.rmalloc"]
     fn lock_held_slow(&self) -> Held {
         if is_fork_owner() {
             return Held::NOT_TAKEN;
@@ -137,6 +138,7 @@ impl Mutex {
     }
 
     #[cold]
+    #[link_section = ".text.hot.rmalloc"]
     fn lock_slow(&self) {
         // A short spin catches locks held across a few hundred instructions,
         // which is what arena critical sections are.

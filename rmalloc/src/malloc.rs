@@ -81,6 +81,7 @@ unsafe fn fastbin_pop(av: *mut Arena, idx: usize) -> ChunkPtr {
 /// process is single-threaded); chunk and size arguments are as described
 /// above and belong to `av`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe { int_malloc_inline(av, bytes, nb) }
@@ -268,6 +269,7 @@ pub(crate) unsafe fn int_malloc_inline(av: *mut Arena, bytes: usize, nb: usize) 
 /// # Safety
 /// As `int_malloc`.
 #[inline(never)]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn search_bins(av: *mut Arena, nb: usize, bytes: usize) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -452,6 +454,7 @@ unsafe fn set_split_heads(victim: ChunkPtr, nb: usize, flag: usize, rem: ChunkPt
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk and size arguments are as described
 /// above and belong to `av`.
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn place_in_bin(av: *mut Arena, victim: ChunkPtr, size: usize) {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

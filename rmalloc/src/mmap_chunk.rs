@@ -31,6 +31,7 @@ fn account(delta_maps: isize, delta_bytes: isize) {
 /// # Safety
 /// Any `nb`; the chunk returned (if not null) is the caller's, to be
 /// released only with `unmap_chunk` or resized with `remap_chunk`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn map_chunk(nb: usize) -> ChunkPtr {
     // SAFETY: `map_rw` has no precondition; `mm` is a fresh mapping of
     // `size` bytes (more than a header), so `p`'s header is in bounds.
@@ -75,6 +76,7 @@ unsafe fn mapping_of(p: ChunkPtr, what: &str) -> (usize, usize) {
 
 /// # Safety
 /// `p` is an mmapped chunk the caller owns and will not use again.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn unmap_chunk(p: ChunkPtr) {
     // SAFETY: `mapping_of` checked that [block, block + total) is `p`'s own
     // page-aligned mapping, which the caller no longer uses.

@@ -410,6 +410,7 @@ impl Params {
     /// glibc's tunables layer and `ptmalloc_init` would.  `secure` is the
     /// process's AT_SECURE flag; `suid_debug` whether `/etc/suid-debug`
     /// exists (only consulted when `secure`).
+    #[link_section = ".text.hot.rmalloc"]
     pub fn apply_env_with<'a>(
         &self,
         vars: impl Iterator<Item = &'a [u8]>,
@@ -477,8 +478,14 @@ pub fn exit_stats_path() -> Option<&'static CStr> {
 /// Read the process environment into [`PARAMS`], once (later calls return at
 /// once).  Meant for the allocator's lazy initialisation, which serialises
 /// callers; a concurrent second caller returns without waiting.
+#[link_section = ".text.hot.rmalloc"]
 pub fn init_from_env() {
-    tunables::scan_process_env_once(|vars| apply_env(vars));
+    tunables::scan_process_env_once(apply_process_env);
+}
+
+#[link_section = ".text.hot.rmalloc"]
+fn apply_process_env(vars: &mut dyn Iterator<Item = &[u8]>) {
+    apply_env(vars);
 }
 
 // ---------------------------------------------------------------------------

@@ -57,6 +57,7 @@ pub(crate) unsafe fn tcache_or_init() -> *mut Tcache {
 /// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
 /// user pointer that the caller owns.
 #[cold]
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn init_tcache() -> *mut Tcache {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -92,6 +93,7 @@ unsafe fn init_tcache() -> *mut Tcache {
 /// Runs on the thread whose cache and arena it manages, after
 /// initialisation; `mem` (for `free_chunk_slow`) is an in-use heap chunk's
 /// user pointer that the caller owns.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn shutdown() {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -125,6 +127,7 @@ unsafe fn free_chunk_slow(mem: *mut u8) {
     }
 }
 
+#[link_section = ".text.hot.rmalloc"]
 extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let round = arg as usize;
     if round < DESTRUCTOR_ROUNDS {

@@ -63,6 +63,7 @@ pub(crate) unsafe fn split_top(av: *mut Arena, nb: usize) -> *mut u8 {
 /// # Safety
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk arguments are chunks of `av`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn sysmalloc(nb: usize, av: *mut Arena) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -101,6 +102,7 @@ pub(crate) unsafe fn sysmalloc(nb: usize, av: *mut Arena) -> *mut u8 {
 /// # Safety
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk arguments are chunks of `av`.
+#[link_section = ".text.hot.rmalloc"]
 unsafe fn grow_heap_arena(av: *mut Arena, nb: usize) -> bool {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
@@ -260,6 +262,7 @@ unsafe fn new_region(av: *mut Arena, start: usize, end: usize, old_top: ChunkPtr
 /// # Safety
 /// `av` is an initialised arena whose lock the caller holds (or the
 /// process is single-threaded); chunk arguments are chunks of `av`.
+#[link_section = ".text.hot.rmalloc"]
 pub(crate) unsafe fn systrim(av: *mut Arena, pad: usize) -> bool {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

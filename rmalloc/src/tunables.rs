@@ -160,6 +160,7 @@ impl Tunables {
 
     /// `tunable_initialize` + `do_tunable_update_val`: parse and range-check;
     /// an out-of-range value leaves the tunable as it was.
+    #[link_section = ".text.hot.rmalloc"]
     fn initialize(&mut self, t: usize, value: &[u8]) {
         let d = &TUNABLES[t];
         let v = dl_strtoul(value);
@@ -325,6 +326,7 @@ struct EnvironIter {
 
 impl Iterator for EnvironIter {
     type Item = &'static [u8];
+    #[link_section = ".text.hot.rmalloc"]
     fn next(&mut self) -> Option<&'static [u8]> {
         if self.p.is_null() {
             return None;
@@ -376,7 +378,7 @@ static INIT_STATE: AtomicU8 = AtomicU8::new(INIT_NONE);
 /// Hand the process environment to `apply`, once per process (later calls
 /// return at once, a concurrent second caller without waiting).  Meant for
 /// the allocator's lazy initialisation, which serialises callers.
-pub(crate) fn scan_process_env_once(apply: impl FnOnce(&mut dyn Iterator<Item = &[u8]>)) {
+pub(crate) fn scan_process_env_once(apply: fn(&mut dyn Iterator<Item = &[u8]>)) {
     if INIT_STATE
         .compare_exchange(INIT_NONE, INIT_RUNNING, Acquire, Relaxed)
         .is_err()

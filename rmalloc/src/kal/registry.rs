@@ -39,20 +39,35 @@ fn with<R>(f: impl FnOnce(&mut AddrMap) -> R) -> R {
 }
 
 /// A chunk was mapped (or moved by mremap to `p`).
+///
+/// Inlined down to the flag test, so that with KAL off the allocator's
+/// mmap paths run no code outside the library's hot text (see `build.rs`).
+#[inline]
 pub fn added(p: ChunkPtr) {
     if ON.load(Ordering::Relaxed) {
-        // SAFETY: `p` is a freshly mapped chunk with a valid header.
-        let size = unsafe { chunk::size(p) };
-        // If the table cannot grow, the chunk stays unlisted: safe (above).
-        with(|m| m.insert(p as usize, size));
+        list(p);
     }
 }
 
+#[inline(never)]
+fn list(p: ChunkPtr) {
+    // SAFETY: `p` is a freshly mapped chunk with a valid header.
+    let size = unsafe { chunk::size(p) };
+    // If the table cannot grow, the chunk stays unlisted: safe (above).
+    with(|m| m.insert(p as usize, size));
+}
+
 /// A chunk is being unmapped (or moved away from `p`).
+#[inline]
 pub fn removed(p: ChunkPtr) {
     if ON.load(Ordering::Relaxed) {
-        with(|m| m.remove(p as usize));
+        unlist(p);
     }
+}
+
+#[inline(never)]
+fn unlist(p: ChunkPtr) {
+    with(|m| m.remove(p as usize));
 }
 
 /// After `fork`: the child inherited a copy; only its lock needs resetting.

@@ -1,0 +1,97 @@
+/* Which pages of rmalloc's code does a typical program make resident?
+ *
+ * Runs the common paths (small and large blocks from several threads,
+ * calloc, realloc, the aligned allocators, fork), then reads
+ * /proc/self/pagemap for the library's executable mapping and prints the
+ * mapped pages as ELF addresses of the library:
+ *
+ *   base 0x7f...           (load address)
+ *   resident 0x3a000       (one line per mapped text page)
+ *
+ * tests/c_api.rs checks that they all lie in the 64 KiB windows around the
+ * library's .text.hot section (see rmalloc/build.rs). */
+#include "common.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/wait.h>
+
+static void *volatile sink;
+
+static void *work(void *arg) {
+  size_t salt = (size_t)arg;
+  for (int i = 0; i < 20000; i++) {
+    void *p = malloc(hide_size(16 + (i * 7 + salt) % 1000));
+    sink = p;
+    free(p);
+  }
+  void *big = malloc(hide_size(1 << 20)); /* an mmapped chunk */
+  REQUIRE(big);
+  memset(big, 1, 4096);
+  free(big);
+  return NULL;
+}
+
+int main(void) {
+  t_start();
+  pthread_t th[4];
+  for (size_t i = 0; i < 4; i++)
+    REQUIRE(pthread_create(&th[i], NULL, work, (void *)i) == 0);
+  work((void *)9);
+  for (int i = 0; i < 4; i++)
+    REQUIRE(pthread_join(th[i], NULL) == 0);
+
+  char *s = calloc(hide_size(10), 10);
+  REQUIRE(s);
+  for (size_t n = 200; n < 200000; n *= 3)
+    REQUIRE((s = realloc(s, n)));
+  free(s);
+  void *a = memalign(64, hide_size(100));
+  void *b = aligned_alloc(4096, hide_size(4096));
+  void *c = NULL;
+  REQUIRE(a && b && posix_memalign(&c, 256, hide_size(300)) == 0);
+  CHECK(malloc_usable_size(a) >= 100);
+  free(a);
+  free(b);
+  free(c);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    free(malloc(hide_size(50)));
+    _exit(0);
+  }
+  int status;
+  REQUIRE(waitpid(pid, &status, 0) == pid && WIFEXITED(status));
+
+  Dl_info info;
+  REQUIRE(dladdr((void *)malloc, &info) && info.dli_fname);
+  uintptr_t base = (uintptr_t)info.dli_fbase;
+  /* Collect first, print after: stdio allocates. */
+  static uintptr_t pages[4096];
+  int npages = 0;
+  FILE *maps = fopen("/proc/self/maps", "r");
+  int pm = open("/proc/self/pagemap", O_RDONLY);
+  REQUIRE(maps && pm >= 0);
+  char line[4096];
+  while (fgets(line, sizeof line, maps)) {
+    uintptr_t lo, hi;
+    char perms[8], path[3000] = "";
+    if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %2999s", &lo, &hi, perms, path) < 3)
+      continue;
+    if (strcmp(perms, "r-xp") != 0 || strcmp(path, info.dli_fname) != 0)
+      continue;
+    for (uintptr_t p = lo; p < hi && npages < 4096; p += 4096) {
+      uint64_t e;
+      REQUIRE(pread(pm, &e, 8, (off_t)(p / 4096 * 8)) == 8);
+      if (e >> 63)
+        pages[npages++] = p - base;
+    }
+  }
+  fclose(maps);
+  close(pm);
+  printf("base %#lx\n", (unsigned long)base);
+  for (int i = 0; i < npages; i++)
+    printf("resident %#lx\n", (unsigned long)pages[i]);
+  CHECK(npages > 0);
+  return t_finish();
+}
