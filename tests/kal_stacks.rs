@@ -361,6 +361,59 @@ fn a_freed_chunks_stack_is_forgotten() {
     );
 }
 
+/// `sites=sample:N` records about one allocation per N bytes a thread
+/// allocates, counted on `malloc`'s fast path too, and reports a sampled
+/// block at the size it asked for (the allocator makes a sampled block too
+/// big for the thread cache, so that its `free` can forget the stack).
+/// 8000 blocks of 64 bytes (80-byte chunks: 640,000 bytes) at one sample
+/// per 16 KiB: about 39 samples, half of them among the 4000 leaked.
+#[test]
+fn sampling_records_about_one_allocation_per_n_bytes() {
+    let b = gcc_build();
+    let (_, raw) = run_kal(
+        &b.exe,
+        &["sample"],
+        "mode=detect:sites=sample:16384:leak_check_at_exit=0",
+        &[],
+    );
+    let (gs, _) = groups(&raw);
+    let sym = kal_report(&raw);
+    let parse = |h: &str| -> (usize, usize) {
+        let n = |s: &str| s.split_whitespace().next().and_then(|w| w.parse().ok());
+        let bytes = h.split(" leak of ").nth(1).and_then(n).expect("bytes");
+        let objs = h.split(" in ").nth(1).and_then(n).expect("objects");
+        (bytes, objs)
+    };
+    // The unrecorded 64-byte blocks: their usable size per object.
+    let plain = gs
+        .iter()
+        .find(|g| g.frames == ["(allocation stack not recorded)"] && parse(&g.header).1 > 1000)
+        .unwrap_or_else(|| panic!("no group of unrecorded 64-byte leaks:\n{raw}"));
+    let (pb, po) = parse(&plain.header);
+    // The recorded ones: one group, whose stack names sample_leaks.
+    let mut hdr = None;
+    let mut cur = "";
+    for l in sym.lines() {
+        if l.contains(" leak of ") && l.ends_with("allocated from:") {
+            cur = l;
+        } else if l.trim_start().starts_with('#') && l.contains("sample_leaks") {
+            hdr = Some(cur);
+        }
+    }
+    let hdr = hdr.unwrap_or_else(|| panic!("no recorded group from sample_leaks:\n{sym}"));
+    let (sb, so) = parse(hdr);
+    assert!(
+        (8..=40).contains(&so),
+        "{so} of 4000 leaked blocks recorded at one sample per 16 KiB (about 20 expected)\n{sym}"
+    );
+    assert_eq!(
+        sb / so,
+        pb / po,
+        "a sampled block is reported at another size than an unsampled one\n{sym}"
+    );
+    assert_eq!(po + so, 4000, "every leaked block is reported once\n{sym}");
+}
+
 /// KAL's reclaim forgets the stack of the chunk it frees: a chunk later
 /// allocated (unrecorded) at the same address and leaked shows no stack,
 /// not the reclaimed one's.

@@ -18,7 +18,7 @@ use crate::mmap_chunk;
 use crate::options::{self, PARAMS};
 use crate::os;
 use crate::realloc::{int_memalign, int_realloc};
-use crate::tcache::{self, csize2tidx, Entry, Tcache};
+use crate::tcache::{self, csize2tidx, Entry, Tcache, TCACHE_MAX_BINS};
 use crate::thread;
 use crate::tls;
 use crate::tls::TCACHE_DISABLED;
@@ -71,11 +71,14 @@ pub unsafe fn malloc(bytes: usize) -> *mut u8 {
         let Some(nb) = checked_request2size(bytes) else {
             return enomem();
         };
-        let t = tls::get::<{ tls::TCACHE }>();
+        let tls = tls::offset();
+        let t = tls::get_at::<{ tls::TCACHE }>(tls);
         let idx = csize2tidx(nb);
-        // `fast_bins` is `tcache_bins`, or 0 while KAL records allocation
-        // stacks (then every call takes `malloc_slow`, which records).
-        if t > TCACHE_DISABLED && idx < PARAMS.fast_bins() {
+        // The countdown of KAL's allocation-site sampling comes first, so
+        // that every call counts; it runs out once per thread when nothing
+        // samples (see `malloc_sampled`).  Bins from `tcache_bins` up stay
+        // empty (nothing caches there), so the constant bound is enough.
+        if tls::site_countdown(tls, nb) && t > TCACHE_DISABLED && idx < TCACHE_MAX_BINS {
             let tc = t as *mut Tcache;
             if (*tc).counts[idx] != 0 {
                 return tcache::get(tc, idx);
@@ -93,34 +96,70 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe {
         // Both arms are tail calls, so this test is all the function does.
-        if crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
-            return malloc_sited(bytes, nb);
+        if (tls::get::<{ tls::SITE }>() as isize) < 0 {
+            return malloc_sampled(bytes, nb);
         }
         malloc_arena_out(bytes, nb)
     }
 }
 
-/// `malloc` while KAL records allocation stacks: the thread cache as on
-/// the fast path, else the arena; then the stack.
+/// `malloc` once the thread's site countdown has run out: re-arm it, and
+/// record this allocation's stack if KAL samples (see `kal::stacks::due`).
+/// A sampled chunk is made at least as big as the first size the thread
+/// cache does not hold, so that its `free` takes the out-of-line path,
+/// which forgets the stack; the fast path of `free` then never needs to
+/// look for one.  Without recording this runs once per thread (and once
+/// per 2^40 bytes it allocates after), so it sits with the hot code.
 ///
 /// # Safety
 /// As `malloc_slow`.
 #[inline(never)]
-unsafe fn malloc_sited(bytes: usize, nb: usize) -> *mut u8 {
+#[link_section = ".text.hot.rmalloc"]
+unsafe fn malloc_sampled(bytes: usize, nb: usize) -> *mut u8 {
+    use crate::kal::stacks::{self, Due};
+    // SAFETY: as in `malloc`.
+    unsafe {
+        match stacks::due() {
+            Due::No => malloc_cached(bytes, nb),
+            Due::Every => {
+                let p = malloc_cached(bytes, nb);
+                stacks::record_new(p, 0);
+                p
+            }
+            Due::Sample => {
+                let min = crate::bins::tidx2csize(PARAMS.tcache_bins());
+                if nb < min {
+                    let p = malloc_arena_sampled(min - SIZE_SZ, min);
+                    stacks::record_new(p, nb - SIZE_SZ);
+                    p
+                } else {
+                    let p = malloc_arena_out(bytes, nb);
+                    stacks::record_new(p, 0);
+                    p
+                }
+            }
+        }
+    }
+}
+
+/// The thread cache as on the fast path, else the arena.
+///
+/// # Safety
+/// As `malloc_slow`.
+#[inline(always)]
+unsafe fn malloc_cached(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: as in `malloc`.
     unsafe {
         let t = tls::get::<{ tls::TCACHE }>();
         let idx = csize2tidx(nb);
-        let p = if t > TCACHE_DISABLED
+        if t > TCACHE_DISABLED
             && idx < PARAMS.tcache_bins()
             && (*(t as *mut Tcache)).counts[idx] != 0
         {
             tcache::get(t as *mut Tcache, idx)
         } else {
             malloc_arena_out(bytes, nb)
-        };
-        crate::kal::stacks::on_alloc(p);
-        p
+        }
     }
 }
 
@@ -157,6 +196,33 @@ unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
     }
 }
 
+/// [`malloc_arena`] for a sampled chunk made large (see `malloc_sampled`):
+/// the arena's fast bins stay as they are.
+///
+/// # Safety
+/// As `malloc_slow`.
+#[cold]
+#[inline(never)]
+unsafe fn malloc_arena_sampled(bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: as in `malloc_arena`.
+    unsafe {
+        init::ensure();
+        thread::tcache_or_init();
+        let (mut av, mut held) = arena_get(bytes);
+        kal_hook(av);
+        let mut p = crate::malloc::int_malloc_keep_fastbins(av, bytes, nb);
+        if p.is_null() {
+            (av, held) = arena_get_retry(av, held, bytes);
+            p = int_malloc(av, bytes, nb);
+        }
+        (*av).unlock(held);
+        if p.is_null() {
+            return enomem();
+        }
+        p
+    }
+}
+
 /// `free`.  Preserves `errno`.
 ///
 /// # Safety
@@ -174,7 +240,9 @@ pub unsafe fn free(mem: *mut u8) {
         if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
             let size = raw & !SIZE_BITS;
             let idx = csize2tidx(size);
-            // See `malloc` for `fast_bins`.
+            // `fast_bins` is `tcache_bins`, or 0 while KAL records every
+            // allocation's stack (then `free_slow` forgets them).  Sampled
+            // chunks are never of a cached size (see `malloc_sampled`).
             if idx < PARAMS.fast_bins() {
                 return free_cached(t, p, size, idx);
             }
@@ -239,7 +307,7 @@ unsafe fn free_slow(p: chunk::ChunkPtr, raw: usize) {
 unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
     // SAFETY: as in `free`.
     unsafe {
-        crate::kal::stacks::on_free(chunk2mem(p));
+        let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
         let t = tls::get::<{ tls::TCACHE }>();
         if raw & IS_MMAPPED == 0 && t > TCACHE_DISABLED {
             let size = raw & !SIZE_BITS;
@@ -247,6 +315,13 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
             if idx < PARAMS.tcache_bins() {
                 return free_cached(t, p, size, idx);
             }
+            check_pointer(p, size);
+            // A sampled chunk (made large only to be seen here) leaves the
+            // arena's fast bins alone, as its allocation did.
+            if had_stack && crate::kal::stacks::sampling() && size > PARAMS.max_fast() {
+                return crate::free::free_sampled(p, size);
+            }
+            return crate::free::free_full_bin(p, size);
         }
         free_arena_out(p, raw)
     }

@@ -84,6 +84,12 @@ pub(crate) const fn csize2tidx(sz: usize) -> usize {
         .div_ceil(crate::chunk::ALIGN)
 }
 
+/// Chunk size of cache bin `idx` (the inverse of [`csize2tidx`]).
+#[inline(always)]
+pub(crate) const fn tidx2csize(idx: usize) -> usize {
+    idx * crate::chunk::ALIGN + crate::chunk::MINSIZE
+}
+
 /// Largest request served by cache bin `idx` (glibc's `tidx2usize`).
 #[inline(always)]
 pub(crate) const fn tidx2usize(idx: usize) -> usize {

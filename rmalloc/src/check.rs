@@ -128,6 +128,10 @@ pub(crate) unsafe fn check_tcache() -> Result<(), Problem> {
             if n != count {
                 fail!("tcache bin {} has {} entries, count says {}", i, n, count);
             }
+            // `malloc`'s fast path relies on it (see `tcache.rs`).
+            if count != 0 && i >= PARAMS.tcache_bins() {
+                fail!("tcache bin {} holds chunks beyond tcache_bins", i);
+            }
         }
         Ok(())
     }

@@ -94,6 +94,33 @@ pub(crate) unsafe fn int_malloc(av: *mut Arena, bytes: usize, nb: usize) -> *mut
 /// As `int_malloc`.
 #[inline(always)]
 pub(crate) unsafe fn int_malloc_inline(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { int_malloc_body::<true>(av, bytes, nb) }
+}
+
+/// `int_malloc` for a chunk KAL samples (see `api::malloc_sampled`): a
+/// large-bin request that does not first merge the fast bins.  glibc
+/// merges them before every large request to limit fragmentation; for one
+/// small request made large per sample, that merge (and the sorting it
+/// causes) cost 20 to 40 thousand instructions, and reshuffled the heap
+/// under the program.  It still merges them when nothing else fits.
+///
+/// # Safety
+/// As `int_malloc`.
+#[inline(never)]
+pub(crate) unsafe fn int_malloc_keep_fastbins(av: *mut Arena, bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { int_malloc_body::<false>(av, bytes, nb) }
+}
+
+/// # Safety
+/// As `int_malloc`.
+#[inline(always)]
+unsafe fn int_malloc_body<const MERGE_FASTBINS: bool>(
+    av: *mut Arena,
+    bytes: usize,
+    nb: usize,
+) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {
         let t = tls::get::<{ tls::TCACHE }>();
@@ -162,10 +189,8 @@ pub(crate) unsafe fn int_malloc_inline(av: *mut Arena, bytes: usize, nb: usize) 
                 alloc_perturb(p, bytes);
                 return p;
             }
-        } else {
-            if (*av).have_fastchunks.load(Ordering::Relaxed) {
-                malloc_consolidate(av);
-            }
+        } else if MERGE_FASTBINS && (*av).have_fastchunks.load(Ordering::Relaxed) {
+            malloc_consolidate(av);
         }
 
         let mut return_cached = false;

@@ -161,8 +161,8 @@ pub struct Params {
     max_fast: AtomicUsize,
     tcache_max_bytes: AtomicUsize,
     tcache_bins: AtomicUsize,
-    /// The tcache bins the `malloc`/`free` fast paths use: `tcache_bins`,
-    /// or 0 while KAL records allocation stacks (see `divert_fast_paths`).
+    /// The tcache bins the `free` fast path uses: `tcache_bins`, or 0 while
+    /// KAL records every allocation's stack (see `divert_fast_paths`).
     fast_bins: AtomicUsize,
     fast_diverted: AtomicBool,
     tcache_count: AtomicUsize,
@@ -340,10 +340,11 @@ impl Params {
         true
     }
 
-    /// Send every `malloc` and `free` through the out-of-line paths (which
-    /// still use the thread cache), so KAL can record allocation stacks
-    /// there while the inlined fast paths, which compare against
-    /// `fast_bins` as they compared against `tcache_bins`, stay as they are.
+    /// Send every `free` through the out-of-line path (which still uses the
+    /// thread cache), so KAL can forget the stack of every chunk
+    /// (`sites=all`) while the inlined fast path, which compares against
+    /// `fast_bins` as it would against `tcache_bins`, stays as it is.
+    /// (`malloc` records through its site countdown: `api::malloc_sampled`.)
     pub fn divert_fast_paths(&self) {
         self.fast_diverted.store(true, Relaxed);
         self.fast_bins.store(0, Relaxed);

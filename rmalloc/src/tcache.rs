@@ -7,9 +7,12 @@
 //! value while the chunk is cached, so `free` can detect a double free of a
 //! cached chunk cheaply and confirm it by searching the list.
 //!
-//! Invariant: `counts[i]` is the length of `entries[i]`, at most
+//! Invariants: `counts[i]` is the length of `entries[i]`, at most
 //! `PARAMS.tcache_count()` (after `mallopt` lowers the count, lists may
-//! briefly hold more; they drain as usual).
+//! briefly hold more; they drain as usual).  Bins from
+//! `PARAMS.tcache_bins()` up stay empty: every path that caches a chunk
+//! checks that bound (it only changes at start-up), so `malloc`'s fast
+//! path may bound its index by [`TCACHE_MAX_BINS`] alone.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 

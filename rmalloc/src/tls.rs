@@ -23,7 +23,8 @@ core::arch::global_asm!(
 /// Slot offsets inside the block.
 pub(crate) const TCACHE: usize = 0;
 pub(crate) const ARENA: usize = 8;
-/// KAL's allocation-site sampling: bytes left before the next sample.
+/// KAL's allocation-site sampling: bytes left before the next sample, as
+/// a signed count that every `malloc` decrements (see `site_countdown`).
 pub(crate) const SITE: usize = 16;
 
 /// Values of the `TCACHE` slot: 0 = not created yet, `TCACHE_DISABLED` =
@@ -36,17 +37,40 @@ pub(crate) const TCACHE_DISABLED: usize = 1;
 /// borrow one without attaching); anything greater is the `*mut Arena`.
 pub(crate) const ARENA_EXITED: usize = 1;
 
+/// The block's offset from the thread pointer: one load from the GOT, the
+/// same in every thread, so the compiler may share it between accesses.
 #[inline(always)]
-pub(crate) fn get<const SLOT: usize>() -> usize {
-    let v: usize;
-    // SAFETY: `rm_tls_block` is a 24-byte TLS object of this module; its
-    // GOTTPOFF entry holds the thread-pointer-relative offset, and `SLOT` is
-    // one of the in-bounds offsets above.  The load has no side effects.
+pub(crate) fn offset() -> usize {
+    let t: usize;
+    // SAFETY: reads the GOTTPOFF entry, which the loader fills before any
+    // code of the library runs and which never changes after.
     unsafe {
         core::arch::asm!(
             "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
+            t = out(reg) t,
+            options(nostack, pure, readonly, preserves_flags)
+        );
+    }
+    t
+}
+
+#[inline(always)]
+pub(crate) fn get<const SLOT: usize>() -> usize {
+    get_at::<SLOT>(offset())
+}
+
+/// [`get`] with the block's [`offset`] already loaded (for a fast path
+/// that reads more than one slot).
+#[inline(always)]
+pub(crate) fn get_at<const SLOT: usize>(offset: usize) -> usize {
+    let v: usize;
+    // SAFETY: `rm_tls_block` is a 24-byte TLS object of this module at
+    // `offset()` from the thread pointer, and `SLOT` is one of the in-bounds
+    // offsets above.  The load has no side effects.
+    unsafe {
+        core::arch::asm!(
             "mov {v}, qword ptr fs:[{t} + {s}]",
-            t = out(reg) _,
+            t = in(reg) offset,
             v = lateout(reg) v,
             s = const SLOT,
             options(nostack, readonly, preserves_flags)
@@ -60,9 +84,8 @@ pub(crate) fn set<const SLOT: usize>(val: usize) {
     // SAFETY: as in `get`; the store goes to this thread's own block.
     unsafe {
         core::arch::asm!(
-            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
             "mov qword ptr fs:[{t} + {s}], {v}",
-            t = out(reg) _,
+            t = in(reg) offset(),
             v = in(reg) val,
             s = const SLOT,
             options(nostack, preserves_flags)
@@ -70,19 +93,32 @@ pub(crate) fn set<const SLOT: usize>(val: usize) {
     }
 }
 
+/// Take `n` bytes off the thread's allocation-site countdown (the `SITE`
+/// slot, a signed count); `false` once it has gone below zero, which sends
+/// `malloc` to its slow path to take a sample or re-arm it (see
+/// `api::malloc_sampled`).  Two instructions on the fast path; `offset`
+/// is the block's [`offset`].
+#[inline(always)]
+pub(crate) fn site_countdown(offset: usize, n: usize) -> bool {
+    // SAFETY: as in `set`: a read-modify-write of this thread's own slot.
+    unsafe {
+        core::arch::asm!(
+            "sub qword ptr fs:[{t} + {s}], {n}",
+            "js {ran_out}",
+            t = in(reg) offset,
+            n = in(reg) n,
+            s = const SITE,
+            ran_out = label { return false; },
+            options(nostack)
+        );
+    }
+    true
+}
+
 /// Offset of the block from the thread pointer (the same in every thread:
 /// static TLS), so another task can find a stopped thread's slots.
 pub(crate) fn block_offset() -> isize {
-    let t: isize;
-    // SAFETY: reads the GOTTPOFF entry only (no TLS access).
-    unsafe {
-        core::arch::asm!(
-            "mov {t}, qword ptr [rip + rm_tls_block@GOTTPOFF]",
-            t = out(reg) t,
-            options(nostack, readonly, preserves_flags)
-        );
-    }
-    t
+    offset() as isize
 }
 
 #[cfg(test)]
@@ -104,5 +140,17 @@ mod tests {
         assert_eq!(other, (0, 0x99));
         assert_eq!(get::<ARENA>(), 0x1234);
         set::<ARENA>(saved);
+    }
+
+    #[test]
+    fn site_countdown_runs_out_below_zero() {
+        let saved = get::<SITE>();
+        set::<SITE>(100);
+        assert!(site_countdown(offset(), 60));
+        assert!(site_countdown(offset(), 40));
+        assert_eq!(get::<SITE>(), 0);
+        assert!(!site_countdown(offset(), 1));
+        assert_eq!(get::<SITE>() as isize, -1);
+        set::<SITE>(saved);
     }
 }

@@ -16,6 +16,9 @@
  *          allocation under sites=sample:2^40), let KAL reclaim them, allocate
  *          88-byte blocks until one lands at the same address, and leak that
  *          one too: it must show no stack (the reclaim forgot the first's).
+ *   sample: leak 4000 blocks of 64 bytes from one site, among 4000 that are
+ *          freed, then scan as in scan mode: under sites=sample:N about one
+ *          per N bytes allocated is recorded (tests/kal_stacks.rs).
  *   quarantine: a live 200-byte block whose only pointer is XOR-hidden (site
  *          A) is reclaimed by KAL, then freed by the program (a false
  *          reclaim); then a 200-byte block from site B is leaked: with the
@@ -77,6 +80,18 @@ __attribute__((noinline)) static void site_b(void) {
 static void quarantine(void);
 static void reclaim_reuse(void);
 
+/* The leaked blocks link to each other only through their first word,
+ * XOR-hidden, so each is a direct leak of its own. */
+__attribute__((noinline)) static void sample_leaks(void) {
+  for (int i = 0; i < 4000; i++) {
+    char *p = malloc(64);
+    memset(p, 8, 64);
+    free(malloc(64));
+    keep[0] = p;
+  }
+  keep[0] = NULL;
+}
+
 __attribute__((noinline)) static void scrub(void) {
   volatile char buf[16384];
   for (size_t i = 0; i < sizeof buf; i++)
@@ -89,6 +104,8 @@ int main(int argc, char **argv) {
     reuse();
   if (argc > 1 && !strcmp(argv[1], "reclaim_reuse") && rmalloc_kal_scan_now)
     reclaim_reuse();
+  if (argc > 1 && !strcmp(argv[1], "sample"))
+    sample_leaks();
   exe_leak_a();
   for (int i = 0; i < three; i++) /* one call site: one stack */
     exe_leak_b(i);
@@ -101,7 +118,8 @@ int main(int argc, char **argv) {
   /* reuse: scan before exit, not only at it: the exit path's frames may
    * hold a stale copy of the reused block's address (a conservative root,
    * as for LeakSanitizer), which would hide its leak from the exit check. */
-  if (argc > 1 && (!strcmp(argv[1], "scan") || !strcmp(argv[1], "reuse")) &&
+  if (argc > 1 &&
+      (!strcmp(argv[1], "scan") || !strcmp(argv[1], "reuse") || !strcmp(argv[1], "sample")) &&
       rmalloc_kal_scan_now) {
     for (int i = 0; i < 3; i++)
       rmalloc_kal_scan_now();

@@ -246,18 +246,18 @@ pub fn leak_report(
     super::suppress::reset_counts();
     let stacks_on = super::stacks::ON.load(Ordering::Relaxed);
     for l in leaks.as_slice() {
-        let site = if stacks_on {
-            super::stacks::site_of(l.addr)
-        } else {
-            None
+        let (site, size) = match stacks_on {
+            true => super::stacks::site_and_size(l.addr, l.size)
+                .map_or((None, l.size), |(s, n)| (Some(s), n)),
+            false => (None, l.size),
         };
-        if super::suppress::count_if_suppressed(site, l.size as u64) {
+        if super::suppress::count_if_suppressed(site, size as u64) {
             continue;
         }
         entries.push(Entry {
             indirect: l.indirect,
             site: site.unwrap_or(0),
-            size: l.size,
+            size,
             addr: l.addr,
         });
     }

@@ -12,9 +12,12 @@
 //! C entry points ([`on_alloc`], [`on_free`] behind one flag test, see
 //! `exports.rs`), after the allocator has returned (no arena lock held), so
 //! the unwinder may call into the loader.  With `sites=sample:N` a thread
-//! records about one allocation per N bytes it allocates (a countdown in
-//! the allocator's TLS block), and frees consult a counting filter first,
-//! so the frees of unrecorded chunks take no lock.
+//! records about one allocation per N bytes it allocates: `malloc`'s fast
+//! path counts every request down in the allocator's TLS block (two
+//! instructions, also when nothing samples), and the allocation that runs
+//! the count out is made from a chunk too big for the thread cache, so
+//! that only `free`'s out-of-line path ever meets a recorded chunk; there
+//! a counting filter answers for most chunks without a lock.
 //!
 //! Both tables are internal mappings ([`super::mem`]): they hold chunk
 //! addresses and must never be scanned as roots.
@@ -88,12 +91,68 @@ pub fn enable(sites: Sites, context: u32, fast: bool) {
     FAST.store(fast, Ordering::Relaxed);
     super::modules::refresh();
     ON.store(true, Ordering::Release);
-    crate::options::PARAMS.divert_fast_paths();
+    // This thread's countdown was re-armed for no sampling by its first
+    // allocations: run it out, so that its next allocation is recorded, as
+    // each new thread's first is.  (Threads that already exist pick the
+    // change up when theirs runs out; see `due`.)
+    tls::set::<{ tls::SITE }>(0);
+    if rate == 0 {
+        crate::options::PARAMS.divert_fast_paths();
+    }
 }
 
-/// A chunk was allocated at `mem`: record its stack (always, or when the
-/// thread's sampling countdown, counted in usable bytes, runs out).  The
-/// size is read from the chunk so the entry points need not keep it.
+/// What `malloc` does with the allocation whose bytes ran the thread's
+/// site countdown out (see `api::malloc_sampled`).
+pub enum Due {
+    /// Nothing is recorded: allocate as usual.
+    No,
+    /// `sites=all`: record this allocation, as every one.
+    Every,
+    /// `sites=sample:N`: record this allocation, from a chunk that the
+    /// thread cache does not hold.
+    Sample,
+}
+
+/// Without recording, how many bytes a thread allocates between looks at
+/// whether recording has started: so rare that its cost is nil, and
+/// threads that existed when KAL turned recording on still join in.
+const IDLE_COUNTDOWN: usize = 1 << 40;
+
+/// The thread's site countdown ran out: re-arm it and say what to do.
+#[inline(always)]
+pub fn due() -> Due {
+    if !ON.load(Ordering::Relaxed) {
+        tls::set::<{ tls::SITE }>(IDLE_COUNTDOWN);
+        return Due::No;
+    }
+    let rate = SAMPLE.load(Ordering::Relaxed);
+    tls::set::<{ tls::SITE }>(rate as usize);
+    if rate == 0 {
+        Due::Every
+    } else {
+        Due::Sample
+    }
+}
+
+/// Record the stack of the chunk `malloc` just made at `mem` (null: none)
+/// for [`Due::Every`] or [`Due::Sample`].  `shown`: the usable size the
+/// chunk would have had if it had not been made large for sampling (0:
+/// its own), which reports show (see [`site_and_size`]).
+#[cold]
+#[inline(never)]
+pub fn record_new(mem: *mut u8, shown: usize) {
+    if !mem.is_null() {
+        record(mem as usize, shown);
+    }
+}
+
+/// The other allocating entry points (`calloc`, `realloc`, the aligned
+/// ones) made a chunk at `mem`: count it down, and record its stack when
+/// the countdown runs out (always with `sites=all`).  A sampled chunk
+/// must not be of a size the thread cache holds (its `free` would not
+/// forget it: see `api::malloc_sampled`); one that is leaves the countdown
+/// run out, so the thread's next `malloc` takes the sample.  The size is
+/// read from the chunk so the entry points need not keep it.
 ///
 /// # Safety
 /// `mem` is null or a chunk just returned to the program by this thread.
@@ -105,21 +164,28 @@ pub unsafe fn on_alloc(mem: *mut u8) {
     let rate = SAMPLE.load(Ordering::Relaxed);
     if rate != 0 {
         // SAFETY: a live chunk just handed out: its header is readable.
-        let size = unsafe { crate::chunk::size(crate::chunk::mem2chunk(mem)) };
-        let left = tls::get::<{ tls::SITE }>();
-        if left > size {
-            tls::set::<{ tls::SITE }>(left - size);
+        let (size, mmapped) = unsafe {
+            let p = crate::chunk::mem2chunk(mem);
+            (crate::chunk::size(p), crate::chunk::is_mmapped(p))
+        };
+        let left = (tls::get::<{ tls::SITE }>() as isize).wrapping_sub(size as isize);
+        if left >= 0
+            || !mmapped && crate::bins::csize2tidx(size) < crate::options::PARAMS.tcache_bins()
+        {
+            tls::set::<{ tls::SITE }>(left as usize);
             return;
         }
         tls::set::<{ tls::SITE }>(rate as usize);
     }
-    record(mem as usize);
+    record(mem as usize, 0);
 }
 
-/// Unwind and store the stack of the chunk at `mem`.
+/// Unwind and store the stack of the chunk at `mem`.  The side table's
+/// value is the stack id in the low 32 bits and `shown` (see
+/// [`record_new`]; below 2^32, as sizes made large for sampling are) above.
 #[cold]
 #[inline(never)]
-fn record(mem: usize) {
+fn record(mem: usize, shown: usize) {
     let mut frames = [0usize; MAX_FRAMES];
     let n = CONTEXT.load(Ordering::Relaxed);
     let text = (
@@ -138,7 +204,7 @@ fn record(mem: usize) {
     // SAFETY: the shard's lock is held.
     let map = unsafe { &mut *SHARD[s].0.get() };
     let fresh = map.get(mem).is_none();
-    let ok = map.insert(mem, id as usize);
+    let ok = map.insert(mem, id as usize | (shown & 0xffff_ffff) << 32);
     SHARD_LOCK[s].unlock();
     if ok && fresh {
         FILTER_N[slot(mem)].fetch_add(1, Ordering::Relaxed);
@@ -148,36 +214,43 @@ fn record(mem: usize) {
 
 /// The program is about to free or reallocate `mem`: forget its stack.
 /// While sampling, a counting filter answers for most chunks without a
-/// lock.
+/// lock.  Returns whether `mem` had a stack (and was not kept for a chunk
+/// in probation).
 ///
 /// # Safety
 /// `mem` is null or a pointer the program passes to `free`/`realloc`.
 #[inline(always)]
-pub unsafe fn on_free(mem: *mut u8) {
+pub unsafe fn on_free(mem: *mut u8) -> bool {
     let mem = mem as usize;
     if mem == 0
         || SAMPLE.load(Ordering::Relaxed) != 0 && FILTER_N[slot(mem)].load(Ordering::Relaxed) == 0
     {
-        return;
+        return false;
     }
-    forget_unless_held(mem);
+    forget_unless_held(mem)
+}
+
+/// Whether `sites=sample:N` is on (recorded chunks are then sampled ones).
+#[inline]
+pub fn sampling() -> bool {
+    SAMPLE.load(Ordering::Relaxed) != 0
 }
 
 /// A chunk KAL holds in probation keeps its entry, so the false-reclaim
 /// report can name its site (`kal::claim_freeing` forgets it after).
 #[cold]
 #[inline(never)]
-fn forget_unless_held(mem: usize) {
+fn forget_unless_held(mem: usize) -> bool {
     if super::reclaim::any_in_probation()
         && super::reclaim::holds(mem.wrapping_sub(crate::chunk::HDR) as crate::chunk::ChunkPtr)
     {
-        return;
+        return false;
     }
-    forget(mem);
+    forget(mem)
 }
 
-/// Drop `mem`'s entry, if any.
-pub fn forget(mem: usize) {
+/// Drop `mem`'s entry, if any; whether there was one.
+pub fn forget(mem: usize) -> bool {
     let s = shard(mem);
     SHARD_LOCK[s].lock();
     // SAFETY: the shard's lock is held.
@@ -186,6 +259,7 @@ pub fn forget(mem: usize) {
     if gone {
         FILTER_N[slot(mem)].fetch_sub(1, Ordering::Relaxed);
     }
+    gone
 }
 
 /// The stack id of the chunk at user address `mem`, if recorded.
@@ -199,6 +273,24 @@ pub fn site_of(mem: usize) -> Option<u32> {
     let v = unsafe { (*SHARD[s].0.get()).get(mem) };
     SHARD_LOCK[s].unlock();
     v.map(|v| v as u32)
+}
+
+/// The stack id of the chunk at user address `mem`, if recorded, and the
+/// size reports show for it: `usable` (the chunk's), unless the chunk was
+/// made large for sampling, then the size it would have had.
+pub fn site_and_size(mem: usize, usable: usize) -> Option<(u32, usize)> {
+    if !ON.load(Ordering::Relaxed) || BROKEN.load(Ordering::Relaxed) {
+        return None;
+    }
+    let s = shard(mem);
+    SHARD_LOCK[s].lock();
+    // SAFETY: the shard's lock is held.
+    let v = unsafe { (*SHARD[s].0.get()).get(mem) };
+    SHARD_LOCK[s].unlock();
+    v.map(|v| {
+        let shown = v >> 32;
+        (v as u32, if shown != 0 { shown } else { usable })
+    })
 }
 
 /// [`site_of`] without waiting: `Err` when the table is busy (threads are
