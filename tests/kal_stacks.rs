@@ -363,55 +363,81 @@ fn a_freed_chunks_stack_is_forgotten() {
 
 /// `sites=sample:N` records about one allocation per N bytes a thread
 /// allocates, counted on `malloc`'s fast path too, and reports a sampled
-/// block at the size it asked for (the allocator makes a sampled block too
-/// big for the thread cache, so that its `free` can forget the stack).
-/// 8000 blocks of 64 bytes (80-byte chunks: 640,000 bytes) at one sample
-/// per 16 KiB: about 39 samples, half of them among the 4000 leaked.
+/// block at the size it asked for.  From `sample:65536` up the allocator
+/// makes a sampled block too big for the thread cache (so that its `free`
+/// can forget the stack); below, it records in place and every `free`
+/// goes out of line.  32000 blocks of 64 bytes (80-byte chunks: 2.56 MB),
+/// half of them leaked: about 1.28 MB / N leaked blocks recorded.
 #[test]
 fn sampling_records_about_one_allocation_per_n_bytes() {
     let b = gcc_build();
-    let (_, raw) = run_kal(
+    for rate in [16384usize, 65536] {
+        let (_, raw) = run_kal(
+            &b.exe,
+            &["sample"],
+            &format!("mode=detect:sites=sample:{rate}:leak_check_at_exit=0"),
+            &[],
+        );
+        let (gs, _) = groups(&raw);
+        let sym = kal_report(&raw);
+        let parse = |h: &str| -> (usize, usize) {
+            let n = |s: &str| s.split_whitespace().next().and_then(|w| w.parse().ok());
+            let bytes = h.split(" leak of ").nth(1).and_then(n).expect("bytes");
+            let objs = h.split(" in ").nth(1).and_then(n).expect("objects");
+            (bytes, objs)
+        };
+        // The unrecorded 64-byte blocks: their usable size per object.
+        let plain = gs
+            .iter()
+            .find(|g| g.frames == ["(allocation stack not recorded)"] && parse(&g.header).1 > 1000)
+            .unwrap_or_else(|| panic!("no group of unrecorded 64-byte leaks:\n{raw}"));
+        let (pb, po) = parse(&plain.header);
+        // The recorded ones: one group, whose stack names sample_leaks.
+        let mut hdr = None;
+        let mut cur = "";
+        for l in sym.lines() {
+            if l.contains(" leak of ") && l.ends_with("allocated from:") {
+                cur = l;
+            } else if l.trim_start().starts_with('#') && l.contains("sample_leaks") {
+                hdr = Some(cur);
+            }
+        }
+        let hdr =
+            hdr.unwrap_or_else(|| panic!("sample:{rate}: no group from sample_leaks:\n{sym}"));
+        let (sb, so) = parse(hdr);
+        let expected = 1_280_000 / rate;
+        assert!(
+            (expected / 2..=expected * 2).contains(&so),
+            "sample:{rate}: {so} of 16000 leaked blocks recorded (about {expected} expected)\n{sym}"
+        );
+        assert_eq!(
+            sb / so,
+            pb / po,
+            "sample:{rate}: a sampled block is reported at another size than an unsampled one\n{sym}"
+        );
+        assert_eq!(
+            po + so,
+            16000,
+            "sample:{rate}: every leaked block is reported once\n{sym}"
+        );
+    }
+    // A sampled block's chunk beyond what it asked for is cleared: old
+    // pointers there would keep leaks alive for the marker.
+    let (out, _) = run_kal(
         &b.exe,
-        &["sample"],
-        "mode=detect:sites=sample:16384:leak_check_at_exit=0",
+        &["sample_tail"],
+        "mode=detect:sites=sample:65536:leak_check_at_exit=0",
         &[],
     );
-    let (gs, _) = groups(&raw);
-    let sym = kal_report(&raw);
-    let parse = |h: &str| -> (usize, usize) {
-        let n = |s: &str| s.split_whitespace().next().and_then(|w| w.parse().ok());
-        let bytes = h.split(" leak of ").nth(1).and_then(n).expect("bytes");
-        let objs = h.split(" in ").nth(1).and_then(n).expect("objects");
-        (bytes, objs)
-    };
-    // The unrecorded 64-byte blocks: their usable size per object.
-    let plain = gs
-        .iter()
-        .find(|g| g.frames == ["(allocation stack not recorded)"] && parse(&g.header).1 > 1000)
-        .unwrap_or_else(|| panic!("no group of unrecorded 64-byte leaks:\n{raw}"));
-    let (pb, po) = parse(&plain.header);
-    // The recorded ones: one group, whose stack names sample_leaks.
-    let mut hdr = None;
-    let mut cur = "";
-    for l in sym.lines() {
-        if l.contains(" leak of ") && l.ends_with("allocated from:") {
-            cur = l;
-        } else if l.trim_start().starts_with('#') && l.contains("sample_leaks") {
-            hdr = Some(cur);
-        }
-    }
-    let hdr = hdr.unwrap_or_else(|| panic!("no recorded group from sample_leaks:\n{sym}"));
-    let (sb, so) = parse(hdr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sample_tail:"))
+        .unwrap_or_else(|| panic!("no sample_tail line\n{}", out.describe()));
     assert!(
-        (8..=40).contains(&so),
-        "{so} of 4000 leaked blocks recorded at one sample per 16 KiB (about 20 expected)\n{sym}"
+        !line.contains("sampled=0 ") && line.ends_with("dirty=0"),
+        "{line}"
     );
-    assert_eq!(
-        sb / so,
-        pb / po,
-        "a sampled block is reported at another size than an unsampled one\n{sym}"
-    );
-    assert_eq!(po + so, 4000, "every leaked block is reported once\n{sym}");
 }
 
 /// KAL's reclaim forgets the stack of the chunk it frees: a chunk later

@@ -96,7 +96,8 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe {
         // Both arms are tail calls, so this test is all the function does.
-        if (tls::get::<{ tls::SITE }>() as isize) < 0 {
+        // A count below zero reads above the bound as unsigned.
+        if tls::get::<{ tls::SITE }>() > crate::kal::stacks::MAX_COUNTDOWN {
             return malloc_sampled(bytes, nb);
         }
         malloc_arena_out(bytes, nb)
@@ -130,7 +131,17 @@ unsafe fn malloc_sampled(bytes: usize, nb: usize) -> *mut u8 {
                 let min = crate::bins::tidx2csize(PARAMS.tcache_bins());
                 if nb < min {
                     let p = malloc_arena_sampled(min - SIZE_SZ, min);
-                    stacks::record_new(p, nb - SIZE_SZ);
+                    if p.is_null() {
+                        // No room for the larger chunk: serve the request
+                        // as usual, unrecorded.
+                        return malloc_cached(bytes, nb);
+                    }
+                    // The marker scans a chunk's whole usable size: clear
+                    // what the program did not ask for, so old pointers
+                    // there keep nothing alive.
+                    let asked = nb - SIZE_SZ;
+                    core::ptr::write_bytes(p.add(asked), 0, min - SIZE_SZ - asked);
+                    stacks::record_new(p, asked);
                     p
                 } else {
                     let p = malloc_arena_out(bytes, nb);
@@ -197,7 +208,8 @@ unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
 }
 
 /// [`malloc_arena`] for a sampled chunk made large (see `malloc_sampled`):
-/// the arena's fast bins stay as they are.
+/// the arena's fast bins stay as they are.  Null, without touching `errno`,
+/// when there is no room.
 ///
 /// # Safety
 /// As `malloc_slow`.
@@ -216,9 +228,6 @@ unsafe fn malloc_arena_sampled(bytes: usize, nb: usize) -> *mut u8 {
             p = int_malloc(av, bytes, nb);
         }
         (*av).unlock(held);
-        if p.is_null() {
-            return enomem();
-        }
         p
     }
 }
@@ -318,7 +327,11 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
             check_pointer(p, size);
             // A sampled chunk (made large only to be seen here) leaves the
             // arena's fast bins alone, as its allocation did.
-            if had_stack && crate::kal::stacks::sampling() && size > PARAMS.max_fast() {
+            if had_stack
+                && crate::kal::stacks::sampling()
+                && size == crate::bins::tidx2csize(PARAMS.tcache_bins())
+                && size > PARAMS.max_fast()
+            {
                 return crate::free::free_sampled(p, size);
             }
             return crate::free::free_full_bin(p, size);

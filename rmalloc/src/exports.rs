@@ -86,7 +86,8 @@ unsafe fn posix_memalign_sited(out: *mut Ptr, a: usize, n: usize) -> c_int {
 // are exactly the preconditions of the `api` functions they forward to.
 export! {
     // `malloc` and `free` record and forget stacks themselves, out of line
-    // (see `api::malloc_slow`), so their fast paths carry no extra test.
+    // (`api::malloc_sampled`, `api::free_sited`): their fast paths carry
+    // only the sampling countdown and the bin limit they compare anyway.
     malloc(n: usize) -> Ptr = api::malloc(n).cast();
     __libc_malloc(n: usize) -> Ptr = api::malloc(n).cast();
     free(p: Ptr) -> () = api::free(p.cast());

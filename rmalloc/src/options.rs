@@ -233,7 +233,7 @@ impl Params {
         tcache_count: usize;
         /// Number of tcache bins in use (`mp_.tcache_bins`, at most 64).
         tcache_bins: usize;
-        /// Tcache bins the inlined `malloc`/`free` fast paths may use.
+        /// Tcache bins the inlined `free` fast path may use.
         fast_bins: usize;
         /// Largest request size served from the tcache (`mp_.tcache_max_bytes`).
         tcache_max_bytes: usize;
@@ -327,7 +327,7 @@ impl Params {
     }
 
     /// `do_set_tcache_max`: `value` is a request size in bytes.
-    pub fn set_tcache_max(&self, value: usize) -> bool {
+    pub(crate) fn set_tcache_max(&self, value: usize) -> bool {
         if value > MAX_TCACHE_SIZE {
             return false;
         }

@@ -56,17 +56,21 @@ pub(crate) fn offset() -> usize {
 
 #[inline(always)]
 pub(crate) fn get<const SLOT: usize>() -> usize {
-    get_at::<SLOT>(offset())
+    // SAFETY: the offset is `offset()`'s.
+    unsafe { get_at::<SLOT>(offset()) }
 }
 
 /// [`get`] with the block's [`offset`] already loaded (for a fast path
 /// that reads more than one slot).
+///
+/// # Safety
+/// `offset` is the value [`offset`] returns.
 #[inline(always)]
-pub(crate) fn get_at<const SLOT: usize>(offset: usize) -> usize {
+pub(crate) unsafe fn get_at<const SLOT: usize>(offset: usize) -> usize {
     let v: usize;
     // SAFETY: `rm_tls_block` is a 24-byte TLS object of this module at
-    // `offset()` from the thread pointer, and `SLOT` is one of the in-bounds
-    // offsets above.  The load has no side effects.
+    // `offset` from the thread pointer (contract), and `SLOT` is one of the
+    // in-bounds offsets above.  The load has no side effects.
     unsafe {
         core::arch::asm!(
             "mov {v}, qword ptr fs:[{t} + {s}]",
@@ -81,7 +85,8 @@ pub(crate) fn get_at<const SLOT: usize>(offset: usize) -> usize {
 
 #[inline(always)]
 pub(crate) fn set<const SLOT: usize>(val: usize) {
-    // SAFETY: as in `get`; the store goes to this thread's own block.
+    // SAFETY: as in `get_at`, with `offset()`; the store goes to this
+    // thread's own block.
     unsafe {
         core::arch::asm!(
             "mov qword ptr fs:[{t} + {s}], {v}",
@@ -96,11 +101,14 @@ pub(crate) fn set<const SLOT: usize>(val: usize) {
 /// Take `n` bytes off the thread's allocation-site countdown (the `SITE`
 /// slot, a signed count); `false` once it has gone below zero, which sends
 /// `malloc` to its slow path to take a sample or re-arm it (see
-/// `api::malloc_sampled`).  Two instructions on the fast path; `offset`
-/// is the block's [`offset`].
+/// `api::malloc_sampled`).  Two instructions on the fast path.
+///
+/// # Safety
+/// `offset` is the value [`offset`] returns.
 #[inline(always)]
-pub(crate) fn site_countdown(offset: usize, n: usize) -> bool {
-    // SAFETY: as in `set`: a read-modify-write of this thread's own slot.
+pub(crate) unsafe fn site_countdown(offset: usize, n: usize) -> bool {
+    // SAFETY: as in `get_at` (contract): a read-modify-write of this
+    // thread's own slot.
     unsafe {
         core::arch::asm!(
             "sub qword ptr fs:[{t} + {s}], {n}",
@@ -146,10 +154,14 @@ mod tests {
     fn site_countdown_runs_out_below_zero() {
         let saved = get::<SITE>();
         set::<SITE>(100);
-        assert!(site_countdown(offset(), 60));
-        assert!(site_countdown(offset(), 40));
+        // SAFETY: the offset is `offset()`'s.
+        unsafe {
+            assert!(site_countdown(offset(), 60));
+            assert!(site_countdown(offset(), 40));
+        }
         assert_eq!(get::<SITE>(), 0);
-        assert!(!site_countdown(offset(), 1));
+        // SAFETY: as above.
+        assert!(!unsafe { site_countdown(offset(), 1) });
         assert_eq!(get::<SITE>() as isize, -1);
         set::<SITE>(saved);
     }

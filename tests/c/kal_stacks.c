@@ -16,9 +16,13 @@
  *          allocation under sites=sample:2^40), let KAL reclaim them, allocate
  *          88-byte blocks until one lands at the same address, and leak that
  *          one too: it must show no stack (the reclaim forgot the first's).
- *   sample: leak 4000 blocks of 64 bytes from one site, among 4000 that are
- *          freed, then scan as in scan mode: under sites=sample:N about one
- *          per N bytes allocated is recorded (tests/kal_stacks.rs).
+ *   sample: leak 16000 blocks of 64 bytes from one site, among 16000 that
+ *          are freed, then scan as in scan mode: under sites=sample:N about
+ *          one per N bytes allocated is recorded (tests/kal_stacks.rs).
+ *   sample_tail: free 64 dirty 1 KiB blocks, then allocate and free 100000
+ *          blocks of 64 bytes; those served from a larger chunk (sampled)
+ *          must have the part beyond the 72 usable bytes cleared; prints
+ *          "sample_tail: sampled=N dirty=M".
  *   quarantine: a live 200-byte block whose only pointer is XOR-hidden (site
  *          A) is reclaimed by KAL, then freed by the program (a false
  *          reclaim); then a 200-byte block from site B is leaked: with the
@@ -80,10 +84,35 @@ __attribute__((noinline)) static void site_b(void) {
 static void quarantine(void);
 static void reclaim_reuse(void);
 
+__attribute__((noinline)) static void sample_tail(void) {
+  void *dirty[64];
+  for (int i = 0; i < 64; i++) {
+    dirty[i] = malloc(1048);
+    memset(dirty[i], 0xAA, 1048);
+  }
+  for (int i = 0; i < 64; i++)
+    free(dirty[i]);
+  int sampled = 0, bad = 0;
+  for (int i = 0; i < 100000; i++) {
+    unsigned char *p = malloc(64);
+    size_t n = malloc_usable_size(p);
+    if (n > 1000) {
+      sampled++;
+      for (size_t j = 72; j < n; j++)
+        if (p[j]) {
+          bad++;
+          break;
+        }
+    }
+    free(p);
+  }
+  printf("sample_tail: sampled=%d dirty=%d\n", sampled, bad);
+}
+
 /* The leaked blocks link to each other only through their first word,
  * XOR-hidden, so each is a direct leak of its own. */
 __attribute__((noinline)) static void sample_leaks(void) {
-  for (int i = 0; i < 4000; i++) {
+  for (int i = 0; i < 16000; i++) {
     char *p = malloc(64);
     memset(p, 8, 64);
     free(malloc(64));
@@ -106,6 +135,8 @@ int main(int argc, char **argv) {
     reclaim_reuse();
   if (argc > 1 && !strcmp(argv[1], "sample"))
     sample_leaks();
+  if (argc > 1 && !strcmp(argv[1], "sample_tail"))
+    sample_tail();
   exe_leak_a();
   for (int i = 0; i < three; i++) /* one call site: one stack */
     exe_leak_b(i);

@@ -8,16 +8,20 @@
 //!   layout stays glibc's.  An entry goes away when the chunk is freed or
 //!   reallocated, by the program or by KAL's reclaim.
 //!
-//! Recording happens only while KAL is on and `sites` is not `off`, on the
-//! C entry points ([`on_alloc`], [`on_free`] behind one flag test, see
-//! `exports.rs`), after the allocator has returned (no arena lock held), so
-//! the unwinder may call into the loader.  With `sites=sample:N` a thread
+//! Recording happens only while KAL is on and `sites` is not `off`: for
+//! `malloc` and `free` on their out-of-line paths (`api.rs`), for the other
+//! entry points behind one flag test (`exports.rs`: [`on_alloc`],
+//! [`on_free`]); always after the allocator has returned (no arena lock
+//! held), so the unwinder may call into the loader.  With `sites=sample:N` a thread
 //! records about one allocation per N bytes it allocates: `malloc`'s fast
 //! path counts every request down in the allocator's TLS block (two
 //! instructions, also when nothing samples), and the allocation that runs
-//! the count out is made from a chunk too big for the thread cache, so
-//! that only `free`'s out-of-line path ever meets a recorded chunk; there
-//! a counting filter answers for most chunks without a lock.
+//! the count out is made from a chunk too big for the thread cache
+//! (`api::malloc_sampled`), so that only `free`'s out-of-line path
+//! (`api::free_sited`) ever meets a recorded chunk; there a counting filter
+//! answers for most chunks without a lock.  With `sites=all`, or a rate
+//! below [`BUMP_MIN_RATE`], chunks are recorded in place and every `free`
+//! goes out of line.
 //!
 //! Both tables are internal mappings ([`super::mem`]): they hold chunk
 //! addresses and must never be scanned as roots.
@@ -90,23 +94,33 @@ pub fn enable(sites: Sites, context: u32, fast: bool) {
     CONTEXT.store((context as usize).clamp(1, MAX_FRAMES), Ordering::Relaxed);
     FAST.store(fast, Ordering::Relaxed);
     super::modules::refresh();
+    // Before `ON`: a chunk recorded in place must never meet `free`'s fast
+    // path.
+    if rate < BUMP_MIN_RATE {
+        crate::options::PARAMS.divert_fast_paths();
+    }
     ON.store(true, Ordering::Release);
     // This thread's countdown was re-armed for no sampling by its first
     // allocations: run it out, so that its next allocation is recorded, as
     // each new thread's first is.  (Threads that already exist pick the
-    // change up when theirs runs out; see `due`.)
+    // change up when theirs next runs out: see `IDLE_COUNTDOWN`.)
     tls::set::<{ tls::SITE }>(0);
-    if rate == 0 {
-        crate::options::PARAMS.divert_fast_paths();
-    }
 }
+
+/// Below this rate a sample is taken in place, and every `free` goes out
+/// of line to forget it (as with `sites=all`): making each sampled chunk
+/// about 1 KiB would multiply the memory of small blocks when most are
+/// sampled.  From here up the bump costs at most 1056/65536 = 1.6% of the
+/// bytes allocated, and usually nothing (sampled blocks are freed too).
+pub const BUMP_MIN_RATE: u64 = 1 << 16;
 
 /// What `malloc` does with the allocation whose bytes ran the thread's
 /// site countdown out (see `api::malloc_sampled`).
 pub enum Due {
     /// Nothing is recorded: allocate as usual.
     No,
-    /// `sites=all`: record this allocation, as every one.
+    /// `sites=all`, or a rate below [`BUMP_MIN_RATE`]: record this
+    /// allocation, from wherever it comes (every `free` goes out of line).
     Every,
     /// `sites=sample:N`: record this allocation, from a chunk that the
     /// thread cache does not hold.
@@ -114,9 +128,15 @@ pub enum Due {
 }
 
 /// Without recording, how many bytes a thread allocates between looks at
-/// whether recording has started: so rare that its cost is nil, and
-/// threads that existed when KAL turned recording on still join in.
-const IDLE_COUNTDOWN: usize = 1 << 40;
+/// whether recording has started (one call out of line per 16 MiB: nil),
+/// so that threads that existed when KAL turned recording on join in.
+const IDLE_COUNTDOWN: usize = 1 << 24;
+
+/// No countdown is ever armed above this (`sites=sample:N` takes N up to
+/// 2^40): `malloc`'s slow path treats anything above, as a negative count
+/// read unsigned is, as run out, so a count wrapped by an absurd request
+/// is re-armed rather than kept.
+pub const MAX_COUNTDOWN: usize = 1 << 40;
 
 /// The thread's site countdown ran out: re-arm it and say what to do.
 #[inline(always)]
@@ -127,7 +147,7 @@ pub fn due() -> Due {
     }
     let rate = SAMPLE.load(Ordering::Relaxed);
     tls::set::<{ tls::SITE }>(rate as usize);
-    if rate == 0 {
+    if rate < BUMP_MIN_RATE {
         Due::Every
     } else {
         Due::Sample
@@ -170,7 +190,9 @@ pub unsafe fn on_alloc(mem: *mut u8) {
         };
         let left = (tls::get::<{ tls::SITE }>() as isize).wrapping_sub(size as isize);
         if left >= 0
-            || !mmapped && crate::bins::csize2tidx(size) < crate::options::PARAMS.tcache_bins()
+            || rate >= BUMP_MIN_RATE
+                && !mmapped
+                && crate::bins::csize2tidx(size) < crate::options::PARAMS.tcache_bins()
         {
             tls::set::<{ tls::SITE }>(left as usize);
             return;
