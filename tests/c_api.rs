@@ -678,6 +678,26 @@ fn api_cases_when_linked_with_lrmalloc() {
     );
 }
 
+/// The standard output of `args` run on the library under test.
+fn lib_tool(args: &[&str]) -> String {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]).arg(support::lib_path());
+    let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
+    out.assert_success();
+    out.stdout
+}
+
+/// The address range of the library's section `name` (`readelf -S`).
+fn section_range(name: &str) -> Option<std::ops::Range<u64>> {
+    lib_tool(&["readelf", "-SW"]).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let i = f.iter().position(|w| *w == name)?;
+        let addr = u64::from_str_radix(f.get(i + 2)?, 16).ok()?;
+        let size = u64::from_str_radix(f.get(i + 4)?, 16).ok()?;
+        Some(addr..addr + size)
+    })
+}
+
 /// The library reaches its own functions and statics directly, not through
 /// the GOT: building the crate as rlib and cdylib at once made every
 /// internal call and every `PARAMS` load an indirect one (issue 8: 6.3M
@@ -689,25 +709,8 @@ fn library_has_no_got_indirection_to_itself() {
     if skip_against_glibc("library_has_no_got_indirection_to_itself") {
         return;
     }
-    let lib = support::lib_path();
-    let tool = |args: &[&str]| {
-        let mut cmd = Command::new(args[0]);
-        cmd.args(&args[1..]).arg(&lib);
-        let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
-        out.assert_success();
-        out.stdout
-    };
-    let sections = tool(&["readelf", "-SW"]);
-    let got = sections
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let i = f.iter().position(|w| *w == ".got")?;
-            let addr = u64::from_str_radix(f.get(i + 2)?, 16).ok()?;
-            let size = u64::from_str_radix(f.get(i + 4)?, 16).ok()?;
-            Some(addr..addr + size)
-        })
-        .expect("no .got section");
+    let tool = lib_tool;
+    let got = section_range(".got").expect("no .got section");
     let symbols: HashMap<u64, Vec<String>> =
         tool(&["nm"]).lines().fold(HashMap::new(), |mut m, l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -754,14 +757,7 @@ fn hot_code_shares_the_fewest_text_windows() {
     if skip_against_glibc("hot_code_shares_the_fewest_text_windows") {
         return;
     }
-    let lib = support::lib_path();
-    let tool = |args: &[&str]| {
-        let mut cmd = Command::new(args[0]);
-        cmd.args(&args[1..]).arg(&lib);
-        let out = support::run(&mut cmd, support::DEFAULT_TIMEOUT);
-        out.assert_success();
-        out.stdout
-    };
+    let tool = lib_tool;
     let dynamic = tool(&["readelf", "-dW"]);
     assert!(
         !dynamic.contains("(INIT)"),
@@ -773,16 +769,9 @@ fn hot_code_shares_the_fewest_text_windows() {
             .any(|l| l.contains("FLAGS_1") && l.contains("NODELETE")),
         "not linked with -z nodelete\n{dynamic}"
     );
-    let hot = tool(&["readelf", "-SW"])
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let i = f.iter().position(|w| *w == ".text.hot")?;
-            let addr = u64::from_str_radix(f.get(i + 2)?, 16).ok()?;
-            let size = u64::from_str_radix(f.get(i + 4)?, 16).ok()?;
-            Some(addr..addr + size)
-        })
-        .expect("no .text.hot output section");
+    // lld (Rust's default linker here) with `-z keep-text-section-prefix`
+    // gives the hot code an output section of its own.
+    let hot = section_range(".text.hot").expect("no .text.hot output section");
     let out = run_ok("footprint", &[], HEAVY_TIMEOUT);
     let field = |l: &str, key: &str| {
         l.strip_prefix(key)

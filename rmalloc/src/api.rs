@@ -187,24 +187,12 @@ unsafe fn malloc_arena_out(bytes: usize, nb: usize) -> *mut u8 {
 /// As `malloc_slow`.
 #[inline(always)]
 unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
-    // SAFETY: `arena_get` returns the thread's arena locked (token `held`), which
-    // is what `int_malloc` and the retry require; it is unlocked once.
-    unsafe {
-        init::ensure();
-        thread::tcache_or_init();
-        let (mut av, mut held) = arena_get(bytes);
-        kal_hook(av);
-        let mut p = crate::malloc::int_malloc_inline(av, bytes, nb);
-        if p.is_null() {
-            (av, held) = arena_get_retry(av, held, bytes);
-            p = int_malloc(av, bytes, nb);
-        }
-        (*av).unlock(held);
-        if p.is_null() {
-            return enomem();
-        }
-        p
+    // SAFETY: forwarded contract.
+    let p = unsafe { malloc_in_arena::<false>(bytes, nb) };
+    if p.is_null() {
+        return enomem();
     }
+    p
 }
 
 /// [`malloc_arena`] for a sampled chunk made large (see `malloc_sampled`):
@@ -216,13 +204,29 @@ unsafe fn malloc_arena(bytes: usize, nb: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn malloc_arena_sampled(bytes: usize, nb: usize) -> *mut u8 {
-    // SAFETY: as in `malloc_arena`.
+    // SAFETY: forwarded contract.
+    unsafe { malloc_in_arena::<true>(bytes, nb) }
+}
+
+/// The arena part of `malloc`: the thread's arena, or another if it has no
+/// room; null if none has.  `SAMPLED`: see [`malloc_arena_sampled`].
+///
+/// # Safety
+/// As `malloc_slow`.
+#[inline(always)]
+unsafe fn malloc_in_arena<const SAMPLED: bool>(bytes: usize, nb: usize) -> *mut u8 {
+    // SAFETY: `arena_get` returns the thread's arena locked (token `held`), which
+    // is what `int_malloc` and the retry require; it is unlocked once.
     unsafe {
         init::ensure();
         thread::tcache_or_init();
         let (mut av, mut held) = arena_get(bytes);
         kal_hook(av);
-        let mut p = crate::malloc::int_malloc_keep_fastbins(av, bytes, nb);
+        let mut p = if SAMPLED {
+            crate::malloc::int_malloc_keep_fastbins(av, bytes, nb)
+        } else {
+            crate::malloc::int_malloc_inline(av, bytes, nb)
+        };
         if p.is_null() {
             (av, held) = arena_get_retry(av, held, bytes);
             p = int_malloc(av, bytes, nb);

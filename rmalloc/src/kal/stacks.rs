@@ -286,15 +286,7 @@ pub fn forget(mem: usize) -> bool {
 
 /// The stack id of the chunk at user address `mem`, if recorded.
 pub fn site_of(mem: usize) -> Option<u32> {
-    if !ON.load(Ordering::Relaxed) || BROKEN.load(Ordering::Relaxed) {
-        return None;
-    }
-    let s = shard(mem);
-    SHARD_LOCK[s].lock();
-    // SAFETY: the shard's lock is held.
-    let v = unsafe { (*SHARD[s].0.get()).get(mem) };
-    SHARD_LOCK[s].unlock();
-    v.map(|v| v as u32)
+    site_and_size(mem, 0).map(|(site, _)| site)
 }
 
 /// The stack id of the chunk at user address `mem`, if recorded, and the
