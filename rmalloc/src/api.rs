@@ -260,11 +260,12 @@ pub unsafe fn free(mem: *mut u8) {
                 return free_cached(t, p, size, idx);
             }
             // Too big for the cache: straight to the arena too (what
-            // `free_slow` would do, without re-deriving it), except while
-            // KAL records allocation stacks: `free_slow` forgets them.
+            // `free_slow` would do, without re-deriving it), forgetting
+            // its stack first while KAL records allocation stacks.
             if !crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
                 return crate::free::free_uncached(p, size);
             }
+            return free_uncached_sited(p, size);
         }
         free_slow(p, raw);
     }
@@ -328,19 +329,48 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
             if idx < PARAMS.tcache_bins() {
                 return free_cached(t, p, size, idx);
             }
-            check_pointer(p, size);
-            // A sampled chunk (made large only to be seen here) leaves the
-            // arena's fast bins alone, as its allocation did.
-            if had_stack
-                && crate::kal::stacks::sampling()
-                && size == crate::bins::tidx2csize(PARAMS.tcache_bins())
-                && size > PARAMS.max_fast()
-            {
-                return crate::free::free_sampled(p, size);
-            }
-            return crate::free::free_full_bin(p, size);
+            return free_uncached_forgotten(p, size, had_stack);
         }
         free_arena_out(p, raw)
+    }
+}
+
+/// `free` of a heap chunk too big for the thread cache (which exists)
+/// while KAL records allocation stacks: forget its stack, then as
+/// `free::free_uncached`.
+///
+/// # Safety
+/// As `free::free_uncached`.
+#[inline(never)]
+unsafe fn free_uncached_sited(p: chunk::ChunkPtr, size: usize) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
+        free_uncached_forgotten(p, size, had_stack)
+    }
+}
+
+/// The rest of [`free_uncached_sited`], once the stack is forgotten:
+/// `had_stack` says whether there was one.
+///
+/// # Safety
+/// As `free::free_uncached`.
+#[inline(always)]
+unsafe fn free_uncached_forgotten(p: chunk::ChunkPtr, size: usize, had_stack: bool) {
+    // SAFETY: forwarded contract; the pointer is checked before the arena
+    // takes the chunk.
+    unsafe {
+        check_pointer(p, size);
+        // A sampled chunk (made large only to be seen here) leaves the
+        // arena's fast bins alone, as its allocation did.
+        if had_stack
+            && crate::kal::stacks::sampling()
+            && size == crate::bins::tidx2csize(PARAMS.tcache_bins())
+            && size > PARAMS.max_fast()
+        {
+            return crate::free::free_sampled(p, size);
+        }
+        crate::free::free_full_bin(p, size)
     }
 }
 
