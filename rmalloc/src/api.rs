@@ -110,7 +110,7 @@ unsafe fn malloc_slow(bytes: usize, nb: usize) -> *mut u8 {
 /// cache does not hold, so that its `free` takes the out-of-line path,
 /// which forgets the stack; the fast path of `free` then never needs to
 /// look for one.  Without recording this runs once per thread (and once
-/// per 2^40 bytes it allocates after), so it sits with the hot code.
+/// per 16 MiB it allocates after), so it sits with the hot code.
 ///
 /// # Safety
 /// As `malloc_slow`.
