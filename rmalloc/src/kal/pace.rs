@@ -14,12 +14,17 @@
 //! scanner thread's own) beyond what the program spent at its rate
 //! between scans.
 //!
-//! The usual rate comes from the [`SAMPLE_NS`] before a timed scan (or,
-//! for a requested scan, from the time since the last measurement ended),
-//! and only from windows of at least 100 ms: system time is accounted in
-//! ticks.  So with pacing on, timed scans are at least the settling time
-//! plus [`SAMPLE_NS`] apart (at least 300 ms plus the scan), whatever
-//! `interval_ms` says.
+//! The usual rate is the lower of two: the rate over the [`SAMPLE_NS`]
+//! before a timed scan (or, for a requested scan, over the time since the
+//! last measurement ended), and the rate over the [`AFTER_NS`] after the
+//! scan's window, once the snapshot is gone.  Programs change phase: a
+//! start-up that goes on through a scan is not the scan's cost (counted,
+//! it held scans off for minutes under emulation), and copy-on-write work
+//! must not hide in the rate of a start-up that just ended.  Rates come
+//! only from windows of at least 100 ms: system time is accounted in
+//! ticks.  So with pacing on, timed scans are at least the settling time,
+//! [`AFTER_NS`] and [`SAMPLE_NS`] apart (at least 500 ms plus the scan),
+//! whatever `interval_ms` says.
 //!
 //! The cost counts CPU time as wall time, which overstates it for a
 //! program that is idle or runs on several CPUs: pacing errs towards
@@ -48,12 +53,12 @@ fn program_sys_ns() -> Option<u64> {
 pub struct Pace {
     end_ns: u64,
     end_sys: u64,
-    /// The program's system time per wall time between the last two scans
-    /// (ns per ns, as a fraction).
-    rate: (u64, u64),
-    /// A scan whose cost is still being measured, its pause, when it
-    /// ended, and when the measurement ends.
-    pending: Option<(Start, u64, u64, u64)>,
+    /// The program's system time per wall time before the last scan (ns
+    /// per ns, as a fraction); `None` until a window of at least
+    /// [`MIN_RATE_NS`] was seen.
+    rate: Option<(u64, u64)>,
+    /// The scan whose cost is still being measured.
+    pending: Option<Pending>,
     /// The time and the program's system time shortly before a timed
     /// scan: the usual rate is taken from there when there is one, so that
     /// neither the program's start-up nor the last scan's late faults count
@@ -71,13 +76,55 @@ pub struct Start {
     sys: Option<u64>,
 }
 
+/// A scan that ended and whose cost is being measured: first over its
+/// window (the scan and the settling time after it), then over the
+/// [`AFTER_NS`] after that, which gives the program's rate once the
+/// snapshot is gone.
+#[derive(Clone, Copy)]
+struct Pending {
+    start: Start,
+    pause_ns: u64,
+    /// When the scan ended.
+    ended: u64,
+    /// When its window closes.
+    closes_at: u64,
+    /// Once closed, what was measured over it.
+    window: Option<Window>,
+}
+
+/// A scan's window, closed.
+#[derive(Clone, Copy)]
+struct Window {
+    len: u64,
+    /// The program's system time over it.
+    used: Option<u64>,
+    /// The time and system time the rate after it counts from.
+    after_from: Option<(u64, u64)>,
+}
+
+/// The lower of two rates (ns per ns, as fractions), either possibly unknown.
+fn lower(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some(x), Some(y)) => {
+            // x.0/x.1 <= y.0/y.1, in floating point (see `settle`).
+            if x.0 as f64 * y.1 as f64 <= y.0 as f64 * x.1 as f64 {
+                Some(x)
+            } else {
+                Some(y)
+            }
+        }
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
 impl Pace {
     /// Pacing from now on (call it on the scanner thread).
     pub fn new() -> Pace {
         Pace {
             end_ns: task::now_ns(),
             end_sys: program_sys_ns().unwrap_or(0),
-            rate: (0, 1),
+            rate: None,
             pending: None,
             before: None,
             sampled: false,
@@ -109,7 +156,7 @@ impl Pace {
             // window says little: keep the rate of the last long one.
             let gap = at.saturating_sub(t0);
             if gap >= MIN_RATE_NS {
-                self.rate = (s.saturating_sub(s0), gap);
+                self.rate = Some((s.saturating_sub(s0), gap));
             }
         }
         Start { at, sys }
@@ -121,37 +168,79 @@ impl Pace {
     pub fn end(&mut self, s: Start, pause_ns: u64) -> u64 {
         let now = task::now_ns();
         let settle = now.saturating_sub(s.at).clamp(SETTLE_MIN_NS, SETTLE_MAX_NS);
-        let until = now.saturating_add(settle);
-        self.pending = Some((s, pause_ns, now, until));
-        until
+        let closes_at = now.saturating_add(settle);
+        self.pending = Some(Pending {
+            start: s,
+            pause_ns,
+            ended: now,
+            closes_at,
+            window: None,
+        });
+        closes_at.saturating_add(AFTER_NS)
     }
 
-    /// When the measurement under way ends, if one is.
+    /// When [`Pace::settle`] is next due, if a measurement is under way.
     pub fn settles_at(&self) -> Option<u64> {
-        self.pending.map(|(_, _, _, until)| until)
+        self.pending.map(|p| match p.window {
+            None => p.closes_at,
+            Some(_) => p.closes_at.saturating_add(AFTER_NS),
+        })
     }
 
-    /// End the measurement under way (at its time, or earlier when another
-    /// scan is about to start): the scan's cost to the program in ns, the
-    /// pause included, and when the scan ended.  `None` if there is none.
-    pub fn settle(&mut self) -> Option<(u64, u64)> {
-        let (s, pause_ns, ended, _) = self.pending.take()?;
-        let now = task::now_ns();
+    /// Go on with the measurement under way, at the time
+    /// [`Pace::settles_at`] said, or end it early (`now`: another scan is
+    /// about to start).  At the end: the scan's cost to the program in ns,
+    /// the pause included, and when the scan ended.  `None` while the
+    /// measurement goes on, or if there is none.
+    pub fn settle(&mut self, now: bool) -> Option<(u64, u64)> {
+        let mut p = self.pending.take()?;
+        let t = task::now_ns();
         let sys = program_sys_ns();
-        let extra = match (s.sys, sys) {
-            (Some(a), Some(b)) => {
-                let window = now.saturating_sub(s.at);
+        let w = match p.window {
+            Some(w) => w,
+            None => {
+                let w = Window {
+                    len: t.saturating_sub(p.start.at),
+                    used: p.start.sys.zip(sys).map(|(a, b)| b.saturating_sub(a)),
+                    after_from: sys.map(|s| (t, s)),
+                };
+                if !now {
+                    p.window = Some(w);
+                    self.pending = Some(p);
+                    return None;
+                }
+                w
+            }
+        };
+        let after = match (w.after_from, sys) {
+            (Some((t0, s0)), Some(s)) if t.saturating_sub(t0) >= MIN_RATE_NS => {
+                Some((s.saturating_sub(s0), t - t0))
+            }
+            _ => None,
+        };
+        // The usual rate is the lower of the one before the scan and the
+        // one after it.  A program whose start-up (page faults, seconds of
+        // system time under emulation) goes on through its first scan,
+        // 20 ms in with no rate before it, would otherwise have it counted
+        // as the scan's cost; one whose start-up ends just before a scan
+        // would have the copy-on-write work hidden in its start-up rate.
+        // A start-up that ends within the window still counts: pacing errs
+        // towards fewer scans, by one window at most.  With neither rate
+        // known (scans back to back from the start), all of it counts.
+        let extra = match (w.used, lower(self.rate, after)) {
+            (Some(used), Some((rs, rt))) => {
                 // In floating point: a 128-bit division would call a
                 // compiler helper through the GOT (see c_api's test), and
                 // the product overflows 64 bits.  The cast saturates.
-                let usual = (window as f64 * self.rate.0 as f64 / self.rate.1.max(1) as f64) as u64;
-                b.saturating_sub(a).saturating_sub(usual)
+                let usual = (w.len as f64 * rs as f64 / rt.max(1) as f64) as u64;
+                used.saturating_sub(usual)
             }
-            _ => 0,
+            (Some(used), None) => used,
+            (None, _) => 0,
         };
-        self.end_ns = now;
+        self.end_ns = t;
         self.end_sys = sys.unwrap_or(self.end_sys);
-        Some((pause_ns.saturating_add(extra), ended))
+        Some((p.pause_ns.saturating_add(extra), p.ended))
     }
 }
 
@@ -161,6 +250,9 @@ pub const SAMPLE_NS: u64 = 200_000_000;
 
 /// The shortest window a rate is taken from.
 const MIN_RATE_NS: u64 = 100_000_000;
+
+/// How long after a scan's window the program's rate is measured.
+const AFTER_NS: u64 = 200_000_000;
 
 /// How long after a scan its cost is still measured: its own duration,
 /// within these bounds.
@@ -199,12 +291,49 @@ mod tests {
 
     #[test]
     fn system_time_spent_during_a_scan_is_its_cost() {
+        let _one = ONE_AT_A_TIME.lock();
         let mut p = Pace::new();
-        // Between scans the test thread makes no system calls to speak of,
-        // then "during the scan" another thread faults in fresh pages: the
-        // program's system time grows, the scanner's (this thread's) not.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Between scans the test thread makes no system calls to speak of
+        // (for long enough to give a usual rate), then "during the scan"
+        // another thread faults in fresh pages: the program's system time
+        // grows, the scanner's (this thread's) not.
+        sleep_ms(120);
         let s = p.start();
+        fault_in_256_mib();
+        let until = p.end(s, 1_000);
+        let closes = p.settles_at().unwrap();
+        assert_eq!(closes + AFTER_NS, until);
+        sleep_until(closes);
+        assert_eq!(p.settle(false), None, "the rate after the scan comes first");
+        assert_eq!(p.settles_at(), Some(until));
+        sleep_until(until);
+        let (cost, _) = p.settle(false).unwrap();
+        assert_eq!(p.settle(false), None);
+        // 65,536 page faults take well over a millisecond of system time.
+        assert!(cost > 1_000_000, "cost {cost} ns");
+        // A scan during which nothing happens costs its pause, give or
+        // take the accounting's grain (ticks) and the other tests' threads,
+        // also when the next scan ends its measurement early.
+        let s = p.start();
+        p.end(s, 7_000);
+        let (cost, _) = p.settle(true).unwrap();
+        assert!((7_000..50_000_000).contains(&cost), "cost {cost} ns");
+    }
+
+    /// The measurement is of the whole process: these tests fault pages
+    /// in, and would count each other's.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn sleep_ms(ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    fn sleep_until(t: u64) {
+        let now = task::now_ns();
+        std::thread::sleep(std::time::Duration::from_nanos(t.saturating_sub(now)));
+    }
+
+    fn fault_in_256_mib() {
         std::thread::spawn(|| {
             let mut v = vec![0u8; 256 << 20];
             for i in (0..v.len()).step_by(4096) {
@@ -214,17 +343,43 @@ mod tests {
         })
         .join()
         .unwrap();
-        let until = p.end(s, 1_000);
-        assert_eq!(p.settles_at(), Some(until));
-        let (cost, _) = p.settle().unwrap();
-        assert_eq!(p.settle(), None);
-        // 65,536 page faults take well over a millisecond of system time.
-        assert!(cost > 1_000_000, "cost {cost} ns");
-        // A scan during which nothing happens costs its pause, give or
-        // take the accounting's grain (ticks) and the other tests' threads.
+    }
+
+    #[test]
+    fn work_that_goes_on_after_the_scan_is_not_its_cost() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        // Scanned 20 ms after start-up (no rate before), while the program
+        // faults its heap in, which goes on after the scan: that is the
+        // program's own work, not the scan's cost.
+        let _one = ONE_AT_A_TIME.lock();
+        let mut p = Pace::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let faulting = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut v = vec![0u8; 64 << 20];
+                    for i in (0..v.len()).step_by(4096) {
+                        v[i] = 1;
+                    }
+                    std::hint::black_box(&v);
+                }
+            })
+        };
+        sleep_ms(20);
         let s = p.start();
-        p.end(s, 7_000);
-        let (cost, _) = p.settle().unwrap();
-        assert!((7_000..50_000_000).contains(&cost), "cost {cost} ns");
+        sleep_ms(300);
+        let until = p.end(s, 3_000);
+        sleep_until(p.settles_at().unwrap());
+        assert_eq!(p.settle(false), None);
+        sleep_until(until);
+        let cost = p.settle(false).map(|(c, _)| c);
+        stop.store(true, Ordering::Relaxed);
+        faulting.join().unwrap();
+        // About 600 ms of faulting in the window, at the same rate as
+        // after it: what is left is the pause and the accounting's grain.
+        let cost = cost.unwrap();
+        assert!((3_000..150_000_000).contains(&cost), "cost {cost} ns");
     }
 }

@@ -163,7 +163,7 @@ extern "C" fn main(_: usize) -> ! {
         // A scan's cost is known a while after it ended: then it sets the
         // time of the next timed scan.
         if pace.settles_at().is_some_and(|t| task::now_ns() >= t) {
-            settled(e, &mut pace, interval, &mut next_at);
+            settled(e, &mut pace, interval, &mut next_at, false);
         }
         // Shortly before a timed scan: the program's usual rate.
         let sample_at = next_at.saturating_sub(if e.opts.max_overhead == 0 {
@@ -198,7 +198,7 @@ extern "C" fn main(_: usize) -> ! {
         if pace.settles_at().is_some() {
             // The next scan comes before the last one's measurement ended
             // (a request, or no pacing): measure it up to here.
-            settled(e, &mut pace, interval, &mut next_at);
+            settled(e, &mut pace, interval, &mut next_at, true);
         }
         let start = pace.start();
         let ok = one_scan(e, last);
@@ -216,10 +216,10 @@ extern "C" fn main(_: usize) -> ! {
     }
 }
 
-/// The measurement of the last scan's cost has ended: account for it and
-/// set the next timed scan.
-fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64) {
-    let Some((cost, ended)) = pace.settle() else {
+/// The measurement of the last scan's cost is due to go on (or to end
+/// `now`): once it has ended, account for it and set the next timed scan.
+fn settled(e: &Engine, pace: &mut Pace, interval: u64, next_at: &mut u64, now: bool) {
+    let Some((cost, ended)) = pace.settle(now) else {
         return;
     };
     let wait = pace::wait_ns(cost, interval, e.opts.max_overhead);
