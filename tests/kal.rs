@@ -1044,8 +1044,9 @@ fn scan_now_answers_promptly_with_a_long_interval() {
             &mut kal_command(
                 &programs().leaky,
                 &["scan"],
+                // verbosity=1: a discarded snapshot says why.
                 Some(&with_selected_backend(
-                    "mode=detect:interval_ms=100000:leak_check_at_exit=0",
+                    "mode=detect:interval_ms=100000:leak_check_at_exit=0:verbosity=1",
                 )),
                 &[],
                 &stats,
