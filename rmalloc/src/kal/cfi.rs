@@ -54,6 +54,9 @@ pub enum Cfa {
 pub struct Row {
     pub cfa: Cfa,
     pub rules: [Rule; NSLOTS],
+    /// Bit `i` set: `rules[i]` is not `Same` (set by [`find_row`]; the
+    /// unwinder applies only those).
+    pub changed: u8,
     pub ra_reg: u16,
     pub signal: bool,
 }
@@ -226,6 +229,7 @@ fn run_fde(m: &Module, fde: usize, pc: usize, hdr: usize) -> Option<Row> {
     let mut row = Row {
         cfa: Cfa::Reg(RSP as u16, 8),
         rules: [Rule::Same; NSLOTS],
+        changed: 0,
         ra_reg: info.ra_reg,
         signal: info.signal,
     };
@@ -243,6 +247,11 @@ fn run_fde(m: &Module, fde: usize, pc: usize, hdr: usize) -> Option<Row> {
     prog.run(&mut ci, &mut row, usize::MAX, 0)?;
     prog.initial = row;
     prog.run(&mut c, &mut row, pc, begin)?;
+    for (i, r) in row.rules.iter().enumerate() {
+        if *r != Rule::Same {
+            row.changed |= 1 << i;
+        }
+    }
     Some(row)
 }
 

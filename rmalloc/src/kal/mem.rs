@@ -295,7 +295,10 @@ impl AddrMap {
     }
 
     fn grow(&mut self) -> bool {
-        let n = (self.live * 4).max(1024).next_power_of_two();
+        // At least a page of slots: sampled sites keep few live per shard.
+        let n = (self.live * 4)
+            .max(4096 / core::mem::size_of::<(usize, usize)>())
+            .next_power_of_two();
         let mut fresh = MVec::new();
         if !fresh.reserve(n) {
             return false;

@@ -22,6 +22,8 @@ use super::modules;
 
 #[path = "unwind_cache.rs"]
 mod cache;
+#[path = "unwind_own.rs"]
+mod own;
 
 /// DWARF register numbers on x86-64.
 const RBP: usize = 6;
@@ -48,6 +50,11 @@ impl Regs {
 
     fn get_slot(&self, i: usize) -> Option<usize> {
         (self.valid & (1 << i) != 0).then(|| self.r[i])
+    }
+
+    fn set_slot(&mut self, i: usize, v: usize) {
+        self.r[i] = v;
+        self.valid |= 1 << i;
     }
 
     fn set(&mut self, r: usize, v: usize) {
@@ -138,44 +145,61 @@ pub fn capture(out: &mut [usize], fast: bool, skip: (usize, usize)) -> usize {
     regs.set(RBP, fp);
     let bounds = stack_bounds(sp);
     let mut n = 0;
-    let mut entry = 0usize; // the outermost allocator frame so far
-    let mut own = true;
     let mut first = true;
-    for _ in 0..out.len() + 32 {
-        let pc = regs.pc();
-        if own {
-            if skip.0 <= pc && pc < skip.1 {
+    // The allocator's own frames: replayed when this path was unwound
+    // before (see `unwind_own.rs`), else unwound and traced.
+    let is_own = |pc: usize| skip.0 <= pc && pc < skip.1;
+    let mut entry = 0usize; // the outermost allocator frame
+    if is_own(pc) {
+        if let Some((outside, e)) = own::replay(&regs, bounds, skip) {
+            regs = outside;
+            entry = e;
+        } else {
+            let mut trace = own::Trace::start(pc);
+            for i in 0.. {
+                let pc = regs.pc();
+                if !is_own(pc) {
+                    trace.publish();
+                    break;
+                }
+                if i == 64 {
+                    return 0; // not the allocator's call graph
+                }
                 entry = pc;
-            } else {
-                own = false;
-                if entry != 0 && !out.is_empty() {
-                    out[0] = entry;
-                    n = 1;
-                }
-                if fast {
-                    if n < out.len() {
-                        out[n] = pc;
-                        n += 1;
+                if !step(&mut regs, bounds, first, Some(&mut trace)) {
+                    // The stack ends inside the allocator.
+                    if !out.is_empty() {
+                        out[0] = entry;
+                        return 1;
                     }
-                    return n + fp_walk(&regs, bounds, &mut out[n..]);
+                    return 0;
                 }
+                first = false;
             }
         }
-        if !own {
-            if n >= out.len() {
-                break;
-            }
-            out[n] = pc;
+        first = false;
+        if !out.is_empty() {
+            out[0] = entry;
+            n = 1;
+        }
+    }
+    if fast {
+        if n < out.len() {
+            out[n] = regs.pc();
             n += 1;
         }
-        if !step(&mut regs, bounds, first) {
+        return n + fp_walk(&regs, bounds, &mut out[n..]);
+    }
+    for _ in 0..out.len() + 32 {
+        if n >= out.len() {
+            break;
+        }
+        out[n] = regs.pc();
+        n += 1;
+        if !step(&mut regs, bounds, first, None) {
             break;
         }
         first = false;
-    }
-    if own && entry != 0 && !out.is_empty() {
-        out[0] = entry;
-        n = 1;
     }
     n
 }
@@ -207,7 +231,8 @@ fn fp_walk(regs: &Regs, b: Bounds, out: &mut [usize]) -> usize {
 
 /// One frame up.  `first`: the pc is exact (the capture point), not a
 /// return address, so it is looked up as is rather than minus one.
-fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
+/// `trace`: follow where the registers come from (own frames).
+fn step(regs: &mut Regs, b: Bounds, first: bool, trace: Option<&mut own::Trace>) -> bool {
     let pc = regs.pc();
     let look = if first { pc } else { pc.wrapping_sub(1) };
     let Some(m) = modules::find_or_refresh(look) else {
@@ -237,8 +262,13 @@ fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
         },
     };
     let old = *regs;
-    let mut new = Regs::EMPTY;
-    for i in 0..NSLOTS {
+    let mut new = old;
+    // Only the rules that are not `Same` (most rows: the return address
+    // and a saved register or two).
+    let mut changed = row.changed;
+    while changed != 0 {
+        let i = changed.trailing_zeros() as usize;
+        changed &= changed - 1;
         let v = match row.rules[i] {
             Rule::Same => old.get_slot(i),
             Rule::Undefined => None,
@@ -253,9 +283,9 @@ fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
                 cfi::eval(m, s, l as usize, &|r| old.get(r), &|a| b.read(a), Some(cfa))
             }
         };
-        if let Some(v) = v {
-            new.r[i] = v;
-            new.valid |= 1 << i;
+        match v {
+            Some(v) => new.set_slot(i, v),
+            None => new.valid &= !(1 << i),
         }
     }
     // The return address: its own rule (the CIE's return register).
@@ -268,5 +298,8 @@ fn step(regs: &mut Regs, b: Bounds, first: bool) -> bool {
     new.set(RA, ra);
     new.set(RSP, cfa);
     *regs = new;
+    if let Some(t) = trace {
+        t.step(&row, row.ra_reg, ra);
+    }
     true
 }
