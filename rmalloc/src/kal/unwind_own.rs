@@ -293,13 +293,18 @@ mod tests {
         t.publish();
 
         let mut stack = [0usize; 16];
-        stack[0] = 0xbb; // rbx saved by frame 0, at its CFA - 16
-        stack[1] = pc1; // frame 0's return address, at its CFA - 8
-        stack[5] = out; // frame 1's: CFA 16 + 32 = 48, minus 8
-        let sp0 = stack.as_ptr() as usize;
+        let sp0 = stack.as_mut_ptr() as usize;
+        // The replay reads the stack through raw addresses: write it so.
+        let put = |i: usize, v: usize| {
+            // SAFETY: i < 16, inside `stack`, which outlives every use.
+            unsafe { (sp0 as *mut usize).add(i).write_volatile(v) }
+        };
+        put(0, 0xbb); // rbx saved by frame 0, at its CFA - 16
+        put(1, pc1); // frame 0's return address, at its CFA - 8
+        put(5, out); // frame 1's: CFA 16 + 32 = 48, minus 8
         let b = Bounds {
             lo: sp0,
-            hi: sp0 + core::mem::size_of_val(&stack),
+            hi: sp0 + 16 * core::mem::size_of::<usize>(),
         };
         let mut at = Regs::EMPTY;
         at.set(RA, pc0);
@@ -310,13 +315,17 @@ mod tests {
         assert_eq!(r.pc(), out);
         assert_eq!(r.sp(), sp0 + 48);
         assert_eq!(r.get(RBX), Some(0xbb));
-        assert_eq!(r.get(RBP), Some(0x5555), "rbp was not saved: still the caller's");
+        assert_eq!(
+            r.get(RBP),
+            Some(0x5555),
+            "rbp was not saved: still the caller's"
+        );
         assert_eq!(r.get(12), None, "r12 was never known");
 
-        stack[1] = pc1 + 4;
+        put(1, pc1 + 4);
         assert!(replay(&at, b, skip).is_none(), "another own path");
-        stack[1] = pc1;
-        stack[5] = 0x1000_0800;
+        put(1, pc1);
+        put(5, 0x1000_0800);
         assert!(replay(&at, b, skip).is_none(), "a longer own chain");
     }
 
