@@ -254,6 +254,23 @@ fn misuse_double_free_tcache() {
     );
 }
 
+/// While KAL records every allocation's stack (`sites=all`, or a sample
+/// rate low enough to record in place), frees of cached sizes leave the
+/// inlined path, and must still go through the cache and its check.
+#[test]
+fn misuse_double_free_tcache_while_recording_stacks() {
+    for sites in ["all", "sample:4096"] {
+        misuse_env(
+            "double_free_tcache",
+            "free(): double free detected in tcache 2",
+            &[
+                ("KAL_OPTIONS", &format!("mode=detect:sites={sites}")),
+                ("RMALLOC_KAL_BENCH_NO_SCANNER", "1"),
+            ],
+        );
+    }
+}
+
 #[test]
 fn misuse_double_free_fastbin() {
     misuse("double_free_fasttop", "double free or corruption (fasttop)");

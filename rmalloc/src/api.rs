@@ -136,11 +136,13 @@ unsafe fn malloc_sampled(bytes: usize, nb: usize) -> *mut u8 {
                         // as usual, unrecorded.
                         return malloc_cached(bytes, nb);
                     }
-                    // The marker scans a chunk's whole usable size: clear
-                    // what the program did not ask for, so old pointers
-                    // there keep nothing alive.
+                    // The marker scans a chunk's whole usable size (which
+                    // may exceed `min` by a remainder too small to split):
+                    // clear what the program did not ask for, so old
+                    // pointers there keep nothing alive.
                     let asked = nb - SIZE_SZ;
-                    core::ptr::write_bytes(p.add(asked), 0, min - SIZE_SZ - asked);
+                    let usable = crate::chunk::usable_size(mem2chunk(p));
+                    core::ptr::write_bytes(p.add(asked), 0, usable - asked);
                     stacks::record_new(p, asked);
                     p
                 } else {
@@ -258,6 +260,12 @@ pub unsafe fn free(mem: *mut u8) {
             // chunks are never of a cached size (see `malloc_sampled`).
             if idx < PARAMS.fast_bins() {
                 return free_cached(t, p, size, idx);
+            }
+            // A cached size while every free is diverted: `free_sited`
+            // forgets the stack, then the cache (and its double-free
+            // check) as above.
+            if idx < PARAMS.tcache_bins() {
+                return free_slow(p, raw);
             }
             // Too big for the cache: straight to the arena too (what
             // `free_slow` would do, without re-deriving it), forgetting

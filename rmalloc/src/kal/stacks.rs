@@ -141,7 +141,9 @@ pub const MAX_COUNTDOWN: usize = 1 << 40;
 /// The thread's site countdown ran out: re-arm it and say what to do.
 #[inline(always)]
 pub fn due() -> Due {
-    if !ON.load(Ordering::Relaxed) {
+    // Acquire: `enable` set SAMPLE and diverted the fast paths before its
+    // release store of ON (free on x86, where every load acquires).
+    if !ON.load(Ordering::Acquire) {
         tls::set::<{ tls::SITE }>(IDLE_COUNTDOWN);
         return Due::No;
     }
