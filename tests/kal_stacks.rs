@@ -440,6 +440,27 @@ fn sampling_records_about_one_allocation_per_n_bytes() {
     );
 }
 
+/// A signal handler that allocates and frees (not async-signal-safe, but
+/// programs do it) while its thread records or forgets a stack under
+/// `sites=all` skips the side table, rather than wait for a lock its own
+/// thread holds.
+#[test]
+fn a_handler_that_allocates_inside_the_side_table_does_not_deadlock() {
+    let b = gcc_build();
+    let (out, _) = run_kal(
+        &b.exe,
+        &["signal"],
+        "mode=detect:sites=all:leak_check_at_exit=0",
+        &[],
+    );
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("signal:"))
+        .unwrap_or_else(|| panic!("no signal line (deadlock?)\n{}", out.describe()));
+    assert!(!line.starts_with("signal: 0 "), "{line}");
+}
+
 /// KAL's reclaim forgets the stack of the chunk it frees: a chunk later
 /// allocated (unrecorded) at the same address and leaked shows no stack,
 /// not the reclaimed one's.

@@ -1,6 +1,8 @@
 //! Per-thread allocator state in initial-exec TLS.
 //!
-//! Three machine words per thread (the tcache, the thread's arena and KAL's site-sampling countdown), defined in a `.tbss` section by `global_asm!` and read
+//! Four machine words per thread (the tcache, the thread's arena, KAL's
+//! site-sampling countdown and its side-table guard), defined in a `.tbss`
+//! section by `global_asm!` and read
 //! with one `%fs`-relative load each, as glibc reaches its own tcache.  Stable
 //! Rust's `thread_local!` would go through `__tls_get_addr` on every access
 //! in a shared library, and it may allocate for destructors; this has neither
@@ -14,9 +16,9 @@ core::arch::global_asm!(
     ".globl rm_tls_block",
     ".hidden rm_tls_block",
     ".type rm_tls_block, @object",
-    ".size rm_tls_block, 24",
+    ".size rm_tls_block, 32",
     "rm_tls_block:",
-    ".zero 24",
+    ".zero 32",
     ".popsection",
 );
 
@@ -26,6 +28,11 @@ pub(crate) const ARENA: usize = 8;
 /// KAL's allocation-site sampling: bytes left before the next sample, as
 /// a signed count that every `malloc` decrements (see `site_countdown`).
 pub(crate) const SITE: usize = 16;
+/// Nonzero while the thread holds a lock of KAL's stack side table: a
+/// signal handler that allocates or frees meanwhile (not async-signal-safe,
+/// but programs do it) then skips the side table rather than wait for its
+/// own thread.
+pub(crate) const KAL_BUSY: usize = 24;
 
 /// Values of the `TCACHE` slot: 0 = not created yet, `TCACHE_DISABLED` =
 /// none (being created, none could be allocated, or the thread is exiting);

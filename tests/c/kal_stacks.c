@@ -23,6 +23,11 @@
  *          blocks of 64 bytes; those served from a larger chunk (sampled)
  *          must have the part beyond the 72 usable bytes cleared; prints
  *          "sample_tail: sampled=N dirty=M".
+ *   signal: for a second, allocate and free while a 50 us interval timer's
+ *          handler does too (not async-signal-safe, but programs do it):
+ *          with every stack recorded, a handler that interrupts the
+ *          recording must not wait for the lock its own thread holds;
+ *          prints "signal: N handler allocations".
  *   quarantine: a live 200-byte block whose only pointer is XOR-hidden (site
  *          A) is reclaimed by KAL, then freed by the program (a false
  *          reclaim); then a 200-byte block from site B is leaked: with the
@@ -30,8 +35,10 @@
  *          reclaimed too.
  * With -DKAL_STACKS_SUPPRESS (and -rdynamic) the program suppresses its
  * library's leak through __lsan_default_suppressions. */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/time.h>
 #include <stdlib.h>
 #include <malloc.h>
 #include <string.h>
@@ -83,6 +90,37 @@ __attribute__((noinline)) static void site_b(void) {
 
 static void quarantine(void);
 static void reclaim_reuse(void);
+
+static volatile sig_atomic_t in_handler_allocs;
+
+static void allocating_handler(int sig) {
+  (void)sig;
+  void *volatile p = malloc(40);
+  free(p);
+  in_handler_allocs++;
+}
+
+__attribute__((noinline)) static void signal_allocs(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = allocating_handler;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGALRM, &sa, NULL);
+  struct itimerval it = {{0, 50}, {0, 50}};
+  setitimer(ITIMER_REAL, &it, NULL);
+  struct timeval t0, t;
+  gettimeofday(&t0, NULL);
+  do {
+    for (int i = 0; i < 1000; i++) {
+      void *volatile p = malloc(24 + i % 200);
+      free(p);
+    }
+    gettimeofday(&t, NULL);
+  } while ((t.tv_sec - t0.tv_sec) * 1000000 + (t.tv_usec - t0.tv_usec) < 1000000);
+  struct itimerval off = {{0, 0}, {0, 0}};
+  setitimer(ITIMER_REAL, &off, NULL);
+  printf("signal: %d handler allocations\n", (int)in_handler_allocs);
+}
 
 __attribute__((noinline)) static void sample_tail(void) {
   void *dirty[64];
@@ -137,6 +175,8 @@ int main(int argc, char **argv) {
     sample_leaks();
   if (argc > 1 && !strcmp(argv[1], "sample_tail"))
     sample_tail();
+  if (argc > 1 && !strcmp(argv[1], "signal"))
+    signal_allocs();
   exe_leak_a();
   for (int i = 0; i < three; i++) /* one call site: one stack */
     exe_leak_b(i);

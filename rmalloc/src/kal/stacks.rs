@@ -210,6 +210,17 @@ pub unsafe fn on_alloc(mem: *mut u8) {
 #[cold]
 #[inline(never)]
 fn record(mem: usize, shown: usize) {
+    // Not from a signal handler that interrupted this thread's own use of
+    // the depot or a shard (it would wait for itself): unrecorded.
+    if tls::get::<{ tls::KAL_BUSY }>() != 0 {
+        return;
+    }
+    tls::set::<{ tls::KAL_BUSY }>(1);
+    record_busy(mem, shown);
+    tls::set::<{ tls::KAL_BUSY }>(0);
+}
+
+fn record_busy(mem: usize, shown: usize) {
     let mut frames = [0usize; MAX_FRAMES];
     let n = CONTEXT.load(Ordering::Relaxed);
     let text = (
@@ -273,13 +284,22 @@ fn forget_unless_held(mem: usize) -> bool {
     forget(mem)
 }
 
-/// Drop `mem`'s entry, if any; whether there was one.
+/// Drop `mem`'s entry, if any; whether there was one.  From a signal
+/// handler that interrupted this thread inside the side table, nothing is
+/// dropped (the entry stays, naming a stack for whatever is allocated there
+/// next and not recorded: a report's stack may then be wrong, never the
+/// memory).
 pub fn forget(mem: usize) -> bool {
+    if tls::get::<{ tls::KAL_BUSY }>() != 0 {
+        return false;
+    }
     let s = shard(mem);
+    tls::set::<{ tls::KAL_BUSY }>(1);
     SHARD_LOCK[s].lock();
     // SAFETY: the shard's lock is held.
     let gone = unsafe { (*SHARD[s].0.get()).remove(mem) }.is_some();
     SHARD_LOCK[s].unlock();
+    tls::set::<{ tls::KAL_BUSY }>(0);
     if gone {
         FILTER_N[slot(mem)].fetch_sub(1, Ordering::Relaxed);
     }

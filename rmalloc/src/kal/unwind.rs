@@ -9,6 +9,8 @@
 //! FDE covering the return address and the row its call-frame instructions
 //! give there ([`super::cfi`], rows cached by address in `unwind_cache.rs`),
 //! and apply that row (CFA rule, register rules) to the registers.  The
+//! allocator's own frames at the top of every stack are unwound once per
+//! call path and replayed from then on (`unwind_own.rs`).  The
 //! state is a fixed-size struct on the caller's stack; nothing is allocated
 //! and no lock is taken (the object table is read lock-free).
 //!
