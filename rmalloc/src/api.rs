@@ -256,20 +256,17 @@ pub unsafe fn free(mem: *mut u8) {
             let size = raw & !SIZE_BITS;
             let idx = csize2tidx(size);
             // `fast_bins` is `tcache_bins`, or 0 while KAL records every
-            // allocation's stack (then `free_slow` forgets them).  Sampled
-            // chunks are never of a cached size (see `malloc_sampled`).
+            // allocation's stack (then `free_uncached_sited` forgets them).
+            // Sampled chunks are never of a cached size (see
+            // `malloc_sampled`).
             if idx < PARAMS.fast_bins() {
                 return free_cached(t, p, size, idx);
             }
-            // A cached size while every free is diverted: `free_sited`
-            // forgets the stack, then the cache (and its double-free
-            // check) as above.
-            if idx < PARAMS.tcache_bins() {
-                return free_slow(p, raw);
-            }
-            // Too big for the cache: straight to the arena too (what
-            // `free_slow` would do, without re-deriving it), forgetting
-            // its stack first while KAL records allocation stacks.
+            // Too big for the cache (or every free diverted): straight to
+            // the arena too (what `free_slow` would do, without re-deriving
+            // it), forgetting its stack first while KAL records allocation
+            // stacks.  (In the moment between diverting and recording, a
+            // cached size goes to the arena: safe, only uncached.)
             if !crate::kal::stacks::ON.load(core::sync::atomic::Ordering::Relaxed) {
                 return crate::free::free_uncached(p, size);
             }
@@ -343,17 +340,25 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
     }
 }
 
-/// `free` of a heap chunk too big for the thread cache (which exists)
-/// while KAL records allocation stacks: forget its stack, then as
+/// `free` of a heap chunk the inlined path did not cache (too big for the
+/// thread cache, which exists, or every free diverted) while KAL records
+/// allocation stacks: forget its stack, then the cache or as
 /// `free::free_uncached`.
 ///
 /// # Safety
 /// As `free::free_uncached`.
 #[inline(never)]
 unsafe fn free_uncached_sited(p: chunk::ChunkPtr, size: usize) {
-    // SAFETY: forwarded contract.
+    // SAFETY: forwarded contract; `t` is this thread's live cache.
     unsafe {
         let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
+        // Every free diverted (`sites=all`, low sample rates): a cached
+        // size still goes to the cache, and through its double-free check.
+        let idx = csize2tidx(size);
+        let t = tls::get::<{ tls::TCACHE }>();
+        if idx < PARAMS.tcache_bins() && t > TCACHE_DISABLED {
+            return free_cached(t, p, size, idx);
+        }
         free_uncached_forgotten(p, size, had_stack)
     }
 }

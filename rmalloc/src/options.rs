@@ -349,6 +349,13 @@ impl Params {
         self.fast_diverted.store(true, Relaxed);
         self.fast_bins.store(0, Relaxed);
     }
+
+    /// Undo [`Params::divert_fast_paths`] once no stack will be forgotten
+    /// again (a fork child whose side table is not trusted).
+    pub fn restore_fast_paths(&self) {
+        self.fast_diverted.store(false, Relaxed);
+        self.fast_bins.store(self.tcache_bins(), Relaxed);
+    }
     /// `do_set_tcache_count`.
     pub fn set_tcache_count(&self, value: usize) -> bool {
         if value > MAX_TCACHE_COUNT {

@@ -505,5 +505,7 @@ pub fn fork_child(held: u32) {
     if held != ALL_HELD {
         BROKEN.store(true, Ordering::Relaxed);
         ON.store(false, Ordering::Relaxed);
+        // Nothing is forgotten any more: frees may take the fast path.
+        crate::options::PARAMS.restore_fast_paths();
     }
 }
