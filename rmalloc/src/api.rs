@@ -352,8 +352,25 @@ unsafe fn free_uncached_sited(p: chunk::ChunkPtr, size: usize) {
     // SAFETY: forwarded contract; `t` is this thread's live cache.
     unsafe {
         let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
-        // Every free diverted (`sites=all`, low sample rates): a cached
-        // size still goes to the cache, and through its double-free check.
+        if PARAMS.fast_bins() == 0 {
+            return free_diverted(p, size, had_stack);
+        }
+        free_uncached_forgotten(p, size, had_stack)
+    }
+}
+
+/// Every free diverted (`sites=all`, low sample rates) and its stack
+/// forgotten: a cached size still goes to the cache, and through its
+/// double-free check.  Out of line, to keep the sampled path's frees of
+/// large chunks as short as they were (`fast_bins` is 0 only while every
+/// free is diverted).
+///
+/// # Safety
+/// As `free::free_uncached`; `had_stack` as for `free_uncached_forgotten`.
+#[inline(never)]
+unsafe fn free_diverted(p: chunk::ChunkPtr, size: usize, had_stack: bool) {
+    // SAFETY: forwarded contract; `t` is this thread's live cache.
+    unsafe {
         let idx = csize2tidx(size);
         let t = tls::get::<{ tls::TCACHE }>();
         if idx < PARAMS.tcache_bins() && t > TCACHE_DISABLED {
