@@ -1283,17 +1283,24 @@ fn scans_are_paced_by_what_they_cost_the_program() {
     // one more fits at most (the next, once its cost is measured, is 100
     // times that away).  Scans during the set-up do not count: how many
     // fit there depends on the machine's speed.
-    let before: u64 = out
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("pacing: ")?
-                .split(", ")
-                .last()?
-                .strip_suffix(" scans before")
-        })
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no pacing line\n{}", out.describe()));
+    let pacing = |suffix: &str, nth_from_end: usize| -> i64 {
+        out.stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("pacing: ")?
+                    .rsplit(", ")
+                    .nth(nth_from_end)?
+                    .strip_suffix(suffix)
+            })
+            .and_then(|n| n.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no pacing line\n{}", out.describe()))
+    };
+    assert!(
+        pacing(" ms", 1) >= 0,
+        "no timer-driven scan during the rewriting\n{}",
+        out.describe()
+    );
+    let before = pacing(" scans before", 0) as u64;
     assert!(
         paced["scans"] - before <= 2,
         "pacing did not space the scans out\n{}",

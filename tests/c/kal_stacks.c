@@ -23,7 +23,7 @@
  *          blocks of 64 bytes; those served from a larger chunk (sampled)
  *          must have the part beyond the 72 usable bytes cleared; prints
  *          "sample_tail: sampled=N dirty=M".
- *   signal: for a second, allocate and free while a 50 us interval timer's
+ *   signal: for a second, allocate and free while a 100 us interval timer's
  *          handler does too (not async-signal-safe, but programs do it):
  *          with every stack recorded, a handler that interrupts the
  *          recording must not wait for the lock its own thread holds;
@@ -106,7 +106,7 @@ __attribute__((noinline)) static void signal_allocs(void) {
   sa.sa_handler = allocating_handler;
   sa.sa_flags = SA_RESTART;
   sigaction(SIGALRM, &sa, NULL);
-  struct itimerval it = {{0, 50}, {0, 50}};
+  struct itimerval it = {{0, 100}, {0, 100}};
   setitimer(ITIMER_REAL, &it, NULL);
   struct timeval t0, t;
   gettimeofday(&t0, NULL);

@@ -237,7 +237,7 @@ fn enable(o: options::Options, backend: snapshot::Kind) -> bool {
     }
     if !scanner::start() {
         MODE.store(Mode::Off as u8, Ordering::Release);
-        stacks::ON.store(false, Ordering::Release);
+        stacks::disable();
         registry::ON.store(false, Ordering::Release);
         return false;
     }

@@ -183,7 +183,12 @@ impl Pace {
     pub fn settles_at(&self) -> Option<u64> {
         self.pending.map(|p| match p.window {
             None => p.closes_at,
-            Some(_) => p.closes_at.saturating_add(AFTER_NS),
+            // From when the window actually closed (the scanner may wake
+            // late), so that the rate after it has its full length.
+            Some(w) => w
+                .after_from
+                .map_or(p.closes_at, |(t, _)| t)
+                .saturating_add(AFTER_NS),
         })
     }
 
@@ -245,7 +250,8 @@ impl Pace {
 }
 
 /// How long before a timed scan the usual rate is sampled.  With pacing
-/// on, timed scans are never closer than this plus the settling time.
+/// on, timed scans are never closer than this plus the settling time and
+/// [`AFTER_NS`].
 pub const SAMPLE_NS: u64 = 200_000_000;
 
 /// The shortest window a rate is taken from.
@@ -305,8 +311,12 @@ mod tests {
         assert_eq!(closes + AFTER_NS, until);
         sleep_until(closes);
         assert_eq!(p.settle(false), None, "the rate after the scan comes first");
-        assert_eq!(p.settles_at(), Some(until));
-        sleep_until(until);
+        let after = p.settles_at().unwrap();
+        assert!(
+            after >= until,
+            "{after} < {until}: AFTER_NS from the actual close"
+        );
+        sleep_until(after);
         let (cost, _) = p.settle(false).unwrap();
         assert_eq!(p.settle(false), None);
         // 65,536 page faults take well over a millisecond of system time.
@@ -370,16 +380,18 @@ mod tests {
         sleep_ms(20);
         let s = p.start();
         sleep_ms(300);
-        let until = p.end(s, 3_000);
+        p.end(s, 3_000);
         sleep_until(p.settles_at().unwrap());
         assert_eq!(p.settle(false), None);
-        sleep_until(until);
+        sleep_until(p.settles_at().unwrap());
         let cost = p.settle(false).map(|(c, _)| c);
         stop.store(true, Ordering::Relaxed);
         faulting.join().unwrap();
         // About 600 ms of faulting in the window, at the same rate as
-        // after it: what is left is the pause and the accounting's grain.
+        // after it: what is left is the pause and the accounting's grain,
+        // and the faulting thread's share of a busy machine, which moves
+        // (counted as the scan's, all of it would be about 550 ms).
         let cost = cost.unwrap();
-        assert!((3_000..150_000_000).contains(&cost), "cost {cost} ns");
+        assert!((3_000..250_000_000).contains(&cost), "cost {cost} ns");
     }
 }

@@ -38,6 +38,9 @@ use super::options::Sites;
 /// Recording on (KAL on and `sites` not `off`): the one flag the C entry
 /// points test.
 pub static ON: AtomicBool = AtomicBool::new(false);
+/// A stack was not forgotten (see [`forget`]): an entry may name the wrong
+/// stack for its chunk.
+static STALE: AtomicBool = AtomicBool::new(false);
 /// Bytes between samples (0: every allocation).
 static SAMPLE: AtomicU64 = AtomicU64::new(0);
 /// Frames kept per stack.
@@ -105,6 +108,14 @@ pub fn enable(sites: Sites, context: u32, fast: bool) {
     // each new thread's first is.  (Threads that already exist pick the
     // change up when theirs next runs out: see `IDLE_COUNTDOWN`.)
     tls::set::<{ tls::SITE }>(0);
+}
+
+/// Stop recording for good (KAL could not start, or a fork child's table
+/// is not trusted): nothing is forgotten any more, so frees may take the
+/// fast path again (and the thread cache's double-free check with it).
+pub fn disable() {
+    ON.store(false, Ordering::Release);
+    crate::options::PARAMS.restore_fast_paths();
 }
 
 /// Below this rate a sample is taken in place, and every `free` goes out
@@ -210,17 +221,13 @@ pub unsafe fn on_alloc(mem: *mut u8) {
 #[cold]
 #[inline(never)]
 fn record(mem: usize, shown: usize) {
-    // Not from a signal handler that interrupted this thread's own use of
-    // the depot or a shard (it would wait for itself): unrecorded.
+    // Not from a signal handler that interrupted this thread while it held
+    // the depot's or a shard's lock (it would wait for itself): unrecorded.
+    // The flag covers only the locked part, so a handler that jumps out of
+    // the unwind leaves nothing set.
     if tls::get::<{ tls::KAL_BUSY }>() != 0 {
         return;
     }
-    tls::set::<{ tls::KAL_BUSY }>(1);
-    record_busy(mem, shown);
-    tls::set::<{ tls::KAL_BUSY }>(0);
-}
-
-fn record_busy(mem: usize, shown: usize) {
     let mut frames = [0usize; MAX_FRAMES];
     let n = CONTEXT.load(Ordering::Relaxed);
     let text = (
@@ -231,18 +238,24 @@ fn record_busy(mem: usize, shown: usize) {
     if n == 0 {
         return;
     }
-    let Some(id) = intern(&frames[..n]) else {
-        return;
-    };
-    let s = shard(mem);
-    SHARD_LOCK[s].lock();
-    // SAFETY: the shard's lock is held.
-    let map = unsafe { &mut *SHARD[s].0.get() };
-    let fresh = map.get(mem).is_none();
-    let ok = map.insert(mem, id as usize | (shown & 0xffff_ffff) << 32);
-    SHARD_LOCK[s].unlock();
-    if ok && fresh {
-        FILTER_N[slot(mem)].fetch_add(1, Ordering::Relaxed);
+    tls::set::<{ tls::KAL_BUSY }>(1);
+    let stored = intern(&frames[..n]).and_then(|id| {
+        let s = shard(mem);
+        SHARD_LOCK[s].lock();
+        // SAFETY: the shard's lock is held.
+        let map = unsafe { &mut *SHARD[s].0.get() };
+        let fresh = map.get(mem).is_none();
+        let ok = map.insert(mem, id as usize | (shown & 0xffff_ffff) << 32);
+        SHARD_LOCK[s].unlock();
+        ok.then_some(fresh)
+    });
+    tls::set::<{ tls::KAL_BUSY }>(0);
+    match stored {
+        Some(true) => {
+            FILTER_N[slot(mem)].fetch_add(1, Ordering::Relaxed);
+        }
+        Some(false) => {}
+        None => return,
     }
     RECORDED.fetch_add(1, Ordering::Relaxed);
 }
@@ -286,11 +299,13 @@ fn forget_unless_held(mem: usize) -> bool {
 
 /// Drop `mem`'s entry, if any; whether there was one.  From a signal
 /// handler that interrupted this thread inside the side table, nothing is
-/// dropped (the entry stays, naming a stack for whatever is allocated there
-/// next and not recorded: a report's stack may then be wrong, never the
-/// memory).
+/// dropped: the entry stays, naming a stack for whatever is allocated there
+/// next and not recorded.  A report's stack may then be wrong; a false
+/// reclaim no longer trusts sites ([`STALE`]), so it stops reclaim in the
+/// whole size class, not at a site that may be the wrong one.
 pub fn forget(mem: usize) -> bool {
     if tls::get::<{ tls::KAL_BUSY }>() != 0 {
+        STALE.store(true, Ordering::Relaxed);
         return false;
     }
     let s = shard(mem);
@@ -306,8 +321,13 @@ pub fn forget(mem: usize) -> bool {
     gone
 }
 
-/// The stack id of the chunk at user address `mem`, if recorded.
+/// The stack id of the chunk at user address `mem`, if recorded and the
+/// table is known to hold no stale entries (what a false reclaim stops
+/// reclaim by).
 pub fn site_of(mem: usize) -> Option<u32> {
+    if STALE.load(Ordering::Relaxed) {
+        return None;
+    }
     site_and_size(mem, 0).map(|(site, _)| site)
 }
 
@@ -504,8 +524,6 @@ pub fn fork_child(held: u32) {
     super::modules::reset_after_fork();
     if held != ALL_HELD {
         BROKEN.store(true, Ordering::Relaxed);
-        ON.store(false, Ordering::Relaxed);
-        // Nothing is forgotten any more: frees may take the fast path.
-        crate::options::PARAMS.restore_fast_paths();
+        disable();
     }
 }
