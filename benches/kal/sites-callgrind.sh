@@ -23,7 +23,10 @@ done
 count() { # LIB KAL_OPTIONS(or -) CMD...: the instruction total
   local l=$1 o=$2
   shift 2
-  local env=(LD_PRELOAD="$l")
+  # Fixed hash seeds: perl and python3 randomise theirs, which moves their
+  # allocation patterns (and the heap's layout) by a few percent between
+  # runs, more than sampling costs.
+  local env=(LD_PRELOAD="$l" PERL_HASH_SEED=0 PERL_PERTURB_KEYS=0 PYTHONHASHSEED=0)
   if [ "$o" != - ]; then env+=(RMALLOC_KAL_BENCH_NO_SCANNER=1 KAL_OPTIONS="$o"); fi
   env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$@" \
     >/dev/null 2>"$work/err"
