@@ -429,15 +429,20 @@ fn sampling_records_about_one_allocation_per_n_bytes() {
         "mode=detect:sites=sample:65536:leak_check_at_exit=0",
         &[],
     );
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("sample_tail:"))
-        .unwrap_or_else(|| panic!("no sample_tail line\n{}", out.describe()));
+    let line = result_line(&out, "sample_tail:");
     assert!(
         !line.contains("sampled=0 ") && line.ends_with("dirty=0"),
         "{line}"
     );
+}
+
+/// The line of the program's output that starts with `prefix`.
+#[track_caller]
+fn result_line<'a>(out: &'a Output, prefix: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line\n{}", out.describe()))
 }
 
 /// A signal handler that allocates and frees (not async-signal-safe, but
@@ -453,11 +458,7 @@ fn a_handler_that_allocates_inside_the_side_table_does_not_deadlock() {
         "mode=detect:sites=all:leak_check_at_exit=0",
         &[],
     );
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("signal:"))
-        .unwrap_or_else(|| panic!("no signal line (deadlock?)\n{}", out.describe()));
+    let line = result_line(&out, "signal:");
     assert!(!line.starts_with("signal: 0 "), "{line}");
 }
 
