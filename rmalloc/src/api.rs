@@ -349,7 +349,7 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
 /// As `free::free_uncached`.
 #[inline(never)]
 unsafe fn free_uncached_sited(p: chunk::ChunkPtr, size: usize) {
-    // SAFETY: forwarded contract; `t` is this thread's live cache.
+    // SAFETY: forwarded contract (`on_free` only reads the side table).
     unsafe {
         let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
         if PARAMS.fast_bins() == 0 {

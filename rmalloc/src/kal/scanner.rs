@@ -177,7 +177,16 @@ extern "C" fn main(_: usize) -> ! {
         let r = REQ.load(Ordering::Acquire);
         if r == handled && !QUIT.load(Ordering::Acquire) {
             let now = task::now_ns();
-            let mut wake = next_at.min(pace.settles_at().unwrap_or(u64::MAX));
+            // With pacing on, a timed scan waits until the last one's cost
+            // is known: that cost may push it later.  (The after-window
+            // counts from the window's actual close, so it can end after
+            // the provisional `next_at`.)
+            let measuring = e.opts.max_overhead != 0 && pace.settles_at().is_some();
+            let mut wake = if measuring {
+                pace.settles_at().unwrap_or(u64::MAX)
+            } else {
+                next_at.min(pace.settles_at().unwrap_or(u64::MAX))
+            };
             if !pace.sampled() && pace.settles_at().is_none() {
                 wake = wake.min(sample_at);
             }
@@ -185,7 +194,7 @@ extern "C" fn main(_: usize) -> ! {
                 task::futex_wait_timeout(&REQ, r, wake - now);
                 continue; // a request, the time, or a spurious wake-up
             }
-            if now < next_at {
+            if now < next_at || measuring {
                 continue; // only the measurement or the sample was due
             }
         }
