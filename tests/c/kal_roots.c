@@ -1264,7 +1264,7 @@ static void deny_ptrace(void) {
 
 /* ------------------------------------------------------------ main */
 
-/* pacing: 128 MiB in 4 KiB blocks, rewritten (one word a page) while the
+/* pacing: 64 MiB in 4 KiB blocks, rewritten (one word a page) while the
  * scanner's timer runs (the driver sets interval_ms): every snapshot then
  * costs the program a copy-on-write fault per page, which KAL must measure
  * and pace by.  The scans measured are timer-driven.  One scan_now after
@@ -1281,7 +1281,7 @@ static void deny_ptrace(void) {
  * a machine whose other CPUs are busy (tests run side by side in a 2-vCPU
  * emulator) a program that never sleeps would starve it. */
 static void case_pacing(void) {
-  enum { N = 32768 };
+  enum { N = 16384 };
   /* On the heap, not in bss: a large bss would move the other cases'
    * globals into its anonymous part, which use_globals=0 does not cover. */
   char **blk = malloc(N * sizeof *blk);
@@ -1291,7 +1291,12 @@ static void case_pacing(void) {
     REQUIRE(blk[i]);
     memset(blk[i], i, 4000);
   }
-  printf("pacing: set up, scan_now %d\n", kal_scan());
+  struct timespec s0t, s1t;
+  clock_gettime(CLOCK_MONOTONIC, &s0t);
+  int scanned = kal_scan();
+  clock_gettime(CLOCK_MONOTONIC, &s1t);
+  printf("pacing: set up, scan_now %d in %ld ms\n", scanned,
+         (s1t.tv_sec - s0t.tv_sec) * 1000 + (s1t.tv_nsec - s0t.tv_nsec) / 1000000);
   /* Idle while that scan's cost is measured (up to 1.2 s after it):
    * the first rewriting pass after a snapshot takes a fault per page even
    * once it is gone (fork leaves the pages write-protected), which would
