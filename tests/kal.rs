@@ -1703,6 +1703,26 @@ fn report_at_exit_in_detect_mode() {
     }
 }
 
+/// mode=reclaim leaves the exit check out unless asked: nothing is left to
+/// free at exit, and a scan would cost every process, however short, a few
+/// milliseconds.  With leak_check_at_exit=1 the report comes as in detect
+/// mode.
+#[test]
+fn no_exit_check_in_reclaim_mode_unless_asked() {
+    if against_glibc() {
+        return;
+    }
+    let out = run_leaky(&[], "mode=reclaim");
+    out.assert_success();
+    assert!(
+        !out.stderr.contains("SUMMARY: KAL: "),
+        "reclaim mode ran the exit check by default\n{}",
+        out.describe()
+    );
+    let out = run_leaky(&[], "mode=reclaim:leak_check_at_exit=1");
+    check_kal_report(&out, "KAL exit report in reclaim mode, asked for");
+}
+
 /// Build kal_leaky with clang -fsanitize=leak (clang and libclang-rt-14-dev:
 /// `scripts/need-apt clang libclang-rt-14-dev`, done by tests/tests.mk when
 /// possible).

@@ -527,7 +527,7 @@ pub fn at_exit() {
     }
     // SAFETY: options are written once before the scanner starts.
     let o = unsafe { scanner::engine() }.opts;
-    if o.leak_check_at_exit && lsan::first_check() {
+    if o.leak_check_at_exit() && lsan::first_check() {
         scanner::request_and_wait(true, 10_000_000_000);
         exit_if_leaked(o.exitcode);
     }

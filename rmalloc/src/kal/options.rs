@@ -78,7 +78,9 @@ pub struct Options {
     pub stop: StopMethod,
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
-    pub leak_check_at_exit: bool,
+    /// A last scan and full report at exit; unset: in `detect` mode only
+    /// (see [`Options::leak_check_at_exit`]).
+    pub leak_check_at_exit: Option<bool>,
     /// Scanner at SCHED_IDLE rather than SCHED_BATCH nice 19.
     pub sched_idle: bool,
     /// Exit status when the exit-time check finds leaks (0: unchanged).
@@ -121,7 +123,7 @@ impl Options {
             stop: StopMethod::Auto,
             stop_signal: 61,
             stop_timeout_ms: 100,
-            leak_check_at_exit: true,
+            leak_check_at_exit: None,
             sched_idle: false,
             exitcode: 0,
             scan_timeout_ms: 30_000,
@@ -139,6 +141,15 @@ impl Options {
 
     pub fn log_path(&self) -> Option<&[u8]> {
         (self.log_path_len > 0).then(|| &self.log_path[..self.log_path_len])
+    }
+
+    /// Whether exit runs a last scan and a full report.  LeakSanitizer's
+    /// default (on) in `detect` mode; off in `reclaim` mode, where nothing
+    /// is left to free at exit and the scan costs every process, however
+    /// short, a few milliseconds (8 ms for `/bin/true` here), unless the
+    /// option says otherwise.
+    pub fn leak_check_at_exit(&self) -> bool {
+        self.leak_check_at_exit.unwrap_or(self.mode == Mode::Detect)
     }
 
     /// Every root source is on: the only configuration reclaim may use.
@@ -326,7 +337,7 @@ pub fn parse_into(o: &mut Options, s: &[u8], lenient: bool) -> Result<(), ParseE
             b"use_stacks" => o.use_stacks = flag(key, v)?,
             b"use_tls" => o.use_tls = flag(key, v)?,
             b"use_globals" => o.use_globals = flag(key, v)?,
-            b"leak_check_at_exit" => o.leak_check_at_exit = flag(key, v)?,
+            b"leak_check_at_exit" => o.leak_check_at_exit = Some(flag(key, v)?),
             b"sched_idle" => o.sched_idle = flag(key, v)?,
             b"exitcode" => o.exitcode = num(key, v, 0, 255)? as i32,
             b"scan_timeout_ms" => o.scan_timeout_ms = num(key, v, 1, 86_400_000)?,
@@ -416,6 +427,17 @@ mod tests {
         assert_eq!(o.mode, Mode::Off);
         assert_eq!(o.confirm_scans, 2);
         assert_eq!(o.interval_ms, 2000);
+    }
+
+    #[test]
+    fn the_exit_check_is_on_in_detect_mode_only_unless_set() {
+        let at_exit = |s: &[u8]| parse(s).unwrap().leak_check_at_exit();
+        assert!(at_exit(b"mode=detect"));
+        assert!(!at_exit(b"mode=reclaim"));
+        assert!(at_exit(b"mode=reclaim:leak_check_at_exit=1"));
+        assert!(!at_exit(b"mode=detect:leak_check_at_exit=0"));
+        // The later setting wins, whatever the order of the keys.
+        assert!(at_exit(b"leak_check_at_exit=1:mode=reclaim"));
     }
 
     #[test]
