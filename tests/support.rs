@@ -254,6 +254,19 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
+    // Programs start with SIGINT and SIGQUIT at their defaults, as from a
+    // terminal, whatever `make test` was started from: a shell's background
+    // job ignores them, and the ignoring is inherited (CPython's
+    // `test_interrupt_main_*` then fail under glibc too).
+    // SAFETY: only `signal`, which is async-signal-safe, between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
