@@ -12,6 +12,13 @@
 #
 # KAL_KERNEL_VARIANT=debug adds kal-debug.config (lock, VM and page-table
 # checks) on top and caches the result under debug-<hash>.
+#
+# A change to the series that touches only the selftests or the
+# documentation (or commit messages) does not rebuild the kernel: each
+# entry records, in kernel-key, a hash of the config and of the series'
+# hunks outside tools/testing/selftests/ and Documentation/, and an entry
+# with the same kernel-key lends its bzImage and headers to the new one,
+# whose selftests are taken from the series alone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -37,6 +44,12 @@ die() { echo "kernel: ERROR: $*" >&2; exit 1; }
 	libelf-dev libssl-dev cpio xz-utils gzip git rsync >&2
 
 hash=$prefix$(cat "${patches[@]}" "${frags[@]}" | sha256sum | cut -c1-16)
+# The hunks that can change the kernel image or its headers.
+kernel_hunks() {
+	awk '/^diff --git /{ keep = ($3 !~ /^a\/(tools\/testing\/selftests|Documentation)\//) }
+	     keep' "$@"
+}
+kkey=$prefix$( (kernel_hunks "${patches[@]}"; cat "${frags[@]}") | sha256sum | cut -c1-16)
 out="$cache/$hash"
 if [ -f "$out/done" ]; then
 	log "cached kernel $out/bzImage"
@@ -54,6 +67,33 @@ fi
 
 tarball=$(ls /usr/src/linux-source-6.12.tar.xz 2>/dev/null || true)
 [ -n "$tarball" ] || die "linux-source-6.12 tarball not found in /usr/src"
+
+# The same kernel under another series (selftests or documentation
+# changed): its bzImage and headers, and the selftests of this series.
+same=$(grep -lx "$kkey" "$cache"/*/kernel-key 2>/dev/null | head -1 || true)
+if [ -n "$same" ] && [ -f "$(dirname "$same")/done" ]; then
+	from=$(dirname "$same")
+	log "kernel unchanged since $from: reusing it, selftests from this series"
+	work="$out.tmp"
+	rm -rf "$work"
+	mkdir -p "$work/result/selftests" "$work/src"
+	cp -a "$from/bzImage" "$from/config" "$from/include" "$from/kernel-key" "$work/result/"
+	tar -C "$work/src" --strip-components=1 -xf "$tarball" \
+		linux-source-6.12/tools/testing/selftests/kselftest.h
+	for p in "${patches[@]}"; do
+		(cd "$work/src" && git apply --include='tools/testing/selftests/kal/*' "$p") ||
+			die "$(basename "$p"): its selftest hunks do not apply"
+	done
+	cp "$work/src/tools/testing/selftests/kselftest.h" "$work/result/selftests/"
+	cp -r "$work/src/tools/testing/selftests/kal" "$work/result/selftests/kal"
+	rm -rf "$out"
+	mv "$work/result" "$out"
+	rm -rf "$work"
+	touch "$out/done"
+	log "kernel ready: $out/bzImage"
+	echo "$out"
+	exit 0
+fi
 work="$out.tmp"
 rm -rf "$work"
 mkdir -p "$work"
@@ -97,6 +137,7 @@ cp "$work/build/.config" "$work/result/config"
 cp -r "$work/usr/include" "$work/result/include"
 cp "$src/tools/testing/selftests/kselftest.h" "$work/result/selftests/"
 cp -r "$src/tools/testing/selftests/kal" "$work/result/selftests/kal"
+echo "$kkey" >"$work/result/kernel-key"
 rm -rf "$out"
 mv "$work/result" "$out"
 rm -rf "$work"

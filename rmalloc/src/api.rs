@@ -349,7 +349,8 @@ unsafe fn free_sited(p: chunk::ChunkPtr, raw: usize) {
 /// As `free::free_uncached`.
 #[inline(never)]
 unsafe fn free_uncached_sited(p: chunk::ChunkPtr, size: usize) {
-    // SAFETY: forwarded contract (`on_free` only reads the side table).
+    // SAFETY: forwarded contract: `chunk2mem(p)` is the pointer the program
+    // passed to `free`, as `on_free` (which forgets its stack) requires.
     unsafe {
         let had_stack = crate::kal::stacks::on_free(chunk2mem(p));
         if PARAMS.fast_bins() == 0 {

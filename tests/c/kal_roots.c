@@ -109,8 +109,8 @@ static void kal_print_stats(const char *phase) {
   printf("kal-stats phase=%s rc=%d mode=%u backend=%u scans=%llu scans_discarded=%llu "
          "discarded_stop=%llu discarded_heap=%llu discarded_roots=%llu chunks_last=%llu "
          "unreachable_chunks=%llu unreachable_bytes=%llu reclaimed_chunks=%llu "
-         "reclaimed_bytes=%llu false_reclaims=%llu leaks_reported=%llu pause_ns_max=%llu "
-         "cost_ns_last=%llu cost_ns_total=%llu interval_ns=%llu "
+         "reclaimed_bytes=%llu false_reclaims=%llu leaks_reported=%llu pause_ns_p50=%llu "
+         "pause_ns_max=%llu cost_ns_last=%llu cost_ns_total=%llu interval_ns=%llu "
          "scan_now_completed=%lu scan_now_discarded=%lu scan_now_off=%lu\n",
          phase, rc, s.mode, s.backend, (unsigned long long)s.scans,
          (unsigned long long)s.scans_discarded, (unsigned long long)s.discarded_stop,
@@ -118,7 +118,8 @@ static void kal_print_stats(const char *phase) {
          (unsigned long long)s.chunks_last, (unsigned long long)s.unreachable_chunks,
          (unsigned long long)s.unreachable_bytes, (unsigned long long)s.reclaimed_chunks,
          (unsigned long long)s.reclaimed_bytes, (unsigned long long)s.false_reclaims,
-         (unsigned long long)s.leaks_reported, (unsigned long long)s.pause_ns_max,
+         (unsigned long long)s.leaks_reported, (unsigned long long)s.pause_ns_p50,
+         (unsigned long long)s.pause_ns_max,
          (unsigned long long)s.cost_ns_last, (unsigned long long)s.cost_ns_total,
          (unsigned long long)s.interval_ns, k_completed,
          k_discarded, k_off);
@@ -1326,8 +1327,9 @@ static void case_pacing(void) {
     if (done_ms < 0 && kal_get(&s) == 0 && s.scans - s0.scans >= want)
       done_ms = ms;
   } while ((done_ms < 0 || ms < done_ms + 2000) && ms < 60000);
-  printf("pacing: %lu passes in %ld ms, %lu scans wanted, reached at %ld ms, %lu scans before\n",
-         passes, ms, want, done_ms, (unsigned long)s0.scans);
+  printf("pacing: %lu passes in %ld ms, %lu scans wanted, reached at %ld ms, %lu scans before, "
+         "%lu ns cost before\n",
+         passes, ms, want, done_ms, (unsigned long)s0.scans, (unsigned long)s0.cost_ns_total);
   kal_print_stats("live");
   for (int i = 0; i < N; i++)
     free(blk[i]);
