@@ -28,6 +28,7 @@ use crate::lock;
 /// Whether `prepare` took the locks, for the parent and child handlers.
 /// Only the forking thread touches it: glibc runs a multithreaded
 /// process's fork handlers under its own lock, one fork at a time.
+#[link_section = ".data.hot.rmalloc"]
 static LOCKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" {

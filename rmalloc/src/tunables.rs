@@ -373,6 +373,7 @@ fn read_proc_environ(buf: &mut [u8]) -> usize {
 const INIT_NONE: u8 = 0;
 const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
+#[link_section = ".data.hot.rmalloc"]
 static INIT_STATE: AtomicU8 = AtomicU8::new(INIT_NONE);
 
 /// Hand the process environment to `apply`, once per process (later calls

@@ -62,6 +62,7 @@ use crate::chunk::ChunkPtr;
 use crate::fmt::{Out, Sink};
 use options::Mode;
 
+#[link_section = ".data.hot.rmalloc"]
 static MODE: AtomicU8 = AtomicU8::new(Mode::Off as u8);
 static BACKEND: AtomicU8 = AtomicU8::new(0);
 /// A forked child must start its own scanner (lazily, from `on_arena`).
