@@ -397,8 +397,10 @@ pub fn mmapped_removed(p: ChunkPtr) {
 }
 
 /// Which of KAL's locks `fork_prepare` took (bit per lock).
+#[link_section = ".data.hot.rmalloc"]
 static FORK_HELD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 /// Which of the allocation-stack tables' locks it took (see `stacks`).
+#[link_section = ".data.hot.rmalloc"]
 static FORK_HELD_STACKS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 const ALL_FORK_LOCKS: u8 = 0b1111;
 
