@@ -842,6 +842,182 @@ fn hot_code_shares_the_fewest_text_windows() {
     );
 }
 
+/// The library's loadable segments (`readelf -lW`): address range, whether
+/// writable, and the sections each holds, in program-header order.
+fn load_segments() -> Vec<(std::ops::Range<u64>, bool, Vec<String>)> {
+    let text = lib_tool(&["readelf", "-lW"]);
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mut loads = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"LOAD") {
+            let (vaddr, memsz) = (hex(f[2]).unwrap(), hex(f[5]).unwrap());
+            let flags = f[6..f.len() - 1].concat();
+            loads.push((vaddr..vaddr + memsz, flags.contains('W'), Vec::new()));
+        }
+    }
+    // "Section to Segment mapping": "  NN     .sec .sec ...", one line per
+    // program header, in the order of the headers.
+    let types: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("Program Headers:"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mapping: Vec<Vec<String>> = text
+        .lines()
+        .skip_while(|l| !l.contains("Section to Segment mapping"))
+        .skip(2)
+        .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
+        .collect();
+    let mut i = 0;
+    for (t, secs) in types.iter().zip(mapping) {
+        if *t == "LOAD" {
+            loads[i].2 = secs;
+            i += 1;
+        }
+    }
+    loads
+}
+
+/// The pages of its own that a typical program makes resident, mapping by
+/// mapping (issue 8: peak RSS at most 1.05x glibc's, on programs of
+/// 1.4-3.4 MiB where the library's own pages were most of the gap).  The
+/// kernel maps up to 16 cached pages around a read fault on a file
+/// mapping, clipped to the mapping, so the layout (rmalloc/layout.ld) gives
+/// the hot code and the hot statics mappings of their own, and keeps the
+/// unwind tables out of the loader's read-only segment.
+#[test]
+fn library_pages_a_program_touches() {
+    if skip_against_glibc("library_pages_a_program_touches") {
+        return;
+    }
+    let loads = load_segments();
+    let holding = |name: &str| {
+        loads
+            .iter()
+            .find(|(_, _, secs)| secs.iter().any(|s| s == name))
+            .unwrap_or_else(|| panic!("no segment holds {name}: {loads:?}"))
+    };
+    // The layout itself, whatever the load address.
+    let hot = holding(".text.hot");
+    assert_eq!(
+        hot.2,
+        [".text.hot"],
+        "hot code shares its segment: {loads:?}"
+    );
+    let below = loads
+        .iter()
+        .filter(|(r, _, _)| r.end <= hot.0.start)
+        .map(|(r, _, _)| r.end)
+        .max()
+        .expect("no segment below the hot code");
+    assert!(
+        (below + 4095) / 4096 < hot.0.start / 4096,
+        "no page between the code and the hot code ({below:#x}, {:#x}): one mapping",
+        hot.0.start
+    );
+    let dynsym = holding(".dynsym");
+    for unwind in [".eh_frame", ".eh_frame_hdr"] {
+        assert!(
+            !dynsym.2.iter().any(|s| s == unwind),
+            "{unwind} in the loader's read-only segment: {loads:?}"
+        );
+    }
+    let data_hot = holding(".data.hot");
+    assert!(
+        data_hot
+            .2
+            .iter()
+            .all(|s| s == ".data.hot" || s == ".bss.hot"),
+        "hot statics share their segment: {loads:?}"
+    );
+
+    // What a program that runs the common paths maps.
+    let out = run_ok("footprint", &[], HEAVY_TIMEOUT);
+    // Resident pages; the shared zero page (a read of untouched bss) is
+    // mapped but not resident memory of ours.
+    let pages: Vec<(String, u64)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("page ")?.split_whitespace();
+            let perms = f.next()?.to_string();
+            let off = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+            (f.next()? == "1").then_some((perms, off))
+        })
+        .collect();
+    assert!(!pages.is_empty(), "no page listed\n{}", out.describe());
+    let ours = |off: u64| {
+        loads
+            .iter()
+            .any(|(r, _, _)| r.start & !4095 <= off && off < r.end)
+    };
+    // Code: only .text.hot's pages, and those of the cold code around
+    // rmalloc_version, which the test scaffolding calls (one 64 KiB window
+    // at most).
+    let base = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            u64::from_str_radix(l.strip_prefix("base ")?.trim_start_matches("0x"), 16).ok()
+        })
+        .expect("no base line");
+    let version = lib_tool(&["nm", "-D", "--defined-only"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.last() == Some(&"rmalloc_version"))
+                .then(|| u64::from_str_radix(f[0], 16).ok())
+                .flatten()
+        })
+        .expect("rmalloc_version not exported");
+    const WINDOW: u64 = 64 << 10;
+    let v_lo = ((base + version) & !(WINDOW - 1)) - base;
+    let hot_pages = (hot.0.start & !4095)..hot.0.end;
+    let cold_code: Vec<String> = pages
+        .iter()
+        .filter(|(p, off)| p.contains('x') && !hot_pages.contains(off))
+        .filter(|(_, off)| !(v_lo..v_lo + WINDOW).contains(off))
+        .map(|(_, off)| format!("{off:#x}"))
+        .collect();
+    assert!(
+        cold_code.is_empty(),
+        "code pages outside .text.hot {hot_pages:#x?} mapped: {cold_code:?}"
+    );
+    let unwind = section_range(".eh_frame_hdr")
+        .expect("no .eh_frame_hdr")
+        .start
+        & !4095..section_range(".eh_frame").expect("no .eh_frame").end;
+    let unwind_pages: Vec<String> = pages
+        .iter()
+        .filter(|(_, off)| unwind.contains(off))
+        .map(|(_, off)| format!("{off:#x}"))
+        .collect();
+    assert!(
+        unwind_pages.is_empty(),
+        "unwind table pages {unwind:#x?} mapped: {unwind_pages:?}"
+    );
+    // Writable: the RELRO page the loader relocates and the two of the hot
+    // statics.  Scattered over .data and .bss they were five more.
+    let writable: Vec<String> = pages
+        .iter()
+        .filter(|(_, off)| ours(*off))
+        .filter(|(_, off)| {
+            loads
+                .iter()
+                .any(|(r, w, _)| *w && r.start & !4095 <= *off && *off < r.end)
+        })
+        .map(|(p, off)| format!("{p} {off:#x}"))
+        .collect();
+    assert!(
+        writable.len() <= 3,
+        "{} writable pages of the library's mapped, at most 3 expected: {writable:?}",
+        writable.len()
+    );
+}
+
 #[test]
 fn exit_stats_line_parses() {
     let s =
