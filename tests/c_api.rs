@@ -914,7 +914,7 @@ fn library_pages_a_program_touches() {
         .max()
         .expect("no segment below the hot code");
     assert!(
-        (below + 4095) / 4096 < hot.0.start / 4096,
+        below.div_ceil(4096) < hot.0.start / 4096,
         "no page between the code and the hot code ({below:#x}, {:#x}): one mapping",
         hot.0.start
     );
