@@ -812,6 +812,11 @@ fn hot_code_shares_the_fewest_text_windows() {
     const WINDOW: u64 = 64 << 10;
     let lo = ((base + hot.start) & !(WINDOW - 1)) - base;
     let hi = ((base + hot.end + WINDOW - 1) & !(WINDOW - 1)) - base;
+    // The code many programs run but not all (realloc, the aligned
+    // allocators, fork handlers: this program runs them) is `.text.warm`.
+    let warm = section_range(".text.warm").expect("no .text.warm output section");
+    let w_lo = ((base + warm.start) & !(WINDOW - 1)) - base;
+    let w_hi = ((base + warm.end + WINDOW - 1) & !(WINDOW - 1)) - base;
     // The test programs print which allocator they run on with
     // `rmalloc_version` (cold code, as it should be): its window is the
     // scaffolding's, not the program's.  Whether it is a window of its own
@@ -830,6 +835,7 @@ fn hot_code_shares_the_fewest_text_windows() {
     let outside: Vec<String> = resident
         .iter()
         .filter(|&&p| p + 4096 <= lo || p >= hi)
+        .filter(|&&p| p + 4096 <= w_lo || p >= w_hi)
         .filter(|&&p| p + 4096 <= v_lo || p >= v_hi)
         .map(|p| format!("{p:#x}"))
         .collect();
@@ -844,7 +850,7 @@ fn hot_code_shares_the_fewest_text_windows() {
 
 /// The library's loadable segments (`readelf -lW`): address range, whether
 /// writable, and the sections each holds, in program-header order.
-fn load_segments() -> Vec<(std::ops::Range<u64>, bool, Vec<String>)> {
+fn load_segments() -> Vec<Segment> {
     let text = lib_tool(&["readelf", "-lW"]);
     let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
     let mut loads = Vec::new();
@@ -902,22 +908,21 @@ fn library_pages_a_program_touches() {
     };
     // The layout itself, whatever the load address.
     let hot = holding(".text.hot");
-    assert_eq!(
-        hot.2,
-        [".text.hot"],
-        "hot code shares its segment: {loads:?}"
-    );
-    let below = loads
-        .iter()
-        .filter(|(r, _, _)| r.end <= hot.0.start)
-        .map(|(r, _, _)| r.end)
-        .max()
-        .expect("no segment below the hot code");
-    assert!(
-        below.div_ceil(4096) < hot.0.start / 4096,
-        "no page between the code and the hot code ({below:#x}, {:#x}): one mapping",
-        hot.0.start
-    );
+    let warm = holding(".text.warm");
+    for (name, seg) in [(".text.hot", hot), (".text.warm", warm)] {
+        assert_eq!(seg.2, [name], "{name} shares its segment: {loads:?}");
+        let below = loads
+            .iter()
+            .filter(|(r, _, _)| r.end <= seg.0.start)
+            .map(|(r, _, _)| r.end)
+            .max()
+            .expect("no segment below");
+        assert!(
+            below.div_ceil(4096) < seg.0.start / 4096,
+            "no page between {name} and the code below ({below:#x}, {:#x}): one mapping",
+            seg.0.start
+        );
+    }
     let dynsym = holding(".dynsym");
     for unwind in [".eh_frame", ".eh_frame_hdr"] {
         assert!(
@@ -934,8 +939,23 @@ fn library_pages_a_program_touches() {
         "hot statics share their segment: {loads:?}"
     );
 
-    // What a program that runs the common paths maps.
-    let out = run_ok("footprint", &[], HEAVY_TIMEOUT);
+    // What a program that runs the common paths maps, and one that only
+    // mallocs, callocs and frees (from several threads).
+    for basic in [false, true] {
+        let args: &[&str] = if basic { &["basic"] } else { &[] };
+        let out = run_ok("footprint", args, HEAVY_TIMEOUT);
+        let code = if basic { vec![hot] } else { vec![hot, warm] };
+        check_pages_mapped(&loads, &code, &out);
+    }
+}
+
+/// A loadable segment: address range, writable, its sections.
+type Segment = (std::ops::Range<u64>, bool, Vec<String>);
+
+/// The checks of [`library_pages_a_program_touches`] on one run of the
+/// footprint program: code pages only in the segments `code`, no unwind
+/// table page, at most 3 writable pages.
+fn check_pages_mapped(loads: &[Segment], code: &[&Segment], out: &Output) {
     // Resident pages; the shared zero page (a read of untouched bss) is
     // mapped but not resident memory of ours.
     let pages: Vec<(String, u64)> = out
@@ -949,14 +969,9 @@ fn library_pages_a_program_touches() {
         })
         .collect();
     assert!(!pages.is_empty(), "no page listed\n{}", out.describe());
-    let ours = |off: u64| {
-        loads
-            .iter()
-            .any(|(r, _, _)| r.start & !4095 <= off && off < r.end)
-    };
-    // Code: only .text.hot's pages, and those of the cold code around
-    // rmalloc_version, which the test scaffolding calls (one 64 KiB window
-    // at most).
+    // Code: only the pages of the segments `code`, and those of the cold
+    // code around rmalloc_version, which the test scaffolding calls (one
+    // 64 KiB window at most).
     let base = out
         .stdout
         .lines()
@@ -975,16 +990,20 @@ fn library_pages_a_program_touches() {
         .expect("rmalloc_version not exported");
     const WINDOW: u64 = 64 << 10;
     let v_lo = ((base + version) & !(WINDOW - 1)) - base;
-    let hot_pages = (hot.0.start & !4095)..hot.0.end;
-    let cold_code: Vec<String> = pages
+    let allowed: Vec<std::ops::Range<u64>> = code
         .iter()
-        .filter(|(p, off)| p.contains('x') && !hot_pages.contains(off))
+        .map(|(r, _, _)| (r.start & !4095)..r.end)
+        .collect();
+    let other_code: Vec<String> = pages
+        .iter()
+        .filter(|(p, off)| p.contains('x') && !allowed.iter().any(|r| r.contains(off)))
         .filter(|(_, off)| !(v_lo..v_lo + WINDOW).contains(off))
         .map(|(_, off)| format!("{off:#x}"))
         .collect();
     assert!(
-        cold_code.is_empty(),
-        "code pages outside .text.hot {hot_pages:#x?} mapped: {cold_code:?}"
+        other_code.is_empty(),
+        "code pages outside {allowed:#x?} mapped: {other_code:?}\n{}",
+        out.describe()
     );
     let unwind = section_range(".eh_frame_hdr")
         .expect("no .eh_frame_hdr")
@@ -1003,7 +1022,6 @@ fn library_pages_a_program_touches() {
     // statics.  Scattered over .data and .bss they were five more.
     let writable: Vec<String> = pages
         .iter()
-        .filter(|(_, off)| ours(*off))
         .filter(|(_, off)| {
             loads
                 .iter()

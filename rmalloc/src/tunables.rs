@@ -160,7 +160,7 @@ impl Tunables {
 
     /// `tunable_initialize` + `do_tunable_update_val`: parse and range-check;
     /// an out-of-range value leaves the tunable as it was.
-    #[link_section = ".text.hot.rmalloc"]
+    #[link_section = ".text.warm.rmalloc"]
     fn initialize(&mut self, t: usize, value: &[u8]) {
         let d = &TUNABLES[t];
         let v = dl_strtoul(value);
