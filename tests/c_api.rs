@@ -764,10 +764,11 @@ fn library_has_no_got_indirection_to_itself() {
 /// The code a typical program runs stays in one place: every text page the
 /// `footprint` program (threads, small and mmapped blocks, calloc, realloc,
 /// the aligned allocators, fork) makes resident lies in the 64 KiB
-/// windows around `.text.hot`, the kernel's fault-around unit (its default
-/// `fault_around_bytes`).  Scattered, the same code kept 164-228 KiB of
-/// text resident in every process, against 68-128 KiB now (issue 8:
-/// peak RSS of small programs).  Also checks the link flags `build.rs`
+/// windows around `.text.hot` and `.text.warm`, the kernel's fault-around
+/// unit (its default `fault_around_bytes`).  Scattered, the same code kept
+/// 164-228 KiB of text resident in every process (issue 8: peak RSS of
+/// small programs); `library_pages_a_program_touches` checks the tighter
+/// layout of `rmalloc/layout.ld`.  Also checks the link flags `build.rs`
 /// relies on: no `DT_INIT` from the C start files, and `NODELETE`.
 #[test]
 fn hot_code_shares_the_fewest_text_windows() {
