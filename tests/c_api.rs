@@ -764,10 +764,11 @@ fn library_has_no_got_indirection_to_itself() {
 /// The code a typical program runs stays in one place: every text page the
 /// `footprint` program (threads, small and mmapped blocks, calloc, realloc,
 /// the aligned allocators, fork) makes resident lies in the 64 KiB
-/// windows around `.text.hot`, the kernel's fault-around unit (its default
-/// `fault_around_bytes`).  Scattered, the same code kept 164-228 KiB of
-/// text resident in every process, against 68-128 KiB now (issue 8:
-/// peak RSS of small programs).  Also checks the link flags `build.rs`
+/// windows around `.text.hot` and `.text.warm`, the kernel's fault-around
+/// unit (its default `fault_around_bytes`).  Scattered, the same code kept
+/// 164-228 KiB of text resident in every process (issue 8: peak RSS of
+/// small programs); `library_pages_a_program_touches` checks the tighter
+/// layout of `rmalloc/layout.ld`.  Also checks the link flags `build.rs`
 /// relies on: no `DT_INIT` from the C start files, and `NODELETE`.
 #[test]
 fn hot_code_shares_the_fewest_text_windows() {
@@ -812,6 +813,11 @@ fn hot_code_shares_the_fewest_text_windows() {
     const WINDOW: u64 = 64 << 10;
     let lo = ((base + hot.start) & !(WINDOW - 1)) - base;
     let hi = ((base + hot.end + WINDOW - 1) & !(WINDOW - 1)) - base;
+    // The code many programs run but not all (realloc, the aligned
+    // allocators, fork handlers: this program runs them) is `.text.warm`.
+    let warm = section_range(".text.warm").expect("no .text.warm output section");
+    let w_lo = ((base + warm.start) & !(WINDOW - 1)) - base;
+    let w_hi = ((base + warm.end + WINDOW - 1) & !(WINDOW - 1)) - base;
     // The test programs print which allocator they run on with
     // `rmalloc_version` (cold code, as it should be): its window is the
     // scaffolding's, not the program's.  Whether it is a window of its own
@@ -830,6 +836,7 @@ fn hot_code_shares_the_fewest_text_windows() {
     let outside: Vec<String> = resident
         .iter()
         .filter(|&&p| p + 4096 <= lo || p >= hi)
+        .filter(|&&p| p + 4096 <= w_lo || p >= w_hi)
         .filter(|&&p| p + 4096 <= v_lo || p >= v_hi)
         .map(|p| format!("{p:#x}"))
         .collect();
@@ -839,6 +846,194 @@ fn hot_code_shares_the_fewest_text_windows() {
         outside.len(),
         hot.start,
         hot.end
+    );
+}
+
+/// The library's loadable segments (`readelf -lW`): address range, whether
+/// writable, and the sections each holds, in program-header order.
+fn load_segments() -> Vec<Segment> {
+    let text = lib_tool(&["readelf", "-lW"]);
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mut loads = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"LOAD") {
+            let (vaddr, memsz) = (hex(f[2]).unwrap(), hex(f[5]).unwrap());
+            let flags = f[6..f.len() - 1].concat();
+            loads.push((vaddr..vaddr + memsz, flags.contains('W'), Vec::new()));
+        }
+    }
+    // "Section to Segment mapping": "  NN     .sec .sec ...", one line per
+    // program header, in the order of the headers.
+    let types: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("Program Headers:"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mapping: Vec<Vec<String>> = text
+        .lines()
+        .skip_while(|l| !l.contains("Section to Segment mapping"))
+        .skip(2)
+        .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
+        .collect();
+    let mut i = 0;
+    for (t, secs) in types.iter().zip(mapping) {
+        if *t == "LOAD" {
+            loads[i].2 = secs;
+            i += 1;
+        }
+    }
+    loads
+}
+
+/// The pages of its own that a typical program makes resident, mapping by
+/// mapping (issue 8: peak RSS at most 1.05x glibc's, on programs of
+/// 1.4-3.4 MiB where the library's own pages were most of the gap).  The
+/// kernel maps up to 16 cached pages around a read fault on a file
+/// mapping, clipped to the mapping, so the layout (rmalloc/layout.ld) gives
+/// the hot code and the hot statics mappings of their own, and keeps the
+/// unwind tables out of the loader's read-only segment.
+#[test]
+fn library_pages_a_program_touches() {
+    if skip_against_glibc("library_pages_a_program_touches") {
+        return;
+    }
+    let loads = load_segments();
+    let holding = |name: &str| {
+        loads
+            .iter()
+            .find(|(_, _, secs)| secs.iter().any(|s| s == name))
+            .unwrap_or_else(|| panic!("no segment holds {name}: {loads:?}"))
+    };
+    // The layout itself, whatever the load address.
+    let hot = holding(".text.hot");
+    let warm = holding(".text.warm");
+    for (name, seg) in [(".text.hot", hot), (".text.warm", warm)] {
+        assert_eq!(seg.2, [name], "{name} shares its segment: {loads:?}");
+        let below = loads
+            .iter()
+            .filter(|(r, _, _)| r.end <= seg.0.start)
+            .map(|(r, _, _)| r.end)
+            .max()
+            .expect("no segment below");
+        assert!(
+            below.div_ceil(4096) < seg.0.start / 4096,
+            "no page between {name} and the code below ({below:#x}, {:#x}): one mapping",
+            seg.0.start
+        );
+    }
+    let dynsym = holding(".dynsym");
+    for unwind in [".eh_frame", ".eh_frame_hdr"] {
+        assert!(
+            !dynsym.2.iter().any(|s| s == unwind),
+            "{unwind} in the loader's read-only segment: {loads:?}"
+        );
+    }
+    let data_hot = holding(".data.hot");
+    assert!(
+        data_hot
+            .2
+            .iter()
+            .all(|s| s == ".data.hot" || s == ".bss.hot"),
+        "hot statics share their segment: {loads:?}"
+    );
+
+    // What a program that runs the common paths maps, and one that only
+    // mallocs, callocs and frees (from several threads).
+    for basic in [false, true] {
+        let args: &[&str] = if basic { &["basic"] } else { &[] };
+        let out = run_ok("footprint", args, HEAVY_TIMEOUT);
+        let code = if basic { vec![hot] } else { vec![hot, warm] };
+        check_pages_mapped(&loads, &code, &out);
+    }
+}
+
+/// A loadable segment: address range, writable, its sections.
+type Segment = (std::ops::Range<u64>, bool, Vec<String>);
+
+/// The checks of [`library_pages_a_program_touches`] on one run of the
+/// footprint program: code pages only in the segments `code`, no unwind
+/// table page, at most 3 writable pages.
+fn check_pages_mapped(loads: &[Segment], code: &[&Segment], out: &Output) {
+    // Resident pages; the shared zero page (a read of untouched bss) is
+    // mapped but not resident memory of ours.
+    let pages: Vec<(String, u64)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("page ")?.split_whitespace();
+            let perms = f.next()?.to_string();
+            let off = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+            (f.next()? == "1").then_some((perms, off))
+        })
+        .collect();
+    assert!(!pages.is_empty(), "no page listed\n{}", out.describe());
+    // Code: only the pages of the segments `code`, and those of the cold
+    // code around rmalloc_version, which the test scaffolding calls (one
+    // 64 KiB window at most).
+    let base = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            u64::from_str_radix(l.strip_prefix("base ")?.trim_start_matches("0x"), 16).ok()
+        })
+        .expect("no base line");
+    let version = lib_tool(&["nm", "-D", "--defined-only"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.last() == Some(&"rmalloc_version"))
+                .then(|| u64::from_str_radix(f[0], 16).ok())
+                .flatten()
+        })
+        .expect("rmalloc_version not exported");
+    const WINDOW: u64 = 64 << 10;
+    let v_lo = ((base + version) & !(WINDOW - 1)) - base;
+    let allowed: Vec<std::ops::Range<u64>> = code
+        .iter()
+        .map(|(r, _, _)| (r.start & !4095)..r.end)
+        .collect();
+    let other_code: Vec<String> = pages
+        .iter()
+        .filter(|(p, off)| p.contains('x') && !allowed.iter().any(|r| r.contains(off)))
+        .filter(|(_, off)| !(v_lo..v_lo + WINDOW).contains(off))
+        .map(|(_, off)| format!("{off:#x}"))
+        .collect();
+    assert!(
+        other_code.is_empty(),
+        "code pages outside {allowed:#x?} mapped: {other_code:?}\n{}",
+        out.describe()
+    );
+    let unwind = section_range(".eh_frame_hdr")
+        .expect("no .eh_frame_hdr")
+        .start
+        & !4095..section_range(".eh_frame").expect("no .eh_frame").end;
+    let unwind_pages: Vec<String> = pages
+        .iter()
+        .filter(|(_, off)| unwind.contains(off))
+        .map(|(_, off)| format!("{off:#x}"))
+        .collect();
+    assert!(
+        unwind_pages.is_empty(),
+        "unwind table pages {unwind:#x?} mapped: {unwind_pages:?}"
+    );
+    // Writable: the RELRO page the loader relocates and the two of the hot
+    // statics.  Scattered over .data and .bss they were five more.
+    let writable: Vec<String> = pages
+        .iter()
+        .filter(|(_, off)| {
+            loads
+                .iter()
+                .any(|(r, w, _)| *w && r.start & !4095 <= *off && *off < r.end)
+        })
+        .map(|(p, off)| format!("{p} {off:#x}"))
+        .collect();
+    assert!(
+        writable.len() <= 3,
+        "{} writable pages of the library's mapped, at most 3 expected: {writable:?}",
+        writable.len()
     );
 }
 

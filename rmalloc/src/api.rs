@@ -552,7 +552,7 @@ unsafe fn fresh_memory(av: *mut arena::Arena) -> (chunk::ChunkPtr, usize) {
 ///
 /// # Safety
 /// `old` must be null or a live pointer from this allocator.
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 pub unsafe fn realloc(old: *mut u8, bytes: usize) -> *mut u8 {
     // SAFETY: `old` is live (contract): its header is readable, and a move copies
     // at most its usable bytes before freeing it.
@@ -628,7 +628,7 @@ pub unsafe fn reallocarray(old: *mut u8, n: usize, size: usize) -> *mut u8 {
 ///
 /// # Safety
 /// Always safe to call.
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
     // SAFETY: `int_memalign` runs on the arena locked by `arena_get`(_retry),
     // which is unlocked once.
@@ -670,7 +670,7 @@ pub unsafe fn memalign(alignment: usize, bytes: usize) -> *mut u8 {
 ///
 /// # Safety
 /// `out` must be valid for writing a pointer.
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 pub unsafe fn posix_memalign(out: *mut *mut u8, alignment: usize, bytes: usize) -> i32 {
     // SAFETY: `out` is writable (contract).
     unsafe {

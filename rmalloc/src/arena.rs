@@ -207,6 +207,7 @@ pub(crate) fn single_threaded() -> bool {
 
 // The main arena lives in the library's .bss; `ARENA_STORAGE` is accessed
 // only through `main_arena()`.
+#[link_section = ".data.hot.rmalloc"]
 static mut MAIN_ARENA: Arena = Arena::new();
 
 #[inline(always)]
@@ -216,12 +217,18 @@ pub(crate) fn main_arena() -> *mut Arena {
 }
 
 /// Protects the arena ring's growth.
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static LIST_LOCK: Mutex = Mutex::new();
 /// Protects `FREE_LIST`, `next_free` and `attached_threads`.
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static FREE_LIST_LOCK: Mutex = Mutex::new();
+#[link_section = ".data.hot.rmalloc"]
 static FREE_LIST: AtomicPtr<Arena> = AtomicPtr::new(null_mut());
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static NARENAS: AtomicUsize = AtomicUsize::new(1);
+#[link_section = ".data.hot.rmalloc"]
 static NARENAS_LIMIT: AtomicUsize = AtomicUsize::new(0);
+#[link_section = ".data.hot.rmalloc"]
 static NEXT_TO_USE: AtomicPtr<Arena> = AtomicPtr::new(null_mut());
 
 /// Arena that owns heap chunk `p` (not for mmapped chunks).

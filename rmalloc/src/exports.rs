@@ -13,12 +13,12 @@ use crate::stats::{self, Mallinfo, Mallinfo2};
 type Ptr = *mut c_void;
 
 macro_rules! export {
-    ($($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $body:expr;)*) => {
+    ($section:literal; $($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $body:expr;)*) => {
         $(
             /// # Safety
             /// The contract of the C function of this name.
             #[no_mangle]
-            #[link_section = ".text.hot.rmalloc"]
+            #[link_section = $section]
             // A few bodies (`mallopt`, `mallinfo`, ...) call safe functions.
             #[allow(unused_unsafe)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
@@ -84,7 +84,9 @@ unsafe fn posix_memalign_sited(out: *mut Ptr, a: usize, n: usize) -> c_int {
 // SAFETY (for every function below): these are the C entry points; the
 // caller's obligations are those of the C functions they implement, which
 // are exactly the preconditions of the `api` functions they forward to.
+// Every program calls these: `.text.hot` (rmalloc/layout.ld).
 export! {
+    ".text.hot.rmalloc";
     // `malloc` and `free` record and forget stacks themselves, out of line
     // (`api::malloc_sampled`, `api::free_sited`): their fast paths carry
     // only the sampling countdown and the bin limit they compare anyway.
@@ -95,6 +97,13 @@ export! {
     cfree(p: Ptr) -> () = api::free(p.cast());
     calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s));
     __libc_calloc(n: usize, s: usize) -> Ptr = sited(api::calloc(n, s));
+}
+
+// Many programs call these, not all: `.text.warm`, a mapping of its own
+// beside the hot code's (rmalloc/layout.ld), so a program that never calls
+// them does not map their pages.
+export! {
+    ".text.warm.rmalloc";
     realloc(p: Ptr, n: usize) -> Ptr = realloc_sited(p, n);
     __libc_realloc(p: Ptr, n: usize) -> Ptr = realloc_sited(p, n);
     reallocarray(p: Ptr, n: usize, s: usize) -> Ptr =

@@ -28,6 +28,7 @@ use crate::lock;
 /// Whether `prepare` took the locks, for the parent and child handlers.
 /// Only the forking thread touches it: glibc runs a multithreaded
 /// process's fork handlers under its own lock, one fork at a time.
+#[link_section = ".data.hot.rmalloc"]
 static LOCKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" {
@@ -57,7 +58,7 @@ pub(crate) fn register() {
     };
 }
 
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 extern "C" fn prepare() {
     if arena::single_threaded() {
         // KAL's scanner is a thread glibc does not count: its locks are
@@ -77,7 +78,7 @@ extern "C" fn prepare() {
     crate::kal::fork_prepare();
 }
 
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 extern "C" fn parent() {
     crate::kal::fork_parent();
     if !LOCKED.swap(false, Ordering::Relaxed) {
@@ -90,7 +91,7 @@ extern "C" fn parent() {
     LIST_LOCK.unlock();
 }
 
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 extern "C" fn child() {
     crate::kal::after_fork_child();
     if !LOCKED.swap(false, Ordering::Relaxed) {

@@ -25,8 +25,10 @@ use crate::lock;
 use crate::options;
 use crate::tcache;
 
+#[link_section = ".data.hot.rmalloc"]
 static STATE: AtomicU8 = AtomicU8::new(0);
 /// `lock::thread_id()` of the initialising thread.
+#[link_section = ".data.hot.rmalloc"]
 static INITIALISER: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]

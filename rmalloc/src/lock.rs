@@ -45,6 +45,7 @@ impl Held {
 /// documentation), or 0.  Written only by that thread, so the owner always
 /// reads its own writes; any other thread reads a value that is not its own
 /// thread pointer.
+#[link_section = ".data.hot.rmalloc"]
 static FORK_OWNER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique id of the calling thread while it lives: its thread pointer

@@ -12,9 +12,13 @@ use crate::error::malloc_printerr;
 use crate::os;
 use rmalloc_sys as sys;
 
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static N_MMAPS: AtomicUsize = AtomicUsize::new(0);
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static MAX_N_MMAPS: AtomicUsize = AtomicUsize::new(0);
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static MAX_MMAPPED_MEM: AtomicUsize = AtomicUsize::new(0);
 
 fn account(delta_maps: isize, delta_bytes: isize) {

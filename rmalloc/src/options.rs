@@ -182,6 +182,7 @@ pub struct Params {
 unsafe impl Sync for Params {}
 
 /// The process-wide parameters, valid (glibc defaults) from the first call.
+#[link_section = ".data.hot.rmalloc"]
 pub static PARAMS: Params = Params::new();
 
 impl Default for Params {

@@ -9,6 +9,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 use rmalloc_sys as sys;
 
+#[link_section = ".data.hot.rmalloc"]
 static PAGESIZE: AtomicUsize = AtomicUsize::new(0);
 
 #[inline]

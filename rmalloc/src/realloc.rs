@@ -93,7 +93,7 @@ pub(crate) unsafe fn int_realloc(
 /// `av` is an initialised arena whose lock the caller holds; `oldp` (for
 /// `int_realloc`) is an in-use heap chunk of `av` of size `oldsize` that the
 /// caller owns.
-#[link_section = ".text.hot.rmalloc"]
+#[link_section = ".text.warm.rmalloc"]
 pub(crate) unsafe fn int_memalign(av: *mut Arena, alignment: usize, nb: usize) -> *mut u8 {
     // SAFETY: the caller upholds the contract under `# Safety`.
     unsafe {

@@ -34,6 +34,7 @@ pub(crate) struct Tcache {
 }
 
 /// Random per-process value marking cached chunks.
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static KEY: AtomicUsize = AtomicUsize::new(0);
 
 #[inline(always)]

@@ -18,6 +18,7 @@ use crate::malloc::int_malloc;
 use crate::tcache::{self, Tcache, TCACHE_MAX_BINS};
 use crate::tls::{self, TCACHE_DISABLED};
 
+#[link_section = ".data.hot.rmalloc"]
 static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 /// glibc's PTHREAD_DESTRUCTOR_ITERATIONS.
 const DESTRUCTOR_ROUNDS: usize = 4;

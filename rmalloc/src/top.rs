@@ -23,10 +23,13 @@ const MMAP_AS_MORECORE_SIZE: usize = 1024 * 1024;
 pub(crate) const MAX_REGIONS: usize = 256;
 
 /// Start addresses of the main arena's heap regions, in creation order.
+#[link_section = ".bss.hot.rmalloc"]
 pub(crate) static REGIONS: [AtomicUsize; MAX_REGIONS] =
     [const { AtomicUsize::new(0) }; MAX_REGIONS];
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static NREGIONS: AtomicUsize = AtomicUsize::new(0);
 /// Where the main arena's first `brk` region started (for statistics).
+#[link_section = ".data.hot.rmalloc"]
 pub(crate) static SBRK_BASE: AtomicUsize = AtomicUsize::new(0);
 
 fn note_region(start: usize) {

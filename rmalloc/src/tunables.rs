@@ -160,7 +160,7 @@ impl Tunables {
 
     /// `tunable_initialize` + `do_tunable_update_val`: parse and range-check;
     /// an out-of-range value leaves the tunable as it was.
-    #[link_section = ".text.hot.rmalloc"]
+    #[link_section = ".text.warm.rmalloc"]
     fn initialize(&mut self, t: usize, value: &[u8]) {
         let d = &TUNABLES[t];
         let v = dl_strtoul(value);
@@ -373,6 +373,7 @@ fn read_proc_environ(buf: &mut [u8]) -> usize {
 const INIT_NONE: u8 = 0;
 const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
+#[link_section = ".data.hot.rmalloc"]
 static INIT_STATE: AtomicU8 = AtomicU8::new(INIT_NONE);
 
 /// Hand the process environment to `apply`, once per process (later calls

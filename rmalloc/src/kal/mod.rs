@@ -62,6 +62,7 @@ use crate::chunk::ChunkPtr;
 use crate::fmt::{Out, Sink};
 use options::Mode;
 
+#[link_section = ".data.hot.rmalloc"]
 static MODE: AtomicU8 = AtomicU8::new(Mode::Off as u8);
 static BACKEND: AtomicU8 = AtomicU8::new(0);
 /// A forked child must start its own scanner (lazily, from `on_arena`).
@@ -276,8 +277,6 @@ fn signal_free(sig: i32) -> bool {
     }
 }
 
-/// Record where the allocator's code lies (the mapping holding this
-/// function), so a thread stopped inside it can be recognised.
 /// This library's writable segments (see [`modules::own_writable`]).
 static OWN_DATA: (
     core::sync::atomic::AtomicUsize,
@@ -298,18 +297,14 @@ pub fn own_data() -> (usize, usize) {
     )
 }
 
+/// Record where the allocator's code lies (all of it: the hot code is a
+/// mapping of its own), so a thread stopped inside it can be recognised and
+/// the unwinder knows the allocator's own frames.
 fn find_text() -> bool {
-    let mut buf = mem::MVec::new();
-    if roots::read_file(c"/proc/self/maps", &mut buf).is_err() {
-        return false;
-    }
-    let here = find_text as *const () as usize;
-    let found = roots::mapping_of(buf.as_slice(), here);
-    buf.release();
-    match found {
-        Some(m) => {
-            stop::TEXT.0.store(m.start, Ordering::Relaxed);
-            stop::TEXT.1.store(m.end, Ordering::Relaxed);
+    match modules::own_executable() {
+        Some((start, end)) => {
+            stop::TEXT.0.store(start, Ordering::Relaxed);
+            stop::TEXT.1.store(end, Ordering::Relaxed);
             true
         }
         None => false,
@@ -402,8 +397,10 @@ pub fn mmapped_removed(p: ChunkPtr) {
 }
 
 /// Which of KAL's locks `fork_prepare` took (bit per lock).
+#[link_section = ".data.hot.rmalloc"]
 static FORK_HELD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 /// Which of the allocation-stack tables' locks it took (see `stacks`).
+#[link_section = ".data.hot.rmalloc"]
 static FORK_HELD_STACKS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 const ALL_FORK_LOCKS: u8 = 0b1111;
 

@@ -107,14 +107,30 @@ extern "C" {
     ) -> c_int;
 }
 
+const PF_X: u32 = 1;
 const PF_W: u32 = 2;
 
-/// Where this library's own writable segments are (data, bss, GOT): the
-/// allocator's and the engine's state, never a root of the program.
-/// (start, end) page-rounded; None if the loader does not list us.
+/// Where this library's own writable segments are (data, bss, GOT, the hot
+/// statics): the allocator's and the engine's state, never a root of the
+/// program.  (start, end) page-rounded; None if the loader does not list us.
 pub fn own_writable() -> Option<(usize, usize)> {
+    own_segments(PF_W)
+}
+
+/// Where this library's code is: from the first executable segment's start
+/// to the last one's end.  The code is two mappings (`rmalloc/layout.ld`
+/// gives the hot code a segment of its own), so the mapping around any one
+/// function would miss the other.  Page-rounded; None if the loader does
+/// not list us.
+pub fn own_executable() -> Option<(usize, usize)> {
+    own_segments(PF_X)
+}
+
+/// The span of this library's loaded segments that have `flag` set.
+fn own_segments(flag: u32) -> Option<(usize, usize)> {
     struct Find {
         here: usize,
+        flag: u32,
         range: Option<(usize, usize)>,
     }
     /// Called by `dl_iterate_phdr` with a valid info and our `Find`.
@@ -133,7 +149,7 @@ pub fn own_writable() -> Option<(usize, usize)> {
                 let start = info.addr.wrapping_add(ph.p_vaddr as usize);
                 let end = start + ph.p_memsz as usize;
                 ours |= start <= f.here && f.here < end;
-                if ph.p_flags & PF_W != 0 {
+                if ph.p_flags & f.flag != 0 {
                     lo = lo.min(start & !4095);
                     hi = hi.max((end + 4095) & !4095);
                 }
@@ -146,7 +162,8 @@ pub fn own_writable() -> Option<(usize, usize)> {
         }
     }
     let mut f = Find {
-        here: own_writable as *const () as usize,
+        here: own_segments as *const () as usize,
+        flag,
         range: None,
     };
     // SAFETY: the callback only reads the headers it is given.

@@ -14,6 +14,7 @@ use crate::lock::Mutex;
 
 use super::mem::AddrMap;
 
+#[link_section = ".data.hot.rmalloc"]
 pub static ON: AtomicBool = AtomicBool::new(false);
 pub static LOCK: Mutex = Mutex::new();
 struct Map(core::cell::UnsafeCell<AddrMap>);

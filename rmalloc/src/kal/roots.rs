@@ -165,17 +165,6 @@ pub fn for_each_mapping(text: &[u8], mut f: impl FnMut(Mapping)) {
     }
 }
 
-/// The mapping holding `addr`, from a maps text.
-pub fn mapping_of(text: &[u8], addr: usize) -> Option<Mapping> {
-    let mut found = None;
-    for_each_mapping(text, |m| {
-        if m.start <= addr && addr < m.end {
-            found = Some(m);
-        }
-    });
-    found
-}
-
 /// Call `f(n)` for every entry of directory `path` whose name is a decimal
 /// number (tids in `/proc/self/task`, fds in `/proc/self/fd`), until `f`
 /// returns false.  False if the directory could not be read to its end or

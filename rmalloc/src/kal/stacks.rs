@@ -37,17 +37,22 @@ use super::options::Sites;
 
 /// Recording on (KAL on and `sites` not `off`): the one flag the C entry
 /// points test.
+#[link_section = ".data.hot.rmalloc"]
 pub static ON: AtomicBool = AtomicBool::new(false);
 /// A stack was not forgotten (see [`forget`]): an entry may name the wrong
 /// stack for its chunk.
+#[link_section = ".data.hot.rmalloc"]
 static STALE: AtomicBool = AtomicBool::new(false);
 /// Bytes between samples (0: every allocation).
+#[link_section = ".data.hot.rmalloc"]
 static SAMPLE: AtomicU64 = AtomicU64::new(0);
 /// Frames kept per stack.
 static CONTEXT: AtomicUsize = AtomicUsize::new(30);
+#[link_section = ".data.hot.rmalloc"]
 static FAST: AtomicBool = AtomicBool::new(false);
 /// The fork child could not freeze the tables: their contents are not
 /// trusted there.
+#[link_section = ".data.hot.rmalloc"]
 static BROKEN: AtomicBool = AtomicBool::new(false);
 /// Stacks recorded (tests, statistics).
 pub static RECORDED: AtomicU64 = AtomicU64::new(0);
