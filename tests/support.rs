@@ -257,16 +257,20 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration
     // Programs start with SIGINT and SIGQUIT at their defaults, as from a
     // terminal, whatever `make test` was started from: a shell's background
     // job ignores them, and the ignoring is inherited (CPython's
-    // `test_interrupt_main_*` then fail under glibc too).
-    // SAFETY: only `signal`, which is async-signal-safe, between fork and
-    // exec.
-    unsafe {
-        cmd.pre_exec(|| {
+    // `test_interrupt_main_*` then fail under glibc too).  Reset here, in
+    // the test process, rather than between fork and exec: a `pre_exec`
+    // hook turns the spawn into fork + exec, and the longer window lets
+    // another test's child hold a just-written executable open ("Text file
+    // busy").
+    static DEFAULT_SIGNALS: std::sync::Once = std::sync::Once::new();
+    DEFAULT_SIGNALS.call_once(|| {
+        // SAFETY: setting two dispositions to their defaults; no handler
+        // of this process is replaced.
+        unsafe {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+        }
+    });
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
