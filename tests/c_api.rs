@@ -704,6 +704,19 @@ fn lib_tool(args: &[&str]) -> String {
     out.stdout
 }
 
+/// The offset in the library of the exported function `name` (`nm -D`).
+fn exported_offset(name: &str) -> u64 {
+    lib_tool(&["nm", "-D", "--defined-only"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.last() == Some(&name))
+                .then(|| u64::from_str_radix(f[0], 16).ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("{name} not exported"))
+}
+
 /// The address range of the library's section `name` (`readelf -S`).
 fn section_range(name: &str) -> Option<std::ops::Range<u64>> {
     lib_tool(&["readelf", "-SW"]).lines().find_map(|l| {
@@ -822,15 +835,7 @@ fn hot_code_shares_the_fewest_text_windows() {
     // `rmalloc_version` (cold code, as it should be): its window is the
     // scaffolding's, not the program's.  Whether it is a window of its own
     // depends on where the loader put the library (1 run in 8 here).
-    let version = lib_tool(&["nm", "-D", "--defined-only"])
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.last() == Some(&"rmalloc_version"))
-                .then(|| u64::from_str_radix(f[0], 16).ok())
-                .flatten()
-        })
-        .expect("rmalloc_version not exported");
+    let version = exported_offset("rmalloc_version");
     let v_lo = ((base + version) & !(WINDOW - 1)) - base;
     let v_hi = v_lo + WINDOW;
     let outside: Vec<String> = resident
@@ -980,15 +985,7 @@ fn check_pages_mapped(loads: &[Segment], code: &[&Segment], out: &Output) {
             u64::from_str_radix(l.strip_prefix("base ")?.trim_start_matches("0x"), 16).ok()
         })
         .expect("no base line");
-    let version = lib_tool(&["nm", "-D", "--defined-only"])
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.last() == Some(&"rmalloc_version"))
-                .then(|| u64::from_str_radix(f[0], 16).ok())
-                .flatten()
-        })
-        .expect("rmalloc_version not exported");
+    let version = exported_offset("rmalloc_version");
     const WINDOW: u64 = 64 << 10;
     let v_lo = ((base + version) & !(WINDOW - 1)) - base;
     let allowed: Vec<std::ops::Range<u64>> = code

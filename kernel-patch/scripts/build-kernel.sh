@@ -68,6 +68,17 @@ fi
 tarball=$(ls /usr/src/linux-source-6.12.tar.xz 2>/dev/null || true)
 [ -n "$tarball" ] || die "linux-source-6.12 tarball not found in /usr/src"
 
+# $work/result becomes the cache entry $out; its path goes to stdout.
+publish() {
+	rm -rf "$out"
+	mv "$work/result" "$out"
+	rm -rf "$work"
+	touch "$out/done"
+	log "kernel ready: $out/bzImage"
+	echo "$out"
+	exit 0
+}
+
 # The same kernel under another series (selftests or documentation
 # changed): its bzImage and headers, and the selftests of this series.
 same=$(grep -lx "$kkey" "$cache"/*/kernel-key 2>/dev/null | head -1 || true)
@@ -86,13 +97,7 @@ if [ -n "$same" ] && [ -f "$(dirname "$same")/done" ]; then
 	done
 	cp "$work/src/tools/testing/selftests/kselftest.h" "$work/result/selftests/"
 	cp -r "$work/src/tools/testing/selftests/kal" "$work/result/selftests/kal"
-	rm -rf "$out"
-	mv "$work/result" "$out"
-	rm -rf "$work"
-	touch "$out/done"
-	log "kernel ready: $out/bzImage"
-	echo "$out"
-	exit 0
+	publish
 fi
 work="$out.tmp"
 rm -rf "$work"
@@ -138,9 +143,4 @@ cp -r "$work/usr/include" "$work/result/include"
 cp "$src/tools/testing/selftests/kselftest.h" "$work/result/selftests/"
 cp -r "$src/tools/testing/selftests/kal" "$work/result/selftests/kal"
 echo "$kkey" >"$work/result/kernel-key"
-rm -rf "$out"
-mv "$work/result" "$out"
-rm -rf "$work"
-touch "$out/done"
-log "kernel ready: $out/bzImage"
-echo "$out"
+publish
