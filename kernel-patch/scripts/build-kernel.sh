@@ -46,7 +46,7 @@ die() { echo "kernel: ERROR: $*" >&2; exit 1; }
 hash=$prefix$(cat "${patches[@]}" "${frags[@]}" | sha256sum | cut -c1-16)
 # The hunks that can change the kernel image or its headers.
 kernel_hunks() {
-	awk '/^diff --git /{ keep = ($3 !~ /^a\/(tools\/testing\/selftests|Documentation)\//) }
+	awk 'FNR == 1 { keep = 0 } /^diff --git /{ keep = ($3 !~ /^a\/(tools\/testing\/selftests|Documentation)\//) }
 	     keep' "$@"
 }
 kkey=$prefix$( (kernel_hunks "${patches[@]}"; cat "${frags[@]}") | sha256sum | cut -c1-16)
