@@ -32,6 +32,11 @@ pub const KAL_SNAPSHOT_STOP_THREADS: u32 = 0x1;
 /// Copy every page table at the instant instead of lazily (the default):
 /// the pause then grows with the number of 4 KiB pages, as fork()'s does.
 pub const KAL_SNAPSHOT_EAGER: u32 = 0x2;
+/// Also record the user values the kernel holds for the process (epoll data,
+/// POSIX timer values, queued signals' values), read with [`read_roots`].
+/// Only on a kernel whose [`features`] include [`KAL_FEATURE_ROOTS`]; an
+/// older one rejects the flag with `EINVAL`.
+pub const KAL_SNAPSHOT_ROOTS: u32 = 0x4;
 /// Probe: `kal_snapshot(NULL, 0, KAL_SNAPSHOT_PROBE)`.
 pub const KAL_SNAPSHOT_PROBE: u32 = 0x8000_0000;
 /// Most ranges one call accepts (`E2BIG` beyond) on an ABI 1 kernel, which
@@ -64,6 +69,7 @@ pub const ENXIO: i32 = 6;
 pub const E2BIG: i32 = 7;
 pub const ENOSYS: i32 = 38;
 pub const EOPNOTSUPP: i32 = 95;
+pub const ENODATA: i32 = 61;
 
 /// One page-aligned range of the caller's address space (`struct kal_range`).
 #[repr(C)]
@@ -105,6 +111,94 @@ pub struct KalThread {
     pub tp: u64,
     pub flags: u64,
     pub gpr: [u64; KAL_NR_GPR],
+}
+
+/// `/sys/kernel/mm/kal/features`: what the call offers beyond ABI 1.
+pub const KAL_SYSFS_FEATURES: &core::ffi::CStr = c"/sys/kernel/mm/kal/features";
+/// [`features`] bit: [`KAL_SNAPSHOT_ROOTS`] and [`KAL_IOC_ROOTS`].
+pub const KAL_FEATURE_ROOTS: u32 = 0x1;
+
+/// [`KalRoot::kind`]: `epoll_event.data` of a registration.
+pub const KAL_ROOT_EPOLL: u32 = 1;
+/// [`KalRoot::kind`]: `sigev_value` of a POSIX timer.
+pub const KAL_ROOT_TIMER: u32 = 2;
+/// [`KalRoot::kind`]: `si_value` of a queued signal.
+pub const KAL_ROOT_SIGNAL: u32 = 3;
+/// [`KalRoots::incomplete`] bits: that kind could not be recorded in full.
+pub const KAL_ROOTS_EPOLL_INCOMPLETE: u32 = 0x1;
+pub const KAL_ROOTS_TIMER_INCOMPLETE: u32 = 0x2;
+pub const KAL_ROOTS_SIGNAL_INCOMPLETE: u32 = 0x4;
+/// [`KalRoots::version`] this mirror describes.
+pub const KAL_ROOTS_VERSION: u32 = 1;
+/// `_IOWR(0xB9, 0x01, struct kal_roots)`.
+pub const KAL_IOC_ROOTS: u32 =
+    (3 << 30) | ((core::mem::size_of::<KalRoots>() as u32) << 16) | (0xB9 << 8) | 1;
+
+/// One user value the kernel held for the process at the instant
+/// (`struct kal_root`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KalRoot {
+    pub value: u64,
+    /// `KAL_ROOT_*`.
+    pub kind: u32,
+    /// Signal: the thread whose queue holds it, 0 for the process's queue.
+    pub tid: i32,
+    /// Epoll: the epoll fd (-1 when nested); timer: its id; signal: its number.
+    pub id: i32,
+    /// Epoll: the registered fd; timer: its signal; signal: `si_code`.
+    pub aux: i32,
+}
+
+/// The header of [`KAL_IOC_ROOTS`] (`struct kal_roots`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KalRoots {
+    pub size: u32,
+    pub version: u32,
+    pub incomplete: u32,
+    pub root_size: u32,
+    pub nr_epoll: u32,
+    pub nr_timer: u32,
+    pub nr_signal: u32,
+    pub nr_roots: u32,
+    pub roots: u64,
+    pub capacity: u32,
+    pub nr_copied: u32,
+}
+
+/// The kernel's [`KAL_SYSFS_FEATURES`] mask; 0 when the file is missing
+/// (a kernel that offers nothing beyond ABI 1).
+pub fn features() -> u32 {
+    read_number(KAL_SYSFS_FEATURES).unwrap_or(0)
+}
+
+/// [`KAL_IOC_ROOTS`] on image `fd` (taken with [`KAL_SNAPSHOT_ROOTS`]):
+/// copies up to `out.len()` roots into `out` and returns the header, whose
+/// `nr_roots` may exceed `nr_copied` (then call again with more room).
+/// `Err(ENODATA)` for an image taken without the flag.
+pub fn read_roots(fd: i32, out: &mut [KalRoot]) -> SysResult<KalRoots> {
+    let mut h = KalRoots {
+        size: core::mem::size_of::<KalRoots>() as u32,
+        roots: out.as_mut_ptr() as u64,
+        capacity: u32::try_from(out.len()).unwrap_or(u32::MAX),
+        ..KalRoots::default()
+    };
+    // SAFETY: `h` is a live KalRoots; the kernel writes at most `capacity`
+    // entries at `out`, a writable slice of at least that many.
+    unsafe {
+        syscall!(
+            Sysno::ioctl,
+            fd as usize,
+            KAL_IOC_ROOTS as usize,
+            &mut h as *mut KalRoots as usize
+        )
+    }
+    .map_err(|e| e.into_raw())?;
+    if h.version < KAL_ROOTS_VERSION || h.root_size as usize != core::mem::size_of::<KalRoot>() {
+        return Err(crate::EINVAL);
+    }
+    Ok(h)
 }
 
 /// Decode the probe's raw return value: `Some(abi)` only when it carries the magic.
@@ -307,6 +401,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<KalMeta>(), 48);
         assert_eq!(core::mem::size_of::<KalThread>(), 168);
         assert_eq!(core::mem::align_of::<KalThread>(), 8);
+        assert_eq!(core::mem::size_of::<KalRoot>(), 24);
+        assert_eq!(core::mem::size_of::<KalRoots>(), 48);
+        assert_eq!(KAL_IOC_ROOTS, 0xc030_b901);
     }
 
     #[test]
@@ -452,6 +549,51 @@ mod tests {
     fn too_many_ranges_is_e2big_before_the_kernel() {
         let r = [KalRange::default(); KAL_MAX_RANGES + 1];
         assert_eq!(kal_snapshot(&r, 0), Err(E2BIG));
+    }
+
+    /// The kernel's record of an epoll registration's data, only where the
+    /// kernel records kernel-held roots.
+    #[test]
+    fn roots_roundtrip_if_available() {
+        if probe().is_none() || features() & KAL_FEATURE_ROOTS == 0 {
+            return;
+        }
+        const DATA: u64 = 0x7f00_1234_5678_9ab0;
+        // SAFETY: plain system calls on descriptors this test owns; the
+        // event is a live 12-byte `struct epoll_event` (packed on x86-64).
+        let (ep, efd) = unsafe {
+            let ep = syscall!(Sysno::epoll_create1, 0usize).unwrap();
+            let efd = syscall!(Sysno::eventfd2, 0usize, 0usize).unwrap();
+            let mut ev = [0u8; 12];
+            ev[..4].copy_from_slice(&1u32.to_ne_bytes());
+            ev[4..].copy_from_slice(&DATA.to_ne_bytes());
+            syscall!(Sysno::epoll_ctl, ep, 1usize, efd, ev.as_mut_ptr() as usize).unwrap();
+            (ep, efd)
+        };
+        // SAFETY: fresh anonymous mapping owned by this test.
+        let p =
+            unsafe { crate::mmap_anon(0, 4096, crate::PROT_READ | crate::PROT_WRITE, 0).unwrap() };
+        let range = [KalRange {
+            start: p as u64,
+            len: 4096,
+        }];
+        let plain = Image::take(&range, 0).unwrap();
+        assert_eq!(read_roots(plain.fd(), &mut []), Err(ENODATA));
+        let img = Image::take(&range, KAL_SNAPSHOT_ROOTS).unwrap();
+        let mut roots = [KalRoot::default(); 8];
+        let h = read_roots(img.fd(), &mut roots).unwrap();
+        assert_eq!((h.nr_epoll, h.incomplete), (1, 0));
+        assert_eq!(h.nr_copied, h.nr_roots);
+        let r = roots[..h.nr_copied as usize]
+            .iter()
+            .find(|r| r.kind == KAL_ROOT_EPOLL)
+            .unwrap();
+        assert_eq!((r.value, r.id, r.aux), (DATA, ep as i32, efd as i32));
+        drop((plain, img));
+        crate::close(ep as i32);
+        crate::close(efd as i32);
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { crate::munmap(p, 4096).unwrap() };
     }
 
     /// Full round trip, only where the kernel has the call.

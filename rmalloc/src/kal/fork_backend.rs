@@ -21,7 +21,7 @@ use super::snapshot::Discard;
 pub fn take(f: &mut Frozen, incomplete_roots: &mut bool) -> Result<(), Discard> {
     let kill_after = f.opts.scan_timeout_ms * 1_000_000;
     let parent = sys::getpid();
-    let r = instant::take(f, incomplete_roots, kill_after, |f, shared_ok| {
+    let r = instant::take(f, incomplete_roots, false, kill_after, |f, shared_ok| {
         // SAFETY: the child only scans (raw system calls, memory it maps
         // itself, the shared result area) and ends with exit_now.
         match unsafe { task::fork_raw() } {

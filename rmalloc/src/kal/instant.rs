@@ -163,9 +163,13 @@ fn heap_busy() -> bool {
 /// `f.results`.  `incomplete_roots` is set when a kernel root source was
 /// unreadable in detect mode (the report may then name live objects).  The
 /// task is killed (and reaped) if it runs longer than `kill_after_ns`.
+/// With `roots_in_image` the kernel records the kernel-held roots in the
+/// backend's image at the instant, and the backend reads them from there:
+/// none are read from `/proc` here.
 pub fn take(
     f: &mut Frozen,
     incomplete_roots: &mut bool,
+    roots_in_image: bool,
     kill_after_ns: u64,
     mut capture: impl FnMut(&mut Frozen, bool) -> Result<i32, Discard>,
 ) -> Result<(), Discard> {
@@ -222,7 +226,9 @@ pub fn take(
         }
         let t_stop = task::now_ns();
         *incomplete_roots = false;
-        if let Err(e) = roots::kernel_roots(f.kroots, f.proc_text, o.stop_signal) {
+        if roots_in_image {
+            f.kroots.clear();
+        } else if let Err(e) = roots::kernel_roots(f.kroots, f.proc_text, o.stop_signal) {
             if o.mode == Mode::Reclaim {
                 release();
                 super::report::log(

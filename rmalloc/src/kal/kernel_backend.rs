@@ -17,17 +17,26 @@
 //! (no allocator lock held, kernel-held roots, shared mappings, the
 //! tentative-probation flip) must run while the threads are held, and ABI
 //! version 1 gives user space no such window.
+//!
+//! Kernel-held roots (epoll data, POSIX timer values, queued signals'
+//! values) come from the image itself where the kernel records them
+//! (`KAL_FEATURE_ROOTS`): taken under the call's locks at the instant, and
+//! complete where `/proc` is not (no `/proc/self/timers` without
+//! CONFIG_CHECKPOINT_RESTORE; no queued signal's value at all).  The
+//! scanning task reads them, so they cost the pause only the kernel's
+//! walk.  A kind the kernel could not record in full frees nothing.
 
 use rmalloc_sys as sys;
-use sys::kal::KalRange;
+use sys::kal::{KalRange, KalRoot};
 use sys::task;
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::dissect::Tables;
 use super::image::{BlockCache, ImageView};
 use super::instant::{self, Frozen};
 use super::mem::{self, AddrMap, MVec};
+use super::options::Mode;
 use super::roots;
 use super::scan::{self, Instant, Scratch, Source};
 use super::snapshot::Discard;
@@ -47,6 +56,11 @@ pub struct KernelState {
     regions: MVec<(usize, usize)>,
     cache: BlockCache,
     stack_top: usize,
+    /// The kernel-held roots read from the image (by the scanning task).
+    kernel_roots: MVec<KalRoot>,
+    /// The image said a kind of kernel-held root is incomplete (detect
+    /// mode; in reclaim mode the scan is discarded instead).
+    roots_incomplete: bool,
     job: Job,
 }
 
@@ -55,6 +69,8 @@ struct Job {
     state: *mut KernelState,
     fd: i32,
     shared_ok: bool,
+    /// The image records the kernel-held roots.
+    roots: bool,
     deadline: u64,
     /// The program's process id (the task's parent).
     parent: i32,
@@ -73,11 +89,14 @@ impl KernelState {
             regions: MVec::new(),
             cache: BlockCache::new(),
             stack_top: 0,
+            kernel_roots: MVec::new(),
+            roots_incomplete: false,
             job: Job {
                 frozen: core::ptr::null_mut(),
                 state: core::ptr::null_mut(),
                 fd: -1,
                 shared_ok: false,
+                roots: false,
                 deadline: 0,
                 parent: 0,
             },
@@ -88,6 +107,24 @@ impl KernelState {
 /// Stack of the scanning task, and the guard page below it.
 const STACK: usize = 256 << 10;
 const GUARD: usize = sys::PAGE_SIZE;
+
+/// Does the kernel record the kernel-held roots in its images: 0 not yet
+/// known, 1 no, 2 yes.
+static ROOTS_IN_IMAGE: AtomicU8 = AtomicU8::new(0);
+
+/// Does this kernel record the kernel-held roots in its images
+/// (`/sys/kernel/mm/kal/features` has `KAL_FEATURE_ROOTS`)?  Then they are
+/// taken from there, always: the record is made at the instant.
+pub fn roots_in_image() -> bool {
+    match ROOTS_IN_IMAGE.load(Ordering::Relaxed) {
+        0 => {
+            let yes = sys::kal::features() & sys::kal::KAL_FEATURE_ROOTS != 0;
+            ROOTS_IN_IMAGE.store(1 + yes as u8, Ordering::Relaxed);
+            yes
+        }
+        v => v == 2,
+    }
+}
 
 /// A scanning task exists (between its spawn and its reaping).
 static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
@@ -107,10 +144,13 @@ pub fn take(
     // only if it cannot even run to notice (no CPU for it at all).
     let deadline = task::now_ns() + f.opts.scan_timeout_ms * 1_000_000;
     let kill_after = f.opts.scan_timeout_ms * 1_000_000 * 2 + 1_000_000_000;
-    let r = instant::take(f, incomplete_roots, kill_after, |f, shared_ok| {
-        capture(f, k, shared_ok, deadline)
+    let roots = roots_in_image();
+    k.roots_incomplete = false;
+    let r = instant::take(f, incomplete_roots, roots, kill_after, |f, shared_ok| {
+        capture(f, k, shared_ok, roots, deadline)
     });
     IN_FLIGHT.store(false, Ordering::Release);
+    *incomplete_roots |= k.roots_incomplete;
     if r == Err(Discard::Killed) {
         // The task died or was killed wherever it was, maybe in the middle
         // of growing a table: forget what it was using.  (The memory stays
@@ -127,6 +167,7 @@ fn capture(
     f: &mut Frozen,
     k: &mut KernelState,
     shared_ok: bool,
+    roots: bool,
     deadline: u64,
 ) -> Result<i32, Discard> {
     if k.stack_top == 0 {
@@ -149,7 +190,12 @@ fn capture(
     if !plan_ranges(f.proc_text.as_slice(), k) {
         return Err(Discard::Resources);
     }
-    let fd = match sys::kal::kal_snapshot(k.ranges.as_slice(), 0) {
+    let flags = if roots {
+        sys::kal::KAL_SNAPSHOT_ROOTS
+    } else {
+        0
+    };
+    let fd = match sys::kal::kal_snapshot(k.ranges.as_slice(), flags) {
         Ok(fd) => fd,
         Err(e) => {
             super::report::log(
@@ -172,6 +218,7 @@ fn capture(
         state: k as *mut KernelState,
         fd,
         shared_ok,
+        roots,
         deadline,
         parent: sys::getpid(),
     };
@@ -210,18 +257,23 @@ extern "C" fn scan_task(arg: usize) -> ! {
     }
     instant::background(f.opts.sched_idle);
     task::die_with_parent(job.parent);
-    let r = scan_image(f, k, job.fd, job.shared_ok, job.deadline);
+    let r = scan_image(f, k, &job);
     f.results.finish(r);
     task::exit_now(0);
 }
 
-fn scan_image(
-    f: &mut Frozen,
-    k: &mut KernelState,
-    fd: i32,
-    shared_ok: bool,
-    deadline: u64,
-) -> Result<(), Discard> {
+fn scan_image(f: &mut Frozen, k: &mut KernelState, job: &Job) -> Result<(), Discard> {
+    let (fd, shared_ok, deadline) = (job.fd, job.shared_ok, job.deadline);
+    if job.roots {
+        // The altstacks are in already (`record`); add the kernel's record.
+        let complete = image_roots(fd, &mut k.kernel_roots, f.kroots);
+        if complete != Ok(true) {
+            if f.opts.mode == Mode::Reclaim {
+                return Err(Discard::Roots);
+            }
+            k.roots_incomplete = true;
+        }
+    }
     let KernelState {
         captured,
         internal,
@@ -271,6 +323,36 @@ fn scan_image(
         return Err(Discard::Slow);
     }
     r
+}
+
+/// Append the values of the kernel-held roots that image `fd` recorded to
+/// `out`.  Ok(false) when the kernel could not record a kind in full,
+/// Err(()) when the record cannot be read.
+fn image_roots(fd: i32, buf: &mut MVec<KalRoot>, out: &mut MVec<u64>) -> Result<bool, ()> {
+    let h = sys::kal::read_roots(fd, &mut []).map_err(|_| ())?;
+    let n = h.nr_roots as usize;
+    if n == 0 {
+        return Ok(h.incomplete == 0);
+    }
+    buf.clear();
+    if !buf.reserve(n) || !out.reserve(n) {
+        return Err(());
+    }
+    // SAFETY: `reserve` made room for `n` elements after the (empty)
+    // contents, in the engine's own mapping, whose bytes are initialised
+    // (zero-filled or old entries); `KalRoot` is plain integers.
+    let room = unsafe { core::slice::from_raw_parts_mut(buf.tail_ptr(), n) };
+    let h = sys::kal::read_roots(fd, room).map_err(|_| ())?;
+    // The record is fixed when the image is taken: the same count again.
+    if h.nr_roots as usize != n || h.nr_copied as usize != n {
+        return Err(());
+    }
+    for r in room.iter() {
+        if !out.push(r.value) {
+            return Err(());
+        }
+    }
+    Ok(h.incomplete == 0)
 }
 
 /// Copy what the scan needs of the engine's own state, as it is at the
