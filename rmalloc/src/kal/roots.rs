@@ -10,7 +10,10 @@
 //! Kernel-held roots: `epoll` registration data (`/proc/self/fdinfo`) and
 //! POSIX timer `sigev_value`s (`/proc/self/timers`).  A source that cannot
 //! be read makes the scan unable to prove anything unreachable: the caller
-//! then frees nothing from that snapshot.
+//! then frees nothing from that snapshot.  (The kernel backend takes them
+//! from its image instead where the kernel records them, see
+//! `kernel_backend`; this is the path of the fork backend and of kernels
+//! without that record.)
 
 use core::ffi::CStr;
 
