@@ -801,6 +801,25 @@ fn roots_posix_timer_sigev_value() {
     root_case("timer", None);
 }
 
+/// A queued real-time signal's value: only the kernel backend, on a kernel
+/// that records kernel-held roots in its images, can see it (from `/proc`
+/// a queued value is invisible, and the scan proves nothing); skipped
+/// elsewhere, saying so.
+#[test]
+fn roots_queued_signal_value() {
+    if against_glibc() {
+        // The program itself, without KAL.
+        assert_nothing_lost("sigqueue", &run_roots("sigqueue", None, &[]));
+        return;
+    }
+    if !backends().contains(&"backend=kernel") {
+        eprintln!("SKIPPED roots_queued_signal_value: no kernel backend here");
+        return;
+    }
+    let out = run_roots("sigqueue", Some(&options(RECLAIM, "backend=kernel")), &[]);
+    assert_nothing_lost("sigqueue", &out);
+}
+
 #[test]
 fn roots_alternate_signal_stack() {
     root_case("altstack", None);
