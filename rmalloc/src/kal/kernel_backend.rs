@@ -24,7 +24,9 @@
 //! complete where `/proc` is not (no `/proc/self/timers` without
 //! CONFIG_CHECKPOINT_RESTORE; no queued signal's value at all).  The
 //! scanning task reads them, so they cost the pause only the kernel's
-//! walk.  A kind the kernel could not record in full frees nothing.
+//! walk.  A kind the kernel could not record in full frees nothing.  The
+//! kernel walks the calling thread's descriptor table for epoll instances:
+//! the scanner thread shares the program's (`task::THREAD_FLAGS`).
 
 use rmalloc_sys as sys;
 use sys::kal::{KalRange, KalRoot};
