@@ -895,6 +895,36 @@ static void case_epoll(void) {
   close(ep_fd);
 }
 
+/* Block real-time signal `sig` in this thread; the set holding it. */
+static sigset_t block_signal(int sig) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  REQUIRE(pthread_sigmask(SIG_BLOCK, &set, NULL) == 0);
+  return set;
+}
+
+/* A filled object of `size` bytes, announced as object `i` of `kind`. */
+static char *root_object(const char *kind, int i, size_t size, unsigned seed) {
+  char *p = malloc(size);
+  REQUIRE(p != NULL);
+  fill(p, size, seed);
+  printf("obj %s %d %p %zu\n", kind, i, (void *)p, size);
+  return p;
+}
+
+/* The next `sig` of `set` (blocked), waited for up to 10 s. */
+static siginfo_t take_signal(const sigset_t *set, int sig) {
+  siginfo_t si;
+  struct timespec to = {10, 0};
+  int r;
+  do
+    r = sigtimedwait(set, &si, &to);
+  while (r < 0 && errno == EINTR);
+  REQUIRE(r == sig);
+  return si;
+}
+
 /* ---- a POSIX timer's sigev_value: timer_create with SIGEV_THREAD_ID to
  * the main thread (signal blocked there), so only the kernel holds the
  * pointer until the timer fires and sigtimedwait returns si_value. */
@@ -905,17 +935,11 @@ static unsigned tm_seed[NTIMERS];
 
 static void case_timer(void) {
   int sig = SIGRTMIN + 4;
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  REQUIRE(pthread_sigmask(SIG_BLOCK, &set, NULL) == 0);
+  sigset_t set = block_signal(sig);
   for (int i = 0; i < NTIMERS; i++) {
     tm_size[i] = sizes[(i * 7 + 1) % NSIZES];
     tm_seed[i] = new_seed();
-    char *p = malloc(tm_size[i]);
-    REQUIRE(p != NULL);
-    fill(p, tm_size[i], tm_seed[i]);
-    printf("obj timer %d %p %zu\n", i, (void *)p, tm_size[i]);
+    char *p = root_object("timer", i, tm_size[i], tm_seed[i]);
     struct sigevent ev;
     memset(&ev, 0, sizeof ev);
     ev.sigev_notify = SIGEV_THREAD_ID | SIGEV_SIGNAL;
@@ -935,13 +959,7 @@ static void case_timer(void) {
     REQUIRE(timer_settime(tm_id[i], 0, &its, NULL) == 0);
   int ok = 0;
   for (int got = 0; got < NTIMERS; got++) {
-    siginfo_t si;
-    struct timespec to = {10, 0};
-    int r;
-    do
-      r = sigtimedwait(&set, &si, &to);
-    while (r < 0 && errno == EINTR);
-    REQUIRE(r == sig);
+    siginfo_t si = take_signal(&set, sig);
     int i = -1;
     for (int k = 0; k < NTIMERS; k++)
       if ((intptr_t)tm_id[k] == (intptr_t)si.si_timerid)
@@ -970,17 +988,11 @@ static unsigned sq_seed[NSIGQ];
 
 static void case_sigqueue(void) {
   int sig = SIGRTMIN + 5;
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  REQUIRE(pthread_sigmask(SIG_BLOCK, &set, NULL) == 0);
+  sigset_t set = block_signal(sig);
   for (int i = 0; i < NSIGQ; i++) {
     sq_size[i] = sizes[(i * 5 + 2) % NSIZES];
     sq_seed[i] = new_seed();
-    char *p = malloc(sq_size[i]);
-    REQUIRE(p != NULL);
-    fill(p, sq_size[i], sq_seed[i]);
-    printf("obj sigqueue %d %p %zu\n", i, (void *)p, sq_size[i]);
+    char *p = root_object("sigqueue", i, sq_size[i], sq_seed[i]);
     union sigval v = {.sival_ptr = p};
     REQUIRE(pthread_sigqueue(pthread_self(), sig, v) == 0);
     v.sival_ptr = NULL;
@@ -992,13 +1004,7 @@ static void case_sigqueue(void) {
   /* Real-time signals are dequeued in the order they were sent. */
   int ok = 0;
   for (int i = 0; i < NSIGQ; i++) {
-    siginfo_t si;
-    struct timespec to = {10, 0};
-    int r;
-    do
-      r = sigtimedwait(&set, &si, &to);
-    while (r < 0 && errno == EINTR);
-    REQUIRE(r == sig);
+    siginfo_t si = take_signal(&set, sig);
     char *p = si.si_value.sival_ptr;
     int good = check_fill(p, sq_size[i], sq_seed[i]);
     CHECKF(good, "queued signal %d object (%zu bytes at %p) damaged: freed while live?", i,
