@@ -181,11 +181,12 @@ extern "C" fn main(_: usize) -> ! {
             // is known: that cost may push it later.  (The after-window
             // counts from the window's actual close, so it can end after
             // the provisional `next_at`.)
-            let measuring = e.opts.max_overhead != 0 && pace.settles_at().is_some();
-            let mut wake = if measuring {
-                pace.settles_at().unwrap_or(u64::MAX)
-            } else {
-                next_at.min(pace.settles_at().unwrap_or(u64::MAX))
+            let settles = pace.settles_at();
+            let measuring = e.opts.max_overhead != 0 && settles.is_some();
+            let mut wake = match settles {
+                Some(t) if measuring => t,
+                Some(t) => next_at.min(t),
+                None => next_at,
             };
             if !pace.sampled() && pace.settles_at().is_none() {
                 wake = wake.min(sample_at);
